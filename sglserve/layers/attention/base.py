@@ -1,0 +1,36 @@
+"""The attention backend interface every backend (torch_native, triton, flashinfer) implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from sglserve.layers.radix_attention import RadixAttention
+    from sglserve.model_executor.forward_batch import ForwardBatch
+
+
+class AttentionBackend(ABC):
+    """Reads and writes K/V in the paged pool through req_to_token.
+
+    q: [num_tokens, num_heads * head_dim]; k, v: [num_tokens, num_kv_heads * head_dim].
+    Returns [num_tokens, num_heads * head_dim]. With save_kv_cache the new k/v are first
+    stored at forward_batch.out_cache_loc.
+    """
+
+    @abstractmethod
+    def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        """Called once per forward pass before any layer runs."""
+
+    def forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
+        if forward_batch.forward_mode.is_decode():
+            return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+
+    @abstractmethod
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True) -> torch.Tensor: ...
+
+    @abstractmethod
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True) -> torch.Tensor: ...

@@ -1,0 +1,159 @@
+"""Paged KV memory: request rows -> KV slots, the per-layer K/V buffers, and a page allocator.
+
+Slot s lives in page s // page_size. Page 0 is reserved: padded entries (e.g. CUDA graph
+batches) write there, so it is never handed out.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+
+class ReqToTokenPool:
+    """Row r, column p -> KV slot of token p of the request that holds row r."""
+
+    def __init__(self, size: int, max_context_len: int, device: Union[str, torch.device]) -> None:
+        self.size = size
+        self.max_context_len = max_context_len
+        self.device = device
+        self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=device)
+        self.free_slots: List[int] = list(range(size))
+
+    def available_size(self) -> int:
+        return len(self.free_slots)
+
+    def alloc(self, need_size: int = 1) -> Optional[List[int]]:
+        if need_size > len(self.free_slots):
+            return None
+        out, self.free_slots = self.free_slots[:need_size], self.free_slots[need_size:]
+        return out
+
+    def free(self, idx: Union[int, Sequence[int]]) -> None:
+        if isinstance(idx, int):
+            self.free_slots.append(idx)
+        else:
+            self.free_slots.extend(idx)
+
+    def clear(self) -> None:
+        self.free_slots = list(range(self.size))
+
+
+class MHATokenToKVPool:
+    """K and V of every layer: [num_slots, num_kv_heads, head_dim] each, page 0 reserved."""
+
+    def __init__(
+        self,
+        size: int,
+        page_size: int,
+        dtype: torch.dtype,
+        head_num: int,
+        head_dim: int,
+        layer_num: int,
+        device: Union[str, torch.device],
+    ) -> None:
+        self.size = size
+        self.page_size = page_size
+        self.dtype = dtype
+        self.head_num = head_num
+        self.head_dim = head_dim
+        self.layer_num = layer_num
+        self.device = device
+        shape = (size + page_size, head_num, head_dim)
+        self.k_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layer_num)]
+        self.v_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layer_num)]
+
+    @staticmethod
+    def bytes_per_token(head_num: int, head_dim: int, layer_num: int, dtype: torch.dtype) -> int:
+        return 2 * head_num * head_dim * layer_num * torch.tensor([], dtype=dtype).element_size()
+
+    def get_key_buffer(self, layer_id: int) -> torch.Tensor:
+        return self.k_buffer[layer_id]
+
+    def get_value_buffer(self, layer_id: int) -> torch.Tensor:
+        return self.v_buffer[layer_id]
+
+    def get_kv_buffer(self, layer_id: int):
+        return self.k_buffer[layer_id], self.v_buffer[layer_id]
+
+    def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> None:
+        k = cache_k.view(-1, self.head_num, self.head_dim)
+        v = cache_v.view(-1, self.head_num, self.head_dim)
+        self.k_buffer[layer_id][loc] = k.to(self.dtype)
+        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+
+
+class PagedTokenToKVPoolAllocator:
+    """Hands out KV slots page by page; sizes are counted in tokens.
+
+    A request's tokens fill its last page before a new page is taken, so every page
+    belongs to exactly one owner (a request or a radix node) and freeing is per page.
+    """
+
+    def __init__(self, size: int, page_size: int, device: Union[str, torch.device]) -> None:
+        self.page_size = page_size
+        self.num_pages = size // page_size
+        self.size = self.num_pages * page_size
+        self.device = device
+        self.clear()
+
+    def clear(self) -> None:
+        self.free_pages: List[int] = list(range(1, self.num_pages + 1))
+        self._free_set = set(self.free_pages)
+
+    def available_size(self) -> int:
+        return len(self.free_pages) * self.page_size
+
+    def _take_pages(self, n: int) -> List[int]:
+        out, self.free_pages = self.free_pages[:n], self.free_pages[n:]
+        self._free_set.difference_update(out)
+        return out
+
+    def alloc(self, need_size: int) -> Optional[torch.Tensor]:
+        """`need_size` slots starting on fresh pages (one owner)."""
+        pages_needed = -(-need_size // self.page_size)
+        if pages_needed > len(self.free_pages):
+            return None
+        pages = torch.tensor(self._take_pages(pages_needed), dtype=torch.int64)
+        slots = (pages[:, None] * self.page_size + torch.arange(self.page_size)[None, :]).flatten()
+        return slots[:need_size].to(self.device)
+
+    def alloc_extend(
+        self, prefix_lens: Sequence[int], seq_lens: Sequence[int], last_locs: Sequence[int]
+    ) -> Optional[torch.Tensor]:
+        """Slots for positions prefix_len..seq_len-1 of each request, concatenated.
+
+        `last_locs[i]` is the slot of position prefix_len-1 (ignored when prefix_len is
+        page-aligned); the partial last page is filled first.
+        """
+        ps = self.page_size
+        pages_needed = sum(-(-s // ps) - -(-p // ps) for p, s in zip(prefix_lens, seq_lens))
+        if pages_needed > len(self.free_pages):
+            return None
+        new_pages = self._take_pages(pages_needed)
+        out: List[int] = []
+        cursor = 0
+        for p, s, last in zip(prefix_lens, seq_lens, last_locs):
+            pos = p
+            if ps > 1 and p % ps != 0:
+                fill = min(s, (p // ps + 1) * ps) - p
+                out.extend(range(last + 1, last + 1 + fill))
+                pos += fill
+            while pos < s:
+                page = new_pages[cursor]
+                cursor += 1
+                take = min(ps, s - pos)
+                out.extend(range(page * ps, page * ps + take))
+                pos += take
+        return torch.tensor(out, dtype=torch.int64, device=self.device)
+
+    def free(self, slots: torch.Tensor) -> None:
+        if slots.numel() == 0:
+            return
+        pages = torch.unique(slots.to("cpu", torch.int64) // self.page_size).tolist()
+        for page in pages:
+            if page == 0 or page in self._free_set:
+                raise RuntimeError(f"double free or reserved page {page} freed")
+        self._free_set.update(pages)
+        self.free_pages.extend(pages)

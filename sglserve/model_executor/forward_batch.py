@@ -1,0 +1,99 @@
+"""ForwardBatch: the tensors one forward pass needs, built once per scheduler step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, List, Optional
+
+import torch
+
+if TYPE_CHECKING:
+    from sglserve.layers.attention.base import AttentionBackend
+    from sglserve.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+
+
+class ForwardMode(IntEnum):
+    EXTEND = 1  # prefill, chunked prefill, or prefill after a radix hit
+    DECODE = 2  # one new token per request
+    IDLE = 3
+
+    def is_extend(self) -> bool:
+        return self == ForwardMode.EXTEND
+
+    def is_decode(self) -> bool:
+        return self == ForwardMode.DECODE
+
+
+@dataclass
+class ForwardBatch:
+    forward_mode: ForwardMode
+    batch_size: int
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    req_pool_indices: torch.Tensor  # [bs] int64, rows in req_to_token
+    seq_lens: torch.Tensor  # [bs] int32: tokens in KV once this pass has run (prefix + new)
+    out_cache_loc: torch.Tensor  # [num_tokens] int64: KV slots the new tokens are written to
+    seq_lens_cpu: List[int]
+    # EXTEND only: per request, tokens already in KV (prefix) and tokens computed now
+    extend_prefix_lens: Optional[torch.Tensor] = None  # [bs] int32
+    extend_seq_lens: Optional[torch.Tensor] = None  # [bs] int32
+    extend_start_loc: Optional[torch.Tensor] = None  # [bs] int32: offset of each request in input_ids
+    extend_prefix_lens_cpu: Optional[List[int]] = None
+    extend_seq_lens_cpu: Optional[List[int]] = None
+    # Logits for every input position (input logprobs, parity tests), not just the last
+    return_all_logits: bool = False
+    # Pools and backend, set by the model runner
+    req_to_token_pool: Optional["ReqToTokenPool"] = None
+    token_to_kv_pool: Optional["MHATokenToKVPool"] = None
+    attn_backend: Optional["AttentionBackend"] = None
+    # Per-step scratch the attention backend fills in init_forward_metadata
+    attn_metadata: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @classmethod
+    def build(
+        cls,
+        mode: ForwardMode,
+        input_ids: List[int],
+        req_pool_indices: List[int],
+        prefix_lens: List[int],
+        seq_lens: List[int],
+        out_cache_loc: torch.Tensor,
+        device: torch.device | str,
+        return_all_logits: bool = False,
+    ) -> "ForwardBatch":
+        """From per-request host lists: request i computes positions prefix_lens[i]..seq_lens[i]-1."""
+        extend_lens = [s - p for p, s in zip(prefix_lens, seq_lens)]
+        positions: List[int] = []
+        for p, s in zip(prefix_lens, seq_lens):
+            positions.extend(range(p, s))
+        starts = [0]
+        for n in extend_lens[:-1]:
+            starts.append(starts[-1] + n)
+
+        def t(x, dtype):
+            return torch.tensor(x, dtype=dtype).to(device, non_blocking=True)
+
+        fb = cls(
+            forward_mode=mode,
+            batch_size=len(seq_lens),
+            input_ids=t(input_ids, torch.int64),
+            positions=t(positions, torch.int64),
+            req_pool_indices=t(req_pool_indices, torch.int64),
+            seq_lens=t(seq_lens, torch.int32),
+            out_cache_loc=out_cache_loc.to(device, torch.int64),
+            seq_lens_cpu=list(seq_lens),
+            return_all_logits=return_all_logits,
+        )
+        if mode.is_extend():
+            fb.extend_prefix_lens = t(prefix_lens, torch.int32)
+            fb.extend_seq_lens = t(extend_lens, torch.int32)
+            fb.extend_start_loc = t(starts, torch.int32)
+            fb.extend_prefix_lens_cpu = list(prefix_lens)
+            fb.extend_seq_lens_cpu = extend_lens
+        return fb

