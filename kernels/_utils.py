@@ -1,0 +1,35 @@
+"""Small helpers shared by the kernels: launch sizing and device facts."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+
+def is_interpret() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int = 0) -> int:
+    """Streaming multiprocessors of the GPU (a small stand-in on the CPU interpreter)."""
+    if torch.cuda.is_available() and not is_interpret():
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 8
+
+
+def device_sms(t: torch.Tensor) -> int:
+    return num_sms(t.device.index or 0) if t.is_cuda else num_sms()
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(int(n))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs must not silently drop to tf32 in tl.dot: the fp32 path is the exact one."""
+    return "ieee" if dtype == torch.float32 else "tf32"
