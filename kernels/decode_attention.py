@@ -196,7 +196,7 @@ def decode_attention_fwd(
     assert req_to_token.stride(1) == 1 and mid_o.stride(3) == 1 and mid_lse.stride(2) == 1
     max_kv_splits = mid_lse.shape[2]
     kv_group = num_heads // num_kv_heads
-    block_d = next_pow2(head_dim)
+    block_d = max(16, next_pow2(head_dim))
     block_h, n_hb, use_dot, block_n, warps = _stage1_config(kv_group, head_dim)
     _decode_stage1[(bs, num_kv_heads * n_hb, max_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, num_kv_splits, sm_scale * LOG2E,
