@@ -11,6 +11,54 @@ from typing import Any, Dict, List, Optional, Union
 from sglserve.sampling.sampling_params import SamplingParams
 
 
+# ---- HTTP layer -> TokenizerManager (inside the HTTP process) --------------------------------
+
+
+@dataclass
+class GenerateReqInput:
+    """A native /generate request (also what the OpenAI handlers build).
+
+    Single: `text` is a str or `input_ids` a list of ints. Batch: a list of either; then
+    `sampling_params` and `rid` may be one value for all or a list (one per prompt).
+    `sampling_params` is a plain dict, turned into SamplingParams by the TokenizerManager.
+    """
+
+    text: Optional[Union[str, List[str]]] = None
+    input_ids: Optional[Union[List[int], List[List[int]]]] = None
+    sampling_params: Optional[Union[Dict[str, Any], List[Dict[str, Any]]]] = None
+    rid: Optional[Union[str, List[str]]] = None
+    stream: bool = False
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+
+    @property
+    def is_single(self) -> bool:
+        if self.text is not None:
+            return isinstance(self.text, str)
+        return self.input_ids is None or len(self.input_ids) == 0 or not isinstance(self.input_ids[0], list)
+
+    @property
+    def batch_size(self) -> int:
+        if self.is_single:
+            return 1
+        return len(self.text) if self.text is not None else len(self.input_ids)
+
+    def __getitem__(self, i: int) -> "GenerateReqInput":
+        """The i-th prompt of a batch as a single request."""
+        pick = lambda v: v[i] if isinstance(v, list) else v  # noqa: E731
+        return GenerateReqInput(
+            text=None if self.text is None else self.text[i],
+            input_ids=None if self.input_ids is None else self.input_ids[i],
+            sampling_params=pick(self.sampling_params),
+            rid=pick(self.rid),
+            stream=self.stream,
+            return_logprob=self.return_logprob,
+            logprob_start_len=self.logprob_start_len,
+            top_logprobs_num=self.top_logprobs_num,
+        )
+
+
 # ---- HTTP process -> scheduler -------------------------------------------------------------
 
 
@@ -65,8 +113,10 @@ class GetLoadReqOutput:
 class BatchTokenIDOut:
     """One scheduler step's news for every request that advanced or finished.
 
-    Lists are parallel (one entry per request). `decode_ids[i]` is the request's whole
-    output token list; the detokenizer keeps its own offsets.
+    Lists are parallel (one entry per request). `decode_ids[i]` holds the request's NEW
+    output token ids since the previous message about it; the detokenizer accumulates them.
+    `stop_strs[i]` are the request's stop strings: the detokenizer holds back the last
+    (max len - 1) characters while unfinished so a stop string is never streamed.
     """
 
     rids: List[str]
@@ -79,6 +129,7 @@ class BatchTokenIDOut:
     completion_tokens: List[int]
     cached_tokens: List[int]
     output_token_logprobs: List[Optional[list]] = field(default_factory=list)
+    stop_strs: List[List[str]] = field(default_factory=list)
 
 
 # ---- detokenizer -> HTTP process -----------------------------------------------------------
@@ -88,8 +139,8 @@ class BatchTokenIDOut:
 class BatchStrOut:
     rids: List[str]
     finished_reasons: List[Optional[Dict[str, Any]]]
-    output_strs: List[str]  # cumulative text so far (stop strings trimmed when finished)
-    output_ids: List[List[int]]
+    output_strs: List[str]  # NEW text since the previous message (stop strings trimmed when finished)
+    output_ids: List[List[int]]  # NEW output ids since the previous message
     prompt_tokens: List[int]
     completion_tokens: List[int]
     cached_tokens: List[int]
