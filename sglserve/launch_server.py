@@ -1,0 +1,141 @@
+"""python -m sglserve.launch_server: start scheduler + detokenizer, wait until ready, serve HTTP.
+
+Any child dying takes the server down with a clear log line and a non-zero exit; on
+Ctrl-C/SIGTERM the children are stopped and the private ipc directory is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from sglserve.managers.io_struct import ReadyMsg
+from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, prepare_server_args
+from sglserve.utils.logging_utils import configure_logger
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class Subprocesses:
+    """The child processes of one server and the ipc dir they share."""
+
+    port_args: PortArgs
+    procs: Dict[str, mp.Process] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def shutdown(self) -> None:
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs.values():
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        shutil.rmtree(self.port_args.ipc_dir, ignore_errors=True)
+
+    def dead_child(self) -> Optional[str]:
+        for name, p in self.procs.items():
+            if not p.is_alive():
+                return f"{name} process (pid {p.pid}) exited with code {p.exitcode}"
+        return None
+
+
+def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """Start scheduler and detokenizer and wait for both ReadyMsgs; raise with the child's error."""
+    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.managers.scheduler import run_scheduler_process
+
+    port_args = PortArgs.create()
+    subs = Subprocesses(port_args)
+    ctx = mp.get_context("spawn")
+    readers = {}
+    for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=target, args=(server_args, port_args, writer), name=f"sglserve-{name}", daemon=True)
+        proc.start()
+        subs.procs[name] = proc
+        readers[name] = reader
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for name, reader in readers.items():
+            while not reader.poll(0.5):
+                if not subs.procs[name].is_alive():
+                    raise RuntimeError(f"{name} process died during start-up (exit code {subs.procs[name].exitcode})")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} process was not ready after {READY_TIMEOUT_S:.0f} s")
+            msg: ReadyMsg = reader.recv()
+            if msg.error:
+                raise RuntimeError(f"{name} failed to start: {msg.error}")
+            subs.info.update(msg.info)
+    except BaseException:
+        subs.shutdown()
+        raise
+    return subs
+
+
+def _watch_children(subs: Subprocesses, server, state: dict) -> None:
+    while not state.get("stopping"):
+        dead = subs.dead_child()
+        if dead:
+            logger.error("%s; shutting the server down.", dead)
+            state["child_died"] = True
+            server.should_exit = True
+            return
+        time.sleep(0.5)
+
+
+def run_server(server_args: ServerArgs) -> int:
+    import uvicorn
+
+    from sglserve.entrypoints.http_server import create_app
+    from sglserve.managers.tokenizer_manager import TokenizerManager
+
+    subs = launch_subprocesses(server_args)
+    state: dict = {}
+    try:
+        tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info)
+        app = create_app(server_args, tokenizer_manager)
+        config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
+                                log_level=server_args.log_level, timeout_keep_alive=5, loop="asyncio")
+        server = uvicorn.Server(config)
+        threading.Thread(target=_watch_children, args=(subs, server, state), daemon=True).start()
+        logger.info("The server is fired up and ready to roll! http://%s:%d", server_args.host, server_args.port)
+        server.run()
+    finally:
+        state["stopping"] = True
+        subs.shutdown()
+    return 1 if state.get("child_died") else 0
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        server_args = prepare_server_args(argv)
+    except ServerArgsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    configure_logger(server_args)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        code = run_server(server_args)
+    except KeyboardInterrupt:
+        code = 0
+    except RuntimeError as e:
+        logger.error("%s", e)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

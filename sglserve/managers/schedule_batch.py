@@ -1,0 +1,198 @@
+"""Req (one request's state in the scheduler) and ScheduleBatch (the requests of one step).
+
+ScheduleBatch turns host-side request state into a ForwardBatch: it allocates request
+rows and KV slots, writes them into req_to_token, and lists the tokens to compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+
+import torch
+
+from sglserve.managers.io_struct import finish_abort, finish_length, finish_stop
+from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+from sglserve.sampling.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from sglserve.mem_cache.memory_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool
+
+
+class Req:
+    """All scheduler-side state of one request; output ids survive retraction."""
+
+    def __init__(
+        self,
+        rid: str,
+        origin_input_ids: List[int],
+        sampling_params: SamplingParams,
+        max_new_tokens: int,
+        eos_token_ids: Set[int],
+        stream: bool = False,
+        origin_input_text: Optional[str] = None,
+    ) -> None:
+        self.rid = rid
+        self.origin_input_ids = list(origin_input_ids)
+        self.origin_input_text = origin_input_text
+        self.sampling_params = sampling_params
+        self.max_new_tokens = max_new_tokens
+        self.eos_token_ids = eos_token_ids
+        self.stream = stream
+        self.output_ids: List[int] = []
+        # Tokens whose KV must exist after the next extend (input + output, maybe cut by chunking)
+        self.fill_ids: List[int] = []
+        self.prefix_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
+        self.last_node: Any = None
+        self.req_pool_idx: Optional[int] = None
+        self.extend_input_len = 0
+        self.is_chunked = False
+        self.cached_tokens = 0  # prefix hit reported to the client (first admission)
+        self._first_admission = True
+        self.finished_reason: Optional[Dict[str, Any]] = None
+        self.to_abort: Optional[str] = None
+        self.sent_len = 0  # output ids already sent to the detokenizer
+        self.last_loc = -1  # KV slot of the last token in KV (page filling without a device read)
+        self.kv_len = 0  # tokens whose KV is allocated for this request
+        self.arrival_time = time.perf_counter()
+        self.num_retractions = 0
+
+    @property
+    def seqlen(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def init_next_round_input(self, tree_cache) -> None:
+        """Match the longest cached prefix of input+output; the rest must be computed."""
+        self.fill_ids = self.origin_input_ids + self.output_ids
+        # The last token's KV is computed now so its logits give the next token
+        match = tree_cache.match_prefix(self.fill_ids[:-1])
+        self.prefix_indices, self.last_node = match.device_indices, match.last_node
+        self.extend_input_len = len(self.fill_ids) - len(self.prefix_indices)
+
+    def check_finished(self, tokenizer, context_len: int) -> None:
+        if self.finished_reason is not None:
+            return
+        if self.to_abort is not None:
+            self.finished_reason = finish_abort(self.to_abort)
+            return
+        if not self.output_ids:
+            return
+        sp = self.sampling_params
+        last = self.output_ids[-1]
+        if len(self.output_ids) >= sp.min_new_tokens:
+            if sp.stop_token_ids and last in sp.stop_token_ids:
+                self.finished_reason = finish_stop(last)
+                return
+            if not sp.ignore_eos and last in self.eos_token_ids:
+                self.finished_reason = finish_stop(last)
+                return
+            if sp.stop_strs and tokenizer is not None:
+                tail = tokenizer.decode(self.output_ids[-(sp.stop_str_max_len + 1):], skip_special_tokens=sp.skip_special_tokens)
+                for stop in sp.stop_strs:
+                    if stop in tail:
+                        self.finished_reason = finish_stop(stop)
+                        return
+        if len(self.output_ids) >= self.max_new_tokens:
+            self.finished_reason = finish_length(self.max_new_tokens)
+        elif self.seqlen >= context_len:
+            self.finished_reason = finish_length(len(self.output_ids))
+
+    def reset_for_retract(self) -> None:
+        self.prefix_indices = torch.empty(0, dtype=torch.int64)
+        self.last_node = None
+        self.req_pool_idx = None
+        self.extend_input_len = 0
+        self.kv_len = 0
+        self.last_loc = -1
+        self.num_retractions += 1
+
+    def __repr__(self) -> str:
+        return f"Req(rid={self.rid}, input_len={len(self.origin_input_ids)}, output_len={len(self.output_ids)})"
+
+
+@dataclass
+class ScheduleBatch:
+    """The requests of one forward pass and the pools they draw on."""
+
+    reqs: List[Req]
+    forward_mode: ForwardMode
+    req_to_token_pool: "ReqToTokenPool"
+    allocator: "PagedTokenToKVPoolAllocator"
+    tree_cache: Any
+    device: str
+    prefix_lens: List[int] = field(default_factory=list)
+    seq_lens: List[int] = field(default_factory=list)
+    return_all_logits: bool = False
+
+    def batch_size(self) -> int:
+        return len(self.reqs)
+
+    def _alloc(self, prefix_lens: List[int], seq_lens: List[int], last_locs: List[int]) -> torch.Tensor:
+        page = self.allocator.page_size
+        need = sum(-(-s // page) - -(-p // page) for p, s in zip(prefix_lens, seq_lens)) * page
+        if self.allocator.available_size() < need:
+            self.tree_cache.evict(need - self.allocator.available_size())
+        out = self.allocator.alloc_extend(prefix_lens, seq_lens, last_locs)
+        if out is None:
+            raise RuntimeError(f"KV pool out of memory: need {need} tokens, {self.allocator.available_size()} free")
+        return out
+
+    def _write_req_to_token(self, rows: List[int], starts: List[int], ends: List[int], slots: torch.Tensor) -> None:
+        row_idx = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), torch.tensor([e - s for s, e in zip(starts, ends)]))
+        col_idx = torch.cat([torch.arange(s, e, dtype=torch.int64) for s, e in zip(starts, ends)])
+        table = self.req_to_token_pool.req_to_token
+        table[row_idx.to(table.device), col_idx.to(table.device)] = slots.to(table.device, torch.int32)
+
+    def prepare_for_extend(self) -> ForwardBatch:
+        """Rows and KV slots for each request's extend_input_len new tokens after its prefix."""
+        need_rows = [r for r in self.reqs if r.req_pool_idx is None]
+        rows = self.req_to_token_pool.alloc(len(need_rows))
+        if rows is None:
+            raise RuntimeError("req_to_token pool is full")
+        for r, row in zip(need_rows, rows):
+            r.req_pool_idx = row
+        # Put each request's cached prefix (radix hit) into its row
+        with_prefix = [r for r in need_rows if len(r.prefix_indices)]
+        if with_prefix:
+            self._write_req_to_token(
+                [r.req_pool_idx for r in with_prefix], [0] * len(with_prefix),
+                [len(r.prefix_indices) for r in with_prefix], torch.cat([r.prefix_indices for r in with_prefix]),
+            )
+        self.prefix_lens = [len(r.prefix_indices) for r in self.reqs]
+        self.seq_lens = [p + r.extend_input_len for p, r in zip(self.prefix_lens, self.reqs)]
+        last_locs = [int(r.prefix_indices[-1]) if len(r.prefix_indices) else -1 for r in self.reqs]
+        out_cache_loc = self._alloc(self.prefix_lens, self.seq_lens, last_locs)
+        self._write_req_to_token([r.req_pool_idx for r in self.reqs], self.prefix_lens, self.seq_lens, out_cache_loc)
+        input_ids: List[int] = []
+        offset = 0
+        for r, p, s in zip(self.reqs, self.prefix_lens, self.seq_lens):
+            input_ids.extend(r.fill_ids[p:s])
+            offset += s - p
+            r.kv_len = s
+            r.last_loc = int(out_cache_loc[offset - 1])
+        return ForwardBatch.build(
+            ForwardMode.EXTEND, input_ids, [r.req_pool_idx for r in self.reqs], self.prefix_lens,
+            self.seq_lens, out_cache_loc, self.device, self.return_all_logits,
+        )
+
+    def decode_tokens_needed(self) -> int:
+        page = self.allocator.page_size
+        return sum(page for r in self.reqs if r.kv_len % page == 0)
+
+    def prepare_for_decode(self) -> ForwardBatch:
+        """One new token per request: the last sampled one goes through the model."""
+        self.prefix_lens = [r.kv_len for r in self.reqs]
+        self.seq_lens = [r.kv_len + 1 for r in self.reqs]
+        out_cache_loc = self._alloc(self.prefix_lens, self.seq_lens, [r.last_loc for r in self.reqs])
+        self._write_req_to_token([r.req_pool_idx for r in self.reqs], self.prefix_lens, self.seq_lens, out_cache_loc)
+        for r, loc in zip(self.reqs, out_cache_loc.tolist()):
+            r.kv_len += 1
+            r.last_loc = loc
+        return ForwardBatch.build(
+            ForwardMode.DECODE, [r.output_ids[-1] for r in self.reqs], [r.req_pool_idx for r in self.reqs],
+            self.prefix_lens, self.seq_lens, out_cache_loc, self.device,
+        )

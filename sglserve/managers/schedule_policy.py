@@ -1,0 +1,103 @@
+"""Admission: which waiting requests join the next prefill batch, within token budgets.
+
+`SchedulePolicy` orders the queue (fcfs, or lpm: longest cached prefix first);
+`PrefillAdder` admits requests while the KV pool (free + evictable, minus what running
+requests are expected to still need) and the prefill token budgets allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from sglserve.managers.schedule_batch import Req
+
+# Expected future tokens of a request are clipped so one huge max_new_tokens cannot block admission
+CLIP_MAX_NEW_TOKENS = 4096
+# Above this queue length lpm's prefix matching costs more than it saves
+LPM_MAX_QUEUE = 128
+
+
+class SchedulePolicy:
+    def __init__(self, policy: str, tree_cache, disable_radix_cache: bool) -> None:
+        if policy not in ("fcfs", "lpm"):
+            raise ValueError(f"schedule policy must be fcfs or lpm, got {policy!r}")
+        self.policy = policy
+        self.tree_cache = tree_cache
+        self.disable_radix_cache = disable_radix_cache
+
+    def calc_priority(self, waiting: List[Req]) -> None:
+        """Sorts `waiting` in place; lpm falls back to fcfs when matching would be too costly."""
+        if self.policy == "fcfs" or self.disable_radix_cache or len(waiting) > LPM_MAX_QUEUE:
+            return
+        for r in waiting:
+            r.init_next_round_input(self.tree_cache)
+        waiting.sort(key=lambda r: -len(r.prefix_indices))
+
+
+@dataclass
+class PrefillAdder:
+    tree_cache: object
+    rem_total_tokens: int  # free + evictable KV minus what running requests will still need
+    rem_input_tokens: int  # max_prefill_tokens budget for this batch
+    rem_chunk_tokens: Optional[int]  # chunked_prefill_size budget (None: no chunking)
+    page_size: int
+    new_token_ratio: float
+    can_run: List[Req] = field(default_factory=list)
+    new_chunked_req: Optional[Req] = None
+
+    @staticmethod
+    def reserved_tokens(req: Req, new_token_ratio: float) -> int:
+        left = max(req.max_new_tokens - len(req.output_ids), 0)
+        return int(min(left, CLIP_MAX_NEW_TOKENS) * new_token_ratio)
+
+    def _take(self, req: Req, extend_len: int) -> None:
+        self.tree_cache.inc_lock_ref(req.last_node)
+        self.rem_total_tokens -= extend_len + self.reserved_tokens(req, self.new_token_ratio)
+        self.rem_input_tokens -= extend_len
+        if self.rem_chunk_tokens is not None:
+            self.rem_chunk_tokens -= extend_len
+        self.can_run.append(req)
+
+    def add_chunked_req(self, req: Req) -> Optional[Req]:
+        """Continue the request being prefilled in chunks; returns it if it is still unfinished."""
+        req.fill_ids = req.origin_input_ids + req.output_ids
+        left = len(req.fill_ids) - len(req.prefix_indices)
+        budget = self._chunk_budget()
+        req.extend_input_len = min(left, budget)
+        req.fill_ids = req.fill_ids[: len(req.prefix_indices) + req.extend_input_len]
+        # Its prefix is already locked by the previous chunk
+        self.rem_total_tokens -= req.extend_input_len
+        self.rem_input_tokens -= req.extend_input_len
+        if self.rem_chunk_tokens is not None:
+            self.rem_chunk_tokens -= req.extend_input_len
+        self.can_run.append(req)
+        req.is_chunked = req.extend_input_len < left
+        return req if req.is_chunked else None
+
+    def _chunk_budget(self) -> int:
+        budget = self.rem_input_tokens
+        if self.rem_chunk_tokens is not None:
+            budget = min(budget, self.rem_chunk_tokens)
+        return budget
+
+    def add_one_req(self, req: Req) -> bool:
+        """Returns False when admission should stop here (fcfs keeps order)."""
+        total_need = req.extend_input_len + self.reserved_tokens(req, self.new_token_ratio)
+        if total_need > self.rem_total_tokens:
+            return False
+        budget = self._chunk_budget()
+        if req.extend_input_len <= budget:
+            self._take(req, req.extend_input_len)
+            req.is_chunked = False
+            return True
+        # Chunk: only one chunked request at a time, and only if a useful piece fits
+        chunk = budget // self.page_size * self.page_size
+        if chunk <= 0 or self.new_chunked_req is not None:
+            return False
+        req.fill_ids = req.fill_ids[: len(req.prefix_indices) + chunk]
+        req.extend_input_len = chunk
+        req.is_chunked = True
+        self._take(req, chunk)
+        self.new_chunked_req = req
+        return False

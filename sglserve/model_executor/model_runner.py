@@ -1,0 +1,118 @@
+"""ModelRunner: loads the model, sizes the KV pool, runs one forward pass and samples."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import List, Optional
+
+import psutil
+import torch
+
+from sglserve.configs.model_config import ModelConfig
+from sglserve.layers.attention import create_attn_backend
+from sglserve.layers.sampler import Sampler, SamplingBatchInfo
+from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
+from sglserve.model_executor.forward_batch import ForwardBatch
+from sglserve.model_loader import get_model
+from sglserve.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, server_args: ServerArgs) -> None:
+        self.model_config = model_config
+        self.server_args = server_args
+        self.device = torch.device(server_args.device)
+        self.dtype = model_config.dtype
+        self.page_size = server_args.page_size
+        torch.manual_seed(server_args.random_seed)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device.index or 0)
+
+        t0 = time.perf_counter()
+        self.model = get_model(model_config, server_args.load_format, self.device)
+        logger.info(
+            "Load weight end. elapsed=%.2f s, type=%s, dtype=%s, avail mem=%.2f GB",
+            time.perf_counter() - t0, type(self.model).__name__, self.dtype, self._available_memory() / GiB,
+        )
+        self.sampler = Sampler()
+        self.init_memory_pool()
+        self.attn_backend = create_attn_backend(server_args.attention_backend, self)
+        self.cuda_graph_runner = None
+        if self.device.type == "cuda" and not server_args.disable_cuda_graph:
+            from sglserve.model_executor.cuda_graph_runner import CudaGraphRunner
+
+            self.cuda_graph_runner = CudaGraphRunner(self)
+
+    # ---- memory ------------------------------------------------------------------------
+
+    def _available_memory(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return psutil.virtual_memory().available
+
+    def _budget_bytes(self) -> int:
+        """Bytes the KV pool may take: what is left of mem_fraction_static after weights."""
+        frac = self.server_args.mem_fraction_static
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return int(free - total * (1 - frac))
+        return int(psutil.virtual_memory().available * frac)
+
+    def init_memory_pool(self) -> None:
+        mc, sa = self.model_config, self.server_args
+        cell = MHATokenToKVPool.bytes_per_token(mc.num_key_value_heads, mc.head_dim, mc.num_hidden_layers, self.dtype)
+        budget = self._budget_bytes()
+        tokens = max(budget, 0) // cell
+        if sa.max_total_tokens is not None:
+            tokens = min(tokens, sa.max_total_tokens) if tokens > 0 else sa.max_total_tokens
+        tokens = tokens // self.page_size * self.page_size
+        if tokens < max(self.page_size * 2, 16):
+            raise RuntimeError(
+                f"Not enough memory for the KV cache: {budget / GiB:.2f} GB left for it ({cell} bytes per token). "
+                "Raise --mem-fraction-static or lower --context-length."
+            )
+        self.max_total_num_tokens = tokens
+        self.context_len = mc.context_len
+        max_reqs = sa.max_running_requests
+        if max_reqs is None:
+            max_reqs = min(max(int(tokens / self.context_len * 512), 2048), 4096)
+        self.max_running_requests = max_reqs
+        self.req_to_token_pool = ReqToTokenPool(max_reqs + 1, self.context_len + 4, self.device)
+        self.token_to_kv_pool = MHATokenToKVPool(
+            tokens, self.page_size, self.dtype, mc.num_key_value_heads, mc.head_dim, mc.num_hidden_layers, self.device
+        )
+        # Allocator state lives on the host: scheduling decisions never wait for the device
+        self.allocator = PagedTokenToKVPoolAllocator(tokens, self.page_size, "cpu")
+        logger.info(
+            "KV Cache is allocated. #tokens: %d, K size: %.2f GB, V size: %.2f GB",
+            tokens, tokens * cell / 2 / GiB, tokens * cell / 2 / GiB,
+        )
+
+    # ---- forward -----------------------------------------------------------------------
+
+    def forward(self, forward_batch: ForwardBatch):
+        forward_batch.req_to_token_pool = self.req_to_token_pool
+        forward_batch.token_to_kv_pool = self.token_to_kv_pool
+        forward_batch.attn_backend = self.attn_backend
+        with torch.inference_mode():
+            if self.cuda_graph_runner is not None and self.cuda_graph_runner.can_run(forward_batch):
+                return self.cuda_graph_runner.replay(forward_batch)
+            self.attn_backend.init_forward_metadata(forward_batch)
+            return self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)
+
+    def sample(self, next_token_logits: torch.Tensor, sampling_info: SamplingBatchInfo) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.sampler(next_token_logits, sampling_info)
+
+    def make_sampling_info(self, params: List, output_lens: List[int]) -> SamplingBatchInfo:
+        return SamplingBatchInfo.from_params(params, output_lens, self.model_config.vocab_size, self.device)
+
+    def forward_and_sample(self, forward_batch: ForwardBatch, sampling_info: Optional[SamplingBatchInfo]):
+        out = self.forward(forward_batch)
+        ids = None if sampling_info is None else self.sample(out.next_token_logits, sampling_info)
+        return out, ids

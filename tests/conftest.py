@@ -1,0 +1,32 @@
+"""Shared fixtures: a real sglserve server on the default model, started once per session."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.helpers import ServerProcess, start_server
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The default model (SmolLM2-135M-Instruct GGUF) on the CPU."""
+    s = start_server(tmp_path_factory, ["--log-level", "info", "--max-total-tokens", "20000"])
+    yield s
+    s.stop()
