@@ -1,0 +1,54 @@
+"""sglserve_kernels: Triton kernels of the GPU fast path, each next to a torch reference.
+
+Installed under the import name `sglserve_kernels` (never `kernels`). Attributes load
+lazily, so `import sglserve_kernels` does not import Triton; sglserve.layers.custom_op
+looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
+
+  rmsnorm(x, weight, eps, residual=None)                  -> out | (out, residual)
+  fused_add_rmsnorm(x, residual, weight, eps)             -> (x, residual), in place
+  silu_and_mul(x [T, 2I])                                 -> [T, I]
+  rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True) -> (q, k), in place
+  store_kv_cache(k_buffer, v_buffer, loc, k, v)
+  decode_attention(...), decode_attention_fwd(...), decode_kv_splits(...)
+  extend_attention(...), extend_attention_fwd(...)
+  sample(logits, temperatures, top_ps, top_ks, min_ps, greedy_mask, generator=None)  (torch only)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "rmsnorm": "rmsnorm",
+    "fused_add_rmsnorm": "rmsnorm",
+    "rmsnorm_ref": "rmsnorm",
+    "silu_and_mul": "activation",
+    "silu_and_mul_ref": "activation",
+    "rotary_embedding": "rope",
+    "rotary_embedding_ref": "rope",
+    "store_kv_cache": "kv_store",
+    "store_kv_cache_ref": "kv_store",
+    "decode_attention": "decode_attention",
+    "decode_attention_fwd": "decode_attention",
+    "decode_attention_ref": "decode_attention",
+    "decode_kv_splits": "decode_attention",
+    "extend_attention": "extend_attention",
+    "extend_attention_fwd": "extend_attention",
+    "extend_attention_ref": "extend_attention",
+    "sample": "sampling",
+    "sample_ref": "sampling",
+    "sampling_probs": "sampling",
+    "sampling_probs_ref": "sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sglserve_kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,109 @@
+"""Rotary position embedding applied in place to q and k.
+
+cos_sin_cache: [max_position, rotary_dim], cos in the first rotary_dim/2 columns and sin
+in the second (vLLM/SGLang layout). is_neox=True rotates halves (transformers' Llama
+rotate_half: pairs (i, i + rotary_dim/2)); False rotates interleaved pairs (2i, 2i+1),
+GPT-J style. Only the first rotary_dim dims of each head rotate (partial rotary).
+One program per token handles every q and k head of that token.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import next_pow2
+
+
+@triton.jit
+def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
+            HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr):
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_h < n_heads)[:, None] & mask_r[None, :]
+    if IS_NEOX:
+        i1 = offs_r
+        i2 = offs_r + HALF
+    else:
+        i1 = offs_r * 2
+        i2 = offs_r * 2 + 1
+    base = X + t * stride_t + offs_h[:, None] * stride_h
+    x1 = tl.load(base + i1[None, :], mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + i2[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(base + i1[None, :], (x1 * cos - x2 * sin).to(X.dtype.element_ty), mask=mask)
+    tl.store(base + i2[None, :], (x2 * cos + x1 * sin).to(X.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope(Q, K, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh, stride_cs, n_q, n_k,
+          HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+          IS_NEOX: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions + t).to(tl.int64)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < HALF
+    cos = tl.load(cos_sin + pos * stride_cs + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(cos_sin + pos * stride_cs + HALF + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
+    _rotate(Q, t, stride_qt, stride_qh, n_q, cos, sin, offs_r, mask_r, HALF, BLOCK_HQ, IS_NEOX)
+    _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place. positions [T] int64; query [T, Hq * head_size] or [T, Hq, head_size]; key likewise
+    with Hk heads (last dim contiguous); cos_sin_cache [max_pos, rotary_dim]. Returns (query, key)."""
+    n = positions.shape[0]
+    if n == 0:
+        return query, key
+    q = query.view(n, -1, head_size)
+    k = key.view(n, -1, head_size)
+    rotary_dim = cos_sin_cache.shape[1]
+    if rotary_dim % 2 or rotary_dim > head_size:
+        raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_size {head_size}")
+    assert q.stride(2) == 1 and k.stride(2) == 1 and cos_sin_cache.stride(1) == 1
+    half = rotary_dim // 2
+    _rope[(n,)](
+        q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
+        q.shape[1], k.shape[1],
+        HALF=half, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]),
+        IS_NEOX=is_neox, num_warps=4,
+    )
+    return query, key
+
+
+def rotary_embedding_ref(positions, query, key, head_size, cos_sin_cache, is_neox=True):
+    """Out of place torch reference (fp32 math), same layout conventions."""
+    n = positions.shape[0]
+    rotary_dim = cos_sin_cache.shape[1]
+    half = rotary_dim // 2
+    cos_sin = cos_sin_cache[positions.long()].float()
+    cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]
+
+    def apply(x):
+        x = x.reshape(n, -1, head_size)
+        rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+        if is_neox:
+            x1, x2 = rot[..., :half], rot[..., half:]
+            out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+            out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+        return torch.cat([out.to(x.dtype), rest], dim=-1)
+
+    return apply(query).view(query.shape), apply(key).view(key.shape)
+
+
+def build_cos_sin_cache(rotary_dim: int, max_position: int, base: float = 10000.0,
+                        dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Plain (unscaled) RoPE table in this layout: [max_position, rotary_dim], cos | sin."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim))
+    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32, device=device), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
