@@ -31,10 +31,14 @@ class ReqToTokenPool:
         return out
 
     def free(self, idx: Union[int, Sequence[int]]) -> None:
-        if isinstance(idx, int):
-            self.free_slots.append(idx)
-        else:
-            self.free_slots.extend(idx)
+        """Return rows; a row freed twice would later be handed to two requests, so it raises."""
+        rows = [int(i) for i in idx] if isinstance(idx, (list, tuple, range)) else [int(idx)]
+        free = set(self.free_slots)
+        for row in rows:
+            if not 0 <= row < self.size or row in free:
+                raise RuntimeError(f"double free or invalid req_to_token row {row} (rows 0..{self.size - 1})")
+            free.add(row)
+        self.free_slots.extend(rows)
 
     def clear(self) -> None:
         self.free_slots = list(range(self.size))
@@ -153,7 +157,8 @@ class PagedTokenToKVPoolAllocator:
             return
         pages = torch.unique(slots.to("cpu", torch.int64) // self.page_size).tolist()
         for page in pages:
-            if page == 0 or page in self._free_set:
-                raise RuntimeError(f"double free or reserved page {page} freed")
+            # Out-of-range pages (e.g. a stale -1 slot) would otherwise be handed out later.
+            if not 1 <= page <= self.num_pages or page in self._free_set:
+                raise RuntimeError(f"double free or invalid page {page} freed (pages 1..{self.num_pages})")
         self._free_set.update(pages)
         self.free_pages.extend(pages)
