@@ -36,3 +36,21 @@ def _ensure_sglserve_kernels() -> None:
 
 
 _ensure_sglserve_kernels()
+
+
+
+# ---- shared fixtures (helpers live in sglserve_kernels.testing) -----------------------
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture
+def device() -> str:
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,53 @@
+"""Test helpers for the kernels (used by tests/kernels and tests/gpu): a paged KV batch
+laid out like the allocator would, with every unowned slot poisoned."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+
+class PagedKV:
+    """A request batch laid out in a paged pool the way the allocator would: each request
+    owns whole pages, scattered over the pool in random order, rows of req_to_token are a random subset. Every slot no request owns,
+    and every req_to_token entry past a request's length, points at NaN, so a kernel
+    that reads outside a request's tokens produces NaN."""
+
+    def __init__(self, seq_lens: Sequence[int], page_size: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: str, gen: torch.Generator, num_rows: Optional[int] = None):
+        bs = len(seq_lens)
+        ps = page_size
+        pages_per_req = [-(-s // ps) for s in seq_lens]
+        num_pages = sum(pages_per_req) + 3  # spare pages stay poisoned
+        num_slots = (num_pages + 1) * ps  # page 0 reserved
+        self.k_buffer = torch.full((num_slots, num_kv_heads, head_dim), float("nan"), dtype=dtype)
+        self.v_buffer = torch.full((num_slots, num_kv_heads, head_dim), float("nan"), dtype=dtype)
+        max_ctx = max(max(seq_lens, default=1), 1) + 5
+        num_rows = num_rows or bs + 3
+        poison_slot = num_slots - 1  # in a spare page, never owned
+        self.req_to_token = torch.full((num_rows, max_ctx), poison_slot, dtype=torch.int32)
+        self.req_pool_indices = torch.randperm(num_rows, generator=gen)[:bs].to(torch.int64)
+        page_ids = (torch.randperm(num_pages, generator=gen) + 1).tolist()
+        self.slots: List[torch.Tensor] = []
+        cursor = 0
+        for i, s in enumerate(seq_lens):
+            pages = page_ids[cursor:cursor + pages_per_req[i]]
+            cursor += pages_per_req[i]
+            slots = torch.tensor([pages[j // ps] * ps + j % ps for j in range(s)], dtype=torch.int64)
+            self.slots.append(slots)
+            self.req_to_token[int(self.req_pool_indices[i]), :s] = slots.to(torch.int32)
+            self.k_buffer[slots] = torch.randn(s, num_kv_heads, head_dim, generator=gen).to(dtype)
+            self.v_buffer[slots] = torch.randn(s, num_kv_heads, head_dim, generator=gen).to(dtype)
+        for name in ("k_buffer", "v_buffer", "req_to_token", "req_pool_indices"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.seq_lens = torch.tensor(list(seq_lens), dtype=torch.int32, device=device)
+
+
+def randn(gen: torch.Generator, *shape, dtype=torch.float32, device="cpu", scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(device)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
