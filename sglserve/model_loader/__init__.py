@@ -1,0 +1,3 @@
+from sglserve.model_loader.loader import get_model
+
+__all__ = ["get_model"]

@@ -1,0 +1,53 @@
+"""RMSNorm with SGLang's fused residual-add semantics."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from sglserve.layers.custom_op import CustomOp
+
+
+class RMSNorm(CustomOp):
+    """y = x / rms(x) * weight, computed in fp32 like transformers.
+
+    forward(x) -> y. forward(x, residual) first adds: s = x + residual, and returns
+    (rmsnorm(s), s) so the decoder layer carries the running sum without a second pass.
+    Kernel "rmsnorm": fn(x [n, d], weight [d], eps, residual: Optional[[n, d]])
+    with the same return convention (it may work in place).
+    """
+
+    kernel_name = "rmsnorm"
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward_native(
+        self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        orig_dtype = x.dtype
+        x = x.to(torch.float32)
+        if residual is not None:
+            x = x + residual.to(torch.float32)
+            residual = x.to(orig_dtype)
+        variance = x.pow(2).mean(dim=-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.variance_epsilon)
+        out = self.weight * x.to(orig_dtype)
+        return out if residual is None else (out, residual)
+
+    def forward_cuda(
+        self, kernel: Callable, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if residual is None:
+            return kernel(x2, self.weight, self.variance_epsilon, None).view(shape)
+        out, res = kernel(x2, self.weight, self.variance_epsilon, residual.reshape(-1, shape[-1]))
+        return out.view(shape), res.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
