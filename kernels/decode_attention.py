@@ -134,6 +134,13 @@ def _decode_stage2(
     tl.store(O + b * stride_ob + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
 
 
+def decode_max_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int) -> int:
+    """Most splits any request of a batch of `bs` gets (host int, a function of shapes only):
+    about two waves of stage-1 programs, within [1, max_kv_splits]. Scratch sized with it
+    keeps the stage-1 grid free of programs that can never have work."""
+    return max(1, min(max_kv_splits, -(-2 * num_sms // max(1, bs * num_kv_heads))))
+
+
 def decode_kv_splits(
     seq_lens: torch.Tensor,
     num_kv_heads: int,
@@ -149,7 +156,7 @@ def decode_kv_splits(
     """
     bs = seq_lens.shape[0]
     sms = num_sms if num_sms is not None else device_sms(seq_lens)
-    by_occupancy = max(1, min(max_kv_splits, -(-2 * sms // max(1, bs * num_kv_heads))))
+    by_occupancy = decode_max_splits(bs, num_kv_heads, max_kv_splits, sms)
     splits = torch.clamp((seq_lens.to(torch.int32) + MIN_TOKENS_PER_SPLIT - 1) // MIN_TOKENS_PER_SPLIT,
                          min=1, max=by_occupancy)
     if out is None:

@@ -61,7 +61,8 @@ def _extend_attn(
     mask_d = offs_d < HEAD_DIM
     q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    q = q.to(K.dtype.element_ty)
+    # Everything meets in the pool's dtype (new k/v and q cast on load; a no-op normally).
+    q = q.to(K_buf.dtype.element_ty)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -85,6 +86,8 @@ def _extend_attn(
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(K + (start + offs_n)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + (start + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = k.to(K_buf.dtype.element_ty)
+        v = v.to(V_buf.dtype.element_ty)
         causal = mask_n[None, :] & (offs_m[:, None] >= offs_n[None, :])
         m_i, l_i, acc = _online_block(q, k, v, causal, m_i, l_i, acc, sm_scale_log2, DOT_PREC)
 

@@ -1,0 +1,175 @@
+"""TritonAttnBackend: paged attention with our Triton kernels (sglserve_kernels), the GPU default.
+
+Per layer, forward_extend / forward_decode first store the new tokens' K/V at
+forward_batch.out_cache_loc (one Triton launch for K and V), then run:
+  extend: extend_attention_fwd — prefix K/V from the pool through req_to_token, the new
+          tokens' K/V straight from the k/v inputs, causal;
+  decode: decode_attention_fwd — split-KV flash decoding over the pool.
+
+What the kernels need from the ForwardBatch is worked out once per pass in
+init_forward_metadata:
+  extend: the grid bound max_extend_len (a host int, from extend_seq_lens_cpu);
+  decode: num_kv_splits per request (computed on the device from seq_lens, no host sync)
+          and the fp32 split scratch.
+Decode metadata is allocation free and shape-stable: the split counts and the scratch
+are views into buffers allocated once in __init__ for up to `max_bs` requests, and the
+views depend only on the batch size. So a CUDA graph runner captures the model's forward
+after calling init_forward_metadata on its padded static batch, and before each replay
+calls it again on the same static batch (new seq_lens) — the graph then reads the fresh
+split counts from the same addresses. Padded rows may carry seq_len 0 (output zeros) or 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from sglserve.layers.attention.base import AttentionBackend
+from sglserve_kernels.decode_attention import (
+    DEFAULT_MAX_KV_SPLITS,
+    decode_attention_fwd,
+    decode_kv_splits,
+    decode_max_splits,
+)
+from sglserve_kernels.extend_attention import extend_attention_fwd
+from sglserve_kernels.kv_store import store_kv_cache
+from sglserve_kernels._utils import num_sms
+
+if TYPE_CHECKING:
+    from sglserve.layers.radix_attention import RadixAttention
+    from sglserve.model_executor.forward_batch import ForwardBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TritonExtendMetadata:
+    max_extend_len: int
+
+
+@dataclass
+class TritonDecodeMetadata:
+    num_kv_splits: torch.Tensor  # [bs] int32
+    mid_o: torch.Tensor  # [bs, num_heads, splits, head_dim] fp32
+    mid_lse: torch.Tensor  # [bs, num_heads, splits] fp32
+
+
+class TritonAttnBackend(AttentionBackend):
+    """Reads model_runner.model_config (heads, head_dim), .device, .server_args.cuda_graph_max_bs
+    and .max_running_requests to size the decode scratch once."""
+
+    def __init__(self, model_runner: Any, max_kv_splits: int = DEFAULT_MAX_KV_SPLITS) -> None:
+        self.model_runner = model_runner
+        mc = model_runner.model_config
+        tp = getattr(model_runner.server_args, "tp_size", 1) or 1
+        self.num_heads = mc.num_attention_heads // tp
+        self.num_kv_heads = max(1, mc.num_key_value_heads // tp)
+        self.head_dim = mc.head_dim
+        self.device = torch.device(model_runner.device)
+        self.max_kv_splits = max_kv_splits
+        self.num_sms = num_sms(self.device.index or 0) if self.device.type == "cuda" else num_sms()
+        graph_bs = getattr(model_runner.server_args, "cuda_graph_max_bs", None) or 0
+        running = getattr(model_runner, "max_running_requests", None) or 0
+        self.max_bs = max(graph_bs, running, 1)
+        # Rows x splits is largest for some bs <= max_bs; size the flat scratch for that.
+        cap = max(bs * self._splits_for(bs) for bs in range(1, self.max_bs + 1))
+        self._num_kv_splits = torch.ones(self.max_bs, dtype=torch.int32, device=self.device)
+        self._mid_o = torch.empty(cap * self.num_heads * self.head_dim, dtype=torch.float32, device=self.device)
+        self._mid_lse = torch.empty(cap * self.num_heads, dtype=torch.float32, device=self.device)
+
+    def _splits_for(self, bs: int) -> int:
+        return decode_max_splits(bs, self.num_kv_heads, self.max_kv_splits, self.num_sms)
+
+    # ---- metadata ----------------------------------------------------------------------
+
+    def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        if forward_batch.forward_mode.is_decode():
+            forward_batch.attn_metadata = self._decode_metadata(forward_batch.batch_size, forward_batch.seq_lens)
+        elif forward_batch.forward_mode.is_extend():
+            lens = forward_batch.extend_seq_lens_cpu
+            if lens is None or forward_batch.extend_start_loc is None or forward_batch.extend_prefix_lens is None:
+                raise ValueError("an EXTEND ForwardBatch needs extend_prefix_lens, extend_seq_lens(_cpu), extend_start_loc")
+            forward_batch.attn_metadata = TritonExtendMetadata(max_extend_len=max(lens, default=0))
+        else:
+            forward_batch.attn_metadata = None
+
+    def _decode_metadata(self, bs: int, seq_lens: torch.Tensor) -> TritonDecodeMetadata:
+        splits = self._splits_for(bs)
+        if bs <= self.max_bs:
+            num_kv_splits = decode_kv_splits(seq_lens, self.num_kv_heads, self.max_kv_splits,
+                                             out=self._num_kv_splits, num_sms=self.num_sms)
+            mid_o = self._mid_o[: bs * self.num_heads * splits * self.head_dim]
+            mid_lse = self._mid_lse[: bs * self.num_heads * splits]
+        else:  # bigger than any batch the runner announced: correct, just not graph-safe
+            logger.warning("decode batch of %d > max_bs %d: allocating attention scratch", bs, self.max_bs)
+            num_kv_splits = decode_kv_splits(seq_lens, self.num_kv_heads, self.max_kv_splits, num_sms=self.num_sms)
+            mid_o = torch.empty(bs * self.num_heads * splits * self.head_dim, dtype=torch.float32, device=self.device)
+            mid_lse = torch.empty(bs * self.num_heads * splits, dtype=torch.float32, device=self.device)
+        return TritonDecodeMetadata(
+            num_kv_splits=num_kv_splits,
+            mid_o=mid_o.view(bs, self.num_heads, splits, self.head_dim),
+            mid_lse=mid_lse.view(bs, self.num_heads, splits),
+        )
+
+    def _metadata(self, forward_batch: "ForwardBatch") -> Any:
+        meta = forward_batch.attn_metadata
+        if forward_batch.forward_mode.is_decode():
+            ok = isinstance(meta, TritonDecodeMetadata)
+        else:
+            ok = isinstance(meta, TritonExtendMetadata)
+        if not ok:
+            self.init_forward_metadata(forward_batch)
+        return forward_batch.attn_metadata
+
+    # ---- forward -----------------------------------------------------------------------
+
+    @staticmethod
+    def _save_kv(k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool) -> None:
+        if save_kv_cache:
+            k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+            store_kv_cache(k_buf, v_buf, forward_batch.out_cache_loc, k, v)
+
+    @staticmethod
+    def _heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+        """[n, H*D] (possibly a strided slice of a fused qkv output) -> [n, H, D], a view when it can be."""
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        return x.view(x.shape[0], num_heads, head_dim)
+
+    def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
+        meta: TritonExtendMetadata = self._metadata(forward_batch)
+        self._save_kv(k, v, layer, forward_batch, save_kv_cache)
+        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
+        k3 = self._heads(k, layer.tp_k_head_num, layer.qk_head_dim)
+        v3 = self._heads(v, layer.tp_v_head_num, layer.v_head_dim)
+        o = q.new_empty(q3.shape[0], layer.tp_q_head_num, layer.v_head_dim)
+        extend_attention_fwd(
+            q3, k3, v3, o, k_buf, v_buf,
+            forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
+            forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens, forward_batch.extend_start_loc,
+            meta.max_extend_len, layer.scaling,
+        )  # fmt: skip
+        return o.view(o.shape[0], -1)
+
+    def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
+        meta: TritonDecodeMetadata = self._metadata(forward_batch)
+        self._save_kv(k, v, layer, forward_batch, save_kv_cache)
+        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        bs = forward_batch.batch_size
+        q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
+        o = q.new_empty(bs, layer.tp_q_head_num, layer.v_head_dim)
+        mid_o, mid_lse = meta.mid_o, meta.mid_lse
+        if mid_o.shape[1] != layer.tp_q_head_num or mid_o.shape[3] != layer.v_head_dim:
+            raise ValueError(
+                f"layer {layer.layer_id} has {layer.tp_q_head_num} heads x {layer.v_head_dim}, the backend was sized "
+                f"for {self.num_heads} x {self.head_dim} (model_config)"
+            )
+        decode_attention_fwd(
+            q3, k_buf, v_buf, o, forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
+            forward_batch.seq_lens, meta.num_kv_splits, mid_o, mid_lse, layer.scaling,
+        )  # fmt: skip
+        return o.view(bs, -1)
