@@ -117,8 +117,7 @@ class BasePrefixCache(ABC):
         """Raise RuntimeError if the cache's bookkeeping is inconsistent.
 
         With `outstanding_tokens` (slots held by requests outside the cache, counted in
-        whole pages), also check free + cached + outstanding == pool size; an idle
-        scheduler passes 0, which additionally requires that no node is locked.
+        whole pages), also check free + cached + outstanding == pool size.
         """
         if self.evictable_size() + self.protected_size() != self.total_size():
             raise RuntimeError(
@@ -134,7 +133,12 @@ class BasePrefixCache(ABC):
                 f"KV slot leak: free {free} + cached {cached} + in use {outstanding_tokens} "
                 f"!= total {alloc.size} (difference {alloc.size - free - cached - outstanding_tokens})"
             )
-        if outstanding_tokens == 0 and self.protected_size() != 0:
+
+    def check_idle(self) -> None:
+        """The scheduler's idle check (no request holds slots or locks): raise RuntimeError
+        on a slot leak (free + cached != pool size), a lock leak or broken bookkeeping."""
+        self.check_integrity(outstanding_tokens=0)
+        if self.protected_size() != 0:
             raise RuntimeError(f"lock leak: {self.protected_size()} tokens still locked while idle")
 
     # ---- shared helpers -----------------------------------------------------------
