@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -122,6 +123,9 @@ def _resolve_tokenizer(args, model_info: Optional[dict]):
     if args.tokenizer is not None:
         return load_tokenizer(args.tokenizer)
     path = (model_info or {}).get("tokenizer_path") or (model_info or {}).get("model_path")
+    if path and not os.path.exists(path):  # a hub id or another machine's path: never download
+        logger.warning("server tokenizer %r is not a local path; ignoring it", path)
+        path = None
     if not path:
         if args.dataset_name == "sharegpt" or args.backend == "openai-chat":
             raise RuntimeError("the server reported no tokenizer_path; pass --tokenizer")

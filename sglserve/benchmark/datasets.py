@@ -215,7 +215,12 @@ def sample_generated_shared_prefix_requests(
     return_text: bool = True,
 ) -> List[DatasetRow]:
     """Each prompt is "<system prompt of its group>\\n\\n<question>" (text), or the two id
-    lists concatenated (ids). Rows are shuffled so a group's prompts do not arrive together."""
+    lists concatenated (ids). Rows are shuffled so a group's prompts do not arrive together.
+
+    In text mode prompt_len is len(encode(system)) + len(encode("\\n\\n" + question)): each
+    system prompt is tokenized once, not once per question (re-tokenizing 1024 prompts of
+    ~2k random tokens takes tens of seconds); the count may be off by a token or two at
+    the seam, and the server's own prompt_tokens are reported beside it."""
     for name, value in [("--gsp-num-groups", num_groups), ("--gsp-prompts-per-group", prompts_per_group),
                         ("--gsp-system-prompt-len", system_prompt_len), ("--gsp-question-len", question_len),
                         ("--gsp-output-len", output_len)]:
@@ -227,11 +232,13 @@ def sample_generated_shared_prefix_requests(
     for _ in range(num_groups):
         system_ids = _random_ids(pool, system_prompt_len, rng)
         system_text = tokenizer.decode(system_ids) if as_text else None
+        system_len = len(tokenizer.encode(system_text)) if as_text else 0
         for _ in range(prompts_per_group):
             question_ids = _random_ids(pool, question_len, rng)
             if as_text:
-                prompt = f"{system_text}\n\n{tokenizer.decode(question_ids)}"
-                rows.append(DatasetRow(prompt, len(tokenizer.encode(prompt)), output_len))
+                question = "\n\n" + tokenizer.decode(question_ids)
+                n = system_len + len(tokenizer.encode(question, add_special_tokens=False))
+                rows.append(DatasetRow(system_text + question, n, output_len))
             else:
                 ids = system_ids + question_ids
                 rows.append(DatasetRow(ids, len(ids), output_len))
