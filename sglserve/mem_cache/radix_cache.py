@@ -154,16 +154,18 @@ class RadixCache(BasePrefixCache):
             return
         heap = [(n.last_access, n.id, n) for n in self._nodes() if not n.children and n.lock_ref == 0]
         heapq.heapify(heap)
-        freed = 0
+        freed, released = 0, []
         while freed < num_tokens and heap:
             _, _, node = heapq.heappop(heap)
-            self.token_to_kv_pool_allocator.free(node.value)
+            released.append(node.value)
             freed += len(node.key)
             parent = node.parent
             del parent.children[self._child_key(node.key)]
             self._evictable -= len(node.key)
             if parent is not self.root_node and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, parent.id, parent))
+        if released:  # one free call: one device-to-host copy however many leaves went
+            self.token_to_kv_pool_allocator.free(torch.cat(released))
 
     # ---- locks --------------------------------------------------------------------
     def inc_lock_ref(self, node: Optional[TreeNode]) -> int:
@@ -271,8 +273,7 @@ class RadixCache(BasePrefixCache):
 
     def check_integrity(self, outstanding_tokens: Optional[int] = None) -> None:
         """Structure (links, page-whole slots, lock order, counters) plus the base accounting check."""
-        ps, evictable, protected, seen = self.page_size, 0, 0, set()
-        free_pages = set(getattr(self.token_to_kv_pool_allocator, "free_pages", ()))
+        ps, evictable, protected, values = self.page_size, 0, 0, []
         for node in self._nodes():
             where = f"node {node.id} key={node.key[:8]}"
             if not node.key or len(node.key) % ps or len(node.value) != len(node.key):
@@ -281,14 +282,7 @@ class RadixCache(BasePrefixCache):
                 raise RuntimeError(f"{where}: not linked from its parent under its first page")
             if node.lock_ref < 0 or (node.parent is not self.root_node and node.lock_ref > node.parent.lock_ref):
                 raise RuntimeError(f"{where}: lock_ref {node.lock_ref} vs parent {node.parent.lock_ref}")
-            pages = node.value.view(-1, ps).cpu()
-            first = pages[:, 0]
-            if bool((first % ps != 0).any()) or not torch.equal(pages - first[:, None], torch.arange(ps).expand_as(pages)):
-                raise RuntimeError(f"{where}: slots are not whole pages: {node.value[:16].tolist()}")
-            for page in (first // ps).tolist():
-                if page == 0 or page in seen or page in free_pages:
-                    raise RuntimeError(f"{where}: page {page} is reserved, shared or free")
-                seen.add(page)
+            values.append(node.value)
             if node.lock_ref:
                 protected += len(node.key)
             else:
@@ -296,4 +290,14 @@ class RadixCache(BasePrefixCache):
         if (evictable, protected) != (self._evictable, self._protected):
             raise RuntimeError(f"counters evictable={self._evictable} protected={self._protected}, "
                                f"tree has {evictable} and {protected}")
+        if values:  # one copy to the host for all slots
+            pages = torch.cat(values).cpu().view(-1, ps)
+            first = pages[:, 0]
+            if bool((first % ps != 0).any()) or not torch.equal(pages - first[:, None], torch.arange(ps).expand_as(pages)):
+                raise RuntimeError("tree slots are not whole pages")
+            page_ids = (first // ps).tolist()
+            free_pages = set(getattr(self.token_to_kv_pool_allocator, "free_pages", ()))
+            bad = [p for p in page_ids if p == 0 or p in free_pages]
+            if bad or len(set(page_ids)) != len(page_ids):
+                raise RuntimeError(f"tree pages reserved, free or shared by two nodes (e.g. {bad[:5]})")
         super().check_integrity(outstanding_tokens)

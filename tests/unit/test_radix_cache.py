@@ -165,6 +165,10 @@ def test_integrity_check_finds_leaks_and_reset() -> None:
     alloc.free(lost)
     cache.check_integrity(0)
     assert "[0, 1, 2, 3, 4, 5, 6, 7]" in cache.pretty_print()
+    node = cache.match_prefix(list(range(8))).last_node
+    alloc.free(node.value[:4])  # freed behind the tree's back
+    with pytest.raises(RuntimeError, match="free"):
+        cache.check_integrity()
     cache.reset()
     assert cache.total_size() == 0 and cache.evictable_size() == 0
     assert len(cache.match_prefix(list(range(8))).device_indices) == 0
