@@ -92,6 +92,13 @@ def test_extend_grid_larger_than_needed(device, gen):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
+def test_extend_fp16(device, gen):
+    """Half precision through tl.dot on the CPU (bf16 tl.dot is wrong in the 3.9 interpreter: GPU only)."""
+    kv, q, k, v, meta = make_batch([4, 30], [5, 40], 8, 2, 64, 4, torch.float16, device, gen)
+    out, ref = run(kv, q, k, v, meta, 40, 0.125)
+    torch.testing.assert_close(out, ref, atol=4e-3, rtol=4e-3)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (32, 32, 64), (28, 4, 128)])

@@ -36,12 +36,12 @@ def fake_runner(device, max_bs=4):
 class World:
     """Pools + allocator shared by the backends under test (each backend gets its own KV pool copy)."""
 
-    def __init__(self, page_size: int, device: str, names: List[str]):
+    def __init__(self, page_size: int, device: str, names: List[str], dtype: torch.dtype = torch.float32):
         self.device = device
         self.r2t = ReqToTokenPool(8, 96, device)
         self.alloc = PagedTokenToKVPoolAllocator(512, page_size, "cpu")
         self.kv: Dict[str, MHATokenToKVPool] = {
-            n: MHATokenToKVPool(512, page_size, torch.float32, KVH, D, LAYERS, device) for n in names
+            n: MHATokenToKVPool(512, page_size, dtype, KVH, D, LAYERS, device) for n in names
         }
         for pool in self.kv.values():  # slots no request owns are poisoned; page 0 stays zero as
             for buf in pool.k_buffer + pool.v_buffer:  # torch_native reads it for padding (masked)
@@ -92,10 +92,15 @@ def reference(fb: ForwardBatch, pool, r2t, qkvs):
     return outs
 
 
-@pytest.mark.parametrize("page_size", [1, 4, 16])
-def test_backend_matches_torch_native_and_reference(page_size, device, gen):
+GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("page_size,dtype", [(1, torch.float32), (4, torch.float32), (16, torch.float32),
+                                             pytest.param(16, torch.bfloat16, marks=GPU_ONLY)])
+def test_backend_matches_torch_native_and_reference(page_size, dtype, device, gen):
     names = ["triton", "ref"] + (["native"] if TorchNativeAttnBackend is not None else [])
-    world = World(page_size, device, names)
+    world = World(page_size, device, names, dtype)
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     backends = {"triton": TritonAttnBackend(fake_runner(device))}
     if TorchNativeAttnBackend is not None:
         backends["native"] = TorchNativeAttnBackend(fake_runner(device))
@@ -105,12 +110,12 @@ def test_backend_matches_torch_native_and_reference(page_size, device, gen):
              ([1, 1, 1], ForwardMode.DECODE)]
     for new_lens, mode in steps:
         make_fb = world.step(new_lens, mode)
-        qkvs = [torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device) for _ in range(LAYERS)]
+        qkvs = [torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device, dtype) for _ in range(LAYERS)]
         want = reference(make_fb(), world.kv["ref"], world.r2t, qkvs)
         for name, backend in backends.items():
             got = run_layers(backend, make_fb(), world.kv[name], world.r2t, qkvs)
             for layer_id in range(LAYERS):
-                torch.testing.assert_close(got[layer_id], want[layer_id], atol=2e-5, rtol=1e-4,
+                torch.testing.assert_close(got[layer_id], want[layer_id], **tol,
                                            msg=lambda m: f"{name} {mode.name} layer {layer_id}: {m}")
                 for buf in ("k_buffer", "v_buffer"):  # stores are exact copies; NaN marks untouched slots
                     a = getattr(world.kv[name], buf)[layer_id].nan_to_num(nan=12345.0)
