@@ -103,14 +103,19 @@ class PagedTokenToKVPoolAllocator:
         self.clear()
 
     def clear(self) -> None:
-        self.free_pages: List[int] = list(range(1, self.num_pages + 1))
+        # A stack: pages are taken from and returned to the end, so alloc/free cost
+        # O(pages moved), not O(pool) (slicing off the front copied the whole list).
+        self.free_pages: List[int] = list(range(self.num_pages, 0, -1))
         self._free_set = set(self.free_pages)
 
     def available_size(self) -> int:
         return len(self.free_pages) * self.page_size
 
     def _take_pages(self, n: int) -> List[int]:
-        out, self.free_pages = self.free_pages[:n], self.free_pages[n:]
+        if n == 0:
+            return []
+        out = self.free_pages[-n:][::-1]
+        del self.free_pages[-n:]
         self._free_set.difference_update(out)
         return out
 
