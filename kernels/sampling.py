@@ -79,25 +79,30 @@ def sample(
 
 
 def sampling_probs_ref(logits, temperatures, top_ps, top_ks, min_ps) -> torch.Tensor:
-    """Row-by-row reference of sampling_probs (renormalised), written from the definitions."""
-    out = torch.zeros_like(logits, dtype=torch.float32)
+    """Row-by-row reference of sampling_probs (renormalised), written from the definitions.
+
+    Walks each row's tokens from most to least likely and stops at the first one a filter
+    drops: every filter is monotone along that order, so the kept set is a prefix.
+    """
+    out = torch.zeros(logits.shape, dtype=torch.float32)
     vocab = logits.shape[-1]
     for i in range(logits.shape[0]):
-        p = torch.softmax(logits[i].double() / max(float(temperatures.reshape(-1)[i]), 1e-6), -1)
-        order = torch.argsort(p, descending=True)
-        keep = torch.zeros(vocab, dtype=torch.bool)
+        p = torch.softmax(logits[i].detach().cpu().double() / max(float(temperatures.reshape(-1)[i]), 1e-6), -1)
+        order = torch.argsort(p, descending=True).tolist()
         k = int(top_ks[i])
         k = vocab if k <= 0 or k > vocab else k
+        top_p, min_p, p_max = float(top_ps[i]), float(min_ps[i]), float(p[order[0]])
+        keep = torch.zeros(vocab, dtype=torch.bool)
         mass = 0.0
-        for rank, tok in enumerate(order.tolist()):
-            dropped = rank >= k or mass > float(top_ps[i]) or p[tok] < float(min_ps[i]) * p[order[0]]
-            if dropped and rank > 0:  # the most likely token always stays
-                continue
+        for rank, tok in enumerate(order):
+            p_tok = float(p[tok])
+            if rank > 0 and (rank >= k or mass > top_p or p_tok < min_p * p_max):
+                break  # the most likely token always stays
             keep[tok] = True
-            mass += float(p[tok])
-        q = torch.where(keep.to(p.device), p, torch.zeros_like(p))
+            mass += p_tok
+        q = torch.where(keep, p, torch.zeros_like(p))
         out[i] = (q / q.sum()).float()
-    return out
+    return out.to(logits.device)
 
 
 def sample_ref(logits, temperatures, top_ps, top_ks, min_ps, greedy_mask, generator=None) -> torch.Tensor:
