@@ -15,6 +15,7 @@ import heapq
 import itertools
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from sglserve.mem_cache.base_prefix_cache import BasePrefixCache, MatchResult
@@ -295,9 +296,14 @@ class RadixCache(BasePrefixCache):
             first = pages[:, 0]
             if bool((first % ps != 0).any()) or not torch.equal(pages - first[:, None], torch.arange(ps).expand_as(pages)):
                 raise RuntimeError("tree slots are not whole pages")
-            page_ids = (first // ps).tolist()
-            free_pages = set(getattr(self.token_to_kv_pool_allocator, "free_pages", ()))
-            bad = [p for p in page_ids if p == 0 or p in free_pages]
-            if bad or len(set(page_ids)) != len(page_ids):
-                raise RuntimeError(f"tree pages reserved, free or shared by two nodes (e.g. {bad[:5]})")
+            ids = (first // ps).numpy()
+            alloc = self.token_to_kv_pool_allocator
+            if ids.min() < 1 or ids.max() > alloc.num_pages:
+                raise RuntimeError(f"tree page ids {ids.min()}..{ids.max()} outside 1..{alloc.num_pages}")
+            if (np.bincount(ids) > 1).any():
+                raise RuntimeError("a page is owned by two tree nodes")
+            is_free = np.zeros(alloc.num_pages + 1, dtype=bool)
+            is_free[np.asarray(alloc.free_pages, dtype=np.int64)] = True
+            if is_free[ids].any():
+                raise RuntimeError(f"tree pages are free in the allocator: {ids[is_free[ids]][:5].tolist()}")
         super().check_integrity(outstanding_tokens)
