@@ -52,7 +52,8 @@ class PrefillAdder:
         return int(min(left, CLIP_MAX_NEW_TOKENS) * new_token_ratio)
 
     def _take(self, req: Req, extend_len: int) -> None:
-        self.tree_cache.inc_lock_ref(req.last_node)
+        # The matched prefix stops being evictable once locked, so it leaves the budget too
+        self.rem_total_tokens += self.tree_cache.inc_lock_ref(req.last_node)
         self.rem_total_tokens -= extend_len + self.reserved_tokens(req, self.new_token_ratio)
         self.rem_input_tokens -= extend_len
         if self.rem_chunk_tokens is not None:
@@ -75,6 +76,12 @@ class PrefillAdder:
         req.is_chunked = req.extend_input_len < left
         return req if req.is_chunked else None
 
+    def _unlocked_prefix_tokens(self, req: Req) -> int:
+        """Tokens of req's matched prefix now counted as evictable (locking would take them)."""
+        delta = self.tree_cache.inc_lock_ref(req.last_node)
+        self.tree_cache.dec_lock_ref(req.last_node)
+        return -delta
+
     def _chunk_budget(self) -> int:
         budget = self.rem_input_tokens
         if self.rem_chunk_tokens is not None:
@@ -84,7 +91,7 @@ class PrefillAdder:
     def add_one_req(self, req: Req) -> bool:
         """Returns False when admission should stop here (fcfs keeps order)."""
         total_need = req.extend_input_len + self.reserved_tokens(req, self.new_token_ratio)
-        if total_need > self.rem_total_tokens:
+        if total_need + self._unlocked_prefix_tokens(req) > self.rem_total_tokens:
             return False
         budget = self._chunk_budget()
         if req.extend_input_len <= budget:

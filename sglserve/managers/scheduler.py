@@ -290,7 +290,7 @@ class Scheduler:
         out = self.model_runner.forward(fb)
         logits = out.next_token_logits
         if len(sample_rows) != len(reqs):
-            logits = logits[torch.tensor(sample_rows, device=logits.device)]
+            logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=logits.device)]
         next_ids = self.model_runner.sample(logits, sampling_info).tolist() if sample_rows else []
         self.forward_ct += 1
         self.process_batch_result(batch, sample_rows, next_ids)
@@ -326,7 +326,7 @@ class Scheduler:
             self.running.extend(still_running)
         else:
             self.running = still_running
-        self.stream_output([r for r in batch.reqs if not r.is_chunked])
+        self.stream_output([r for r in batch.reqs if not r.is_chunked or r.finished()])
         if not is_extend:
             self.log_decode_stats()
 
