@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from sglserve.mem_cache.base_prefix_cache import BasePrefixCache, MatchResult
+
+if TYPE_CHECKING:
+    from sglserve.mem_cache.memory_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool
 
 ChildKey = Union[int, Tuple[int, ...]]
 
@@ -51,7 +54,13 @@ class TreeNode:
 class RadixCache(BasePrefixCache):
     """Prefix cache with LRU eviction of unlocked leaves; see BasePrefixCache for the contract."""
 
-    def __init__(self, req_to_token_pool, token_to_kv_pool_allocator, page_size: int, disable: bool = False) -> None:
+    def __init__(
+        self,
+        req_to_token_pool: "ReqToTokenPool",
+        token_to_kv_pool_allocator: "PagedTokenToKVPoolAllocator",
+        page_size: int,
+        disable: bool = False,
+    ) -> None:
         super().__init__(req_to_token_pool, token_to_kv_pool_allocator, page_size)
         self.disable = disable
         self.reset()
