@@ -374,13 +374,11 @@ class Scheduler:
                                 len(self.running), len(self.waiting_queue), rate)
 
     def check_memory_integrity(self) -> bool:
-        u = self.token_usage()
-        protected = self.tree_cache.protected_size()
-        if u["used"] != protected or protected != 0:
-            logger.error(
-                "KV cache leak detected: available=%d evictable=%d protected=%d total=%d",
-                u["available"], u["evictable"], protected, self.max_total_num_tokens,
-            )
+        """Idle check: every KV token is free or held by the prefix cache, nothing locked."""
+        try:
+            self.tree_cache.check_idle()
+        except RuntimeError as e:
+            logger.error("KV cache leak detected: %s", e)
             return False
         return True
 

@@ -152,6 +152,9 @@ class BasePrefixCache(ABC):
         Normally input + output minus the last sampled token (never fed to the model).
         Without any output (abort during chunked prefill) only fill_ids have KV.
         """
+        kv_len = getattr(req, "kv_len", None)
+        if kv_len is not None:  # the scheduler's Req counts its KV exactly (covers retract + chunk + abort)
+            return (list(req.origin_input_ids) + list(req.output_ids))[:kv_len]
         if req.output_ids:
             return (list(req.origin_input_ids) + list(req.output_ids))[:-1]
         return list(req.fill_ids)
