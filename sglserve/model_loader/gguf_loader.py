@@ -87,6 +87,8 @@ def iter_gguf_weights(path: str) -> Iterator[Tuple[str, torch.Tensor]]:
             continue
         name = gguf_to_hf_name(tensor.name)
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        if not array.flags.writeable:  # F32/F16 come back as read-only views of the mmap
+            array = array.copy()
         weight = torch.from_numpy(np.ascontiguousarray(array))
         if permute and ".self_attn.q_proj." in name:
             weight = reverse_rope_permute(weight, n_head)

