@@ -16,6 +16,7 @@ by a token id that token is dropped before decoding.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import zmq
 
 from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.utils.logging_utils import configure_logger
 
 logger = logging.getLogger(__name__)
 
@@ -148,21 +150,10 @@ def _matched(finished_reason: Optional[Dict[str, Any]]) -> Any:
     return finished_reason.get("matched")
 
 
-def _configure_logging(server_args: ServerArgs) -> None:
-    try:
-        from sglserve.utils.logging_utils import configure_logger  # the lead's shared format
-
-        configure_logger(server_args, prefix=" Detokenizer")
-    except ImportError:
-        logging.basicConfig(
-            level=getattr(logging, server_args.log_level.upper()),
-            format="[%(asctime)s Detokenizer] %(message)s",
-        )
-
-
 def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
     """Child-process entry point: bind, report ready, then loop until the parent dies."""
-    _configure_logging(server_args)
+    configure_logger(server_args, prefix=" Detokenizer")
+    faulthandler.enable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when we stop
     try:
         tokenizer = None

@@ -1,0 +1,299 @@
+"""The FastAPI app: native SGLang routes, OpenAI routes, health/info/control routes.
+
+Every error answers in the OpenAI shape {"object": "error", "message", "type", "param", "code"}.
+Bad input is a 400 (validation included, as SGLang and vLLM answer it), an oversized body
+a 413, a missing/wrong API key a 401; only our own bugs reach the catch-all 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import hmac
+import logging
+import uuid
+from typing import Any, Awaitable, Callable
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sglserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
+from sglserve.entrypoints.openai.serving_completions import handle_completions
+from sglserve.entrypoints.openai.serving_utils import (
+    SSE_DONE,
+    OpenAIError,
+    error_payload,
+    error_response,
+    json_response,
+    sse,
+    sse_error,
+)
+from sglserve.managers.io_struct import GenerateReqInput
+from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+HEALTH_GENERATE_TIMEOUT_S = 20.0
+GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
+
+
+def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> FastAPI:
+    tm = tokenizer_manager
+    model_name = server_args.served_model_name
+    app = FastAPI(title="sglserve", version="0.1.0")
+    _install_error_handlers(app)
+    # Middlewares: the last added runs first. Auth is checked before the body is read.
+    app.add_middleware(MaxPayloadMiddleware, max_bytes=server_args.max_payload_size)
+    if server_args.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
+    # Hook for --enable-metrics (a later issue): mount a /metrics app here.
+
+    def guarded(fn: Callable[..., Awaitable[Response]]):
+        """Map pipeline exceptions to error responses (ValueError is bad input: 400)."""
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return await fn(*args, **kwargs)
+            except OpenAIError as e:
+                return error_response(e.message, e.status_code, e.param)
+            except ValueError as e:
+                return error_response(str(e), 400)
+            except ServerError as e:
+                return error_response(str(e), e.status_code)
+            except ClientDisconnected:
+                return Response(status_code=499)
+
+        return wrapper
+
+    # ---- health and info ---------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> Response:
+        if tm.dead_reason:
+            return error_response(tm.dead_reason, 503)
+        return Response(status_code=200)
+
+    @app.get("/health_generate")
+    async def health_generate(request: Request) -> Response:
+        """Healthy when a 1-token generation completes in time."""
+        obj = GenerateReqInput(
+            text="Hi" if tm.tokenizer is not None else None,
+            input_ids=None if tm.tokenizer is not None else [0],
+            sampling_params={"max_new_tokens": 1, "temperature": 0.0},
+            rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
+        )
+        async def run() -> None:
+            async for _ in tm.generate_request(obj, request):
+                pass
+
+        try:
+            await asyncio.wait_for(run(), HEALTH_GENERATE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return error_response(f"No generation finished within {HEALTH_GENERATE_TIMEOUT_S:g} s.", 503)
+        except (ServerError, ValueError) as e:
+            return error_response(f"Health generation failed: {e}", 503)
+        return Response(status_code=200)
+
+    @app.get("/get_model_info")
+    async def get_model_info() -> Response:
+        return json_response(
+            {"model_path": server_args.model_path, "tokenizer_path": server_args.tokenizer_path, "is_generation": True}
+        )
+
+    @app.get("/get_server_info")
+    @guarded
+    async def get_server_info() -> Response:
+        load = await tm.get_load()
+        return json_response({**server_args.public_dict(), **tm.scheduler_info, **dataclasses.asdict(load),
+                              "version": app.version})
+
+    @guarded
+    async def flush_cache() -> Response:
+        ret = await tm.flush_cache()
+        if ret.success:
+            return Response(
+                "Cache flushed.\nPlease check backend logs for more details. "
+                "(When there are running or waiting requests, the operation will not be performed.)\n",
+                status_code=200,
+            )
+        return error_response(ret.message or "Cache not flushed.", 400)
+
+    for method in ("GET", "POST"):  # one route per method: unique OpenAPI operation ids
+        app.add_api_route("/flush_cache", flush_cache, methods=[method], operation_id=f"flush_cache_{method.lower()}")
+
+    # ---- native generate ---------------------------------------------------------------
+
+    @app.post("/generate")
+    @guarded
+    async def generate(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as e:
+            raise OpenAIError(f"Invalid JSON body: {e}") from e
+        if not isinstance(body, dict):
+            raise OpenAIError("The request body must be a JSON object.")
+        unknown = sorted(set(body) - GENERATE_FIELDS)
+        if unknown:
+            raise OpenAIError(f"Unknown field(s) {unknown}; allowed: {sorted(GENERATE_FIELDS)}", param=unknown[0])
+        if not isinstance(body.get("stream", False), bool):
+            raise OpenAIError("stream must be a boolean.", param="stream")
+        obj = GenerateReqInput(**body)
+        gen = tm.generate_request(obj, request)
+        if obj.stream:
+            return StreamingResponse(_native_stream(gen), media_type="text/event-stream")
+        out = None
+        async for out in gen:
+            pass
+        return json_response(out)
+
+    # ---- OpenAI ------------------------------------------------------------------------
+
+    @app.post("/v1/chat/completions")
+    @guarded
+    async def chat_completions(req: ChatCompletionRequest, raw_request: Request) -> Response:
+        return await handle_chat_completions(tm, model_name, req, raw_request)
+
+    @app.post("/v1/completions")
+    @guarded
+    async def completions(req: CompletionRequest, raw_request: Request) -> Response:
+        return await handle_completions(tm, model_name, req, raw_request)
+
+    def model_card() -> ModelCard:
+        return ModelCard(id=model_name, root=server_args.model_path, max_model_len=tm.context_len)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return json_response(ModelList(data=[model_card()]).model_dump())
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        if model != model_name:
+            return error_response(f"The model {model!r} does not exist; this server serves {model_name!r}.", 404, "model")
+        return json_response(model_card().model_dump())
+
+    return app
+
+
+async def _native_stream(gen) -> Any:
+    try:
+        async for out in gen:
+            yield sse(out)
+    except ClientDisconnected:
+        return
+    except ValueError as e:
+        yield sse_error(str(e), 400)
+    except ServerError as e:
+        yield sse_error(str(e), e.status_code)
+    yield SSE_DONE
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+
+def _validation_message(exc: RequestValidationError) -> tuple:
+    parts, param = [], None
+    for err in exc.errors()[:4]:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "")
+            return f"Invalid JSON body: {err.get('msg')}{': ' + str(detail) if detail else ''}", None
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        name = ".".join(loc)
+        param = param or name or None
+        parts.append(f"{name}: {msg}" if name else msg)
+    return "; ".join(parts) or "Invalid request.", param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        message, param = _validation_message(exc)
+        return error_response(message, 400, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request: Request, exc: Exception) -> Response:
+        logger.exception("Internal error on %s %s", request.method, request.url.path)
+        return error_response(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+
+
+# ---- middlewares (pure ASGI, so streaming responses pass through untouched) -------------
+
+
+async def _send_error(send: Callable, message: str, status_code: int, headers: list = ()) -> None:
+    body = orjson.dumps(error_payload(message, status_code))
+    await send({"type": "http.response.start", "status": status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """--api-key: require `Authorization: Bearer <key>`; /health* and /metrics stay open."""
+
+    EXEMPT_PREFIXES = ("/health", "/metrics")
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"].startswith(self.EXEMPT_PREFIXES):
+            return await self.app(scope, receive, send)
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(auth, self.expected):
+            return await _send_error(send, "Unauthorized: missing or invalid API key.", 401,
+                                     [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+class _PayloadTooLarge(StarletteHTTPException):
+    """An HTTPException so FastAPI's body parsing re-raises it (and the handler answers 413)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
+
+
+class MaxPayloadMiddleware:
+    """--max-payload-size: 413 for a larger body (by Content-Length, or counted as it arrives)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"Request body is too large; the limit is {self.max_bytes} bytes (--max-payload-size)."
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_error(send, message, 413)
+        seen = 0
+        started = False
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _PayloadTooLarge(message)
+            return msg
+
+        async def tracking_send(msg: dict) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _PayloadTooLarge:
+            if not started:
+                await _send_error(send, message, 413)

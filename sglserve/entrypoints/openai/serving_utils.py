@@ -1,0 +1,104 @@
+"""What the OpenAI handlers share: error shapes, SSE framing, finish reasons, usage."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import orjson
+from fastapi import Response
+
+from sglserve.entrypoints.openai.protocol import ErrorResponse, PromptTokensDetails, UsageInfo
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestEntityTooLargeError",
+    499: "ClientClosedRequest",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIError(Exception):
+    """Raised by handlers; the app turns it into an ErrorResponse with this status."""
+
+    def __init__(self, message: str, status_code: int = 400, param: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message, self.status_code, self.param = message, status_code, param
+
+
+def error_payload(message: str, status_code: int = 400, param: Optional[str] = None) -> Dict[str, Any]:
+    err_type = ERROR_TYPES.get(status_code, "BadRequestError" if status_code < 500 else "InternalServerError")
+    return ErrorResponse(message=message, type=err_type, param=param, code=status_code).model_dump()
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(content=orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS), status_code=status_code,
+                    media_type="application/json")
+
+
+def error_response(message: str, status_code: int = 400, param: Optional[str] = None) -> Response:
+    return json_response(error_payload(message, status_code, param), status_code)
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
+
+
+def sse_error(message: str, status_code: int = 400) -> bytes:
+    """An error after the stream started (headers already sent): as SGLang streams it."""
+    return sse({"error": error_payload(message, status_code)})
+
+
+def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]:
+    """SGLang's finish_reason dict -> (OpenAI finish_reason string, matched_stop)."""
+    fr = meta_info.get("finish_reason")
+    if not fr:
+        return None, None
+    return fr.get("type"), fr.get("matched") if fr.get("type") == "stop" else None
+
+
+def usage_of(metas: Iterable[Dict[str, Any]]) -> UsageInfo:
+    prompt = completion = cached = 0
+    for m in metas:
+        prompt += m["prompt_tokens"]
+        completion += m["completion_tokens"]
+        cached += m["cached_tokens"]
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+def reject_unimplemented(req: Any) -> None:
+    """Known OpenAI fields whose behaviour is not implemented yet: 400 naming the field.
+
+    Sampling-level features (n, logit_bias, grammars) are also refused in the
+    TokenizerManager; here they are named as the client spelled them.
+    """
+    checks = [
+        ("n", req.n != 1, "n > 1 is not supported yet"),
+        ("logit_bias", bool(req.logit_bias), "logit_bias is not supported yet"),
+        ("regex", req.regex is not None, "regex is not supported yet"),
+        ("ebnf", req.ebnf is not None, "ebnf is not supported yet"),
+        ("response_format", req.response_format is not None and req.response_format.type != "text",
+         "response_format other than 'text' is not supported yet"),
+    ]
+    if hasattr(req, "messages"):  # chat
+        checks += [
+            ("tools", bool(req.tools), "tools are not supported yet"),
+            ("tool_choice", req.tool_choice not in (None, "none", "auto"), "tool_choice is not supported yet"),
+            ("logprobs", bool(req.logprobs), "logprobs is not supported yet"),
+            ("top_logprobs", bool(req.top_logprobs), "top_logprobs is not supported yet"),
+        ]
+    else:  # completions
+        checks += [
+            ("logprobs", req.logprobs is not None, "logprobs is not supported yet"),
+            ("suffix", bool(req.suffix), "suffix is not supported"),
+            ("best_of", req.best_of is not None and req.best_of != 1, "best_of is not supported yet"),
+        ]
+    for param, bad, message in checks:
+        if bad:
+            raise OpenAIError(f"{message} (got {param}={getattr(req, param)!r}).", 400, param)

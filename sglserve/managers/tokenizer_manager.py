@@ -1,0 +1,415 @@
+"""TokenizerManager: the HTTP process's side of the pipeline.
+
+Tokenizes and validates requests, sends them to the scheduler, and routes the
+detokenizer's BatchStrOut messages to per-request state that `generate_request` awaits.
+A client that goes away (disconnect or cancellation) gets its request aborted so the
+scheduler frees its KV. Control calls (flush_cache, get_load) time out rather than hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+
+import zmq
+import zmq.asyncio
+
+from sglserve.managers.io_struct import (
+    AbortReq,
+    BatchStrOut,
+    FlushCacheReq,
+    FlushCacheReqOutput,
+    GenerateReqInput,
+    GetLoadReq,
+    GetLoadReqOutput,
+    TokenizedGenerateReqInput,
+    finish_abort,
+)
+from sglserve.sampling.sampling_params import SamplingParams
+from sglserve.server_args import PortArgs, ServerArgs
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 1.0  # how often a waiting request checks whether its client left
+CONTROL_TIMEOUT_S = 30.0  # flush_cache / get_load give up after this long
+
+
+class ServerError(RuntimeError):
+    """The request is fine but the server cannot serve it (scheduler dead or silent): 5xx."""
+
+    def __init__(self, message: str, status_code: int = 503) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ClientDisconnected(Exception):
+    """The client went away; its request was aborted. Nobody is left to answer."""
+
+
+@dataclasses.dataclass
+class ReqState:
+    rid: str
+    stream: bool
+    created: float
+    event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    text: str = ""
+    output_ids: List[int] = dataclasses.field(default_factory=list)
+    finished_reason: Optional[Dict[str, Any]] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_time: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        end = self.finish_time if self.finish_time is not None else time.time()
+        return {
+            "text": self.text,
+            "output_ids": list(self.output_ids),
+            "meta_info": {
+                "id": self.rid,
+                "finish_reason": self.finished_reason,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cached_tokens": self.cached_tokens,
+                "e2e_latency": end - self.created,
+            },
+        }
+
+
+class TokenizerManager:
+    def __init__(self, server_args: ServerArgs, port_args: PortArgs, scheduler_info: Dict[str, Any], tokenizer: Any = None):
+        self.server_args = server_args
+        self.scheduler_info = dict(scheduler_info)
+        self.context_len: int = scheduler_info["context_len"]
+        self.max_req_input_len: int = scheduler_info.get("max_req_input_len", self.context_len - 1)
+        self.vocab_size: int = scheduler_info["vocab_size"]
+        self.max_total_num_tokens: int = scheduler_info["max_total_num_tokens"]
+        if tokenizer is None and not server_args.skip_tokenizer_init:
+            from sglserve.utils.hf_transformers_utils import get_tokenizer
+
+            tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.trust_remote_code)
+        self.tokenizer = tokenizer
+
+        self._zmq_context = zmq.asyncio.Context(2)
+        self.recv_from_detokenizer = self._zmq_context.socket(zmq.PULL)
+        self.recv_from_detokenizer.bind(port_args.tokenizer_ipc_name)
+        self.send_to_scheduler = self._zmq_context.socket(zmq.PUSH)
+        self.send_to_scheduler.connect(port_args.scheduler_input_ipc_name)
+
+        self.rid_to_state: Dict[str, ReqState] = {}
+        self._control_waiters: Dict[type, Deque[asyncio.Future]] = {
+            FlushCacheReqOutput: collections.deque(),
+            GetLoadReqOutput: collections.deque(),
+        }
+        self._loop_tasks: List[asyncio.Task] = []
+        self.dead_reason: Optional[str] = None
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncIterator[Any]:
+        """Validate now (ValueError -> the caller answers 400), then return the async generator.
+
+        Single request: yields cumulative dicts {"text", "output_ids", "meta_info"}; one at the
+        end, or one per message when streaming. Batch: one list of such dicts when not
+        streaming, else each dict with an "index". `obj.rid` is filled in with the rid(s).
+        Raises (while iterating) ValueError for a request the scheduler rejected,
+        ServerError when the scheduler is gone, ClientDisconnected after an abort.
+        """
+        if self.dead_reason:
+            raise ServerError(self.dead_reason)
+        _check_shape(obj)
+        if obj.is_single:
+            tokenized = [self._tokenize_one(obj)]
+        else:
+            if obj.batch_size == 0:
+                raise ValueError("The batch of prompts is empty.")
+            if isinstance(obj.rid, str):
+                obj.rid = [f"{obj.rid}-{i}" for i in range(obj.batch_size)]
+            tokenized = [self._tokenize_one(obj[i]) for i in range(obj.batch_size)]
+        rids = [t.rid for t in tokenized]
+        if len(set(rids)) != len(rids) or any(r in self.rid_to_state for r in rids):
+            raise ValueError(f"Duplicate request ID in {rids}.")
+        obj.rid = rids[0] if obj.is_single else rids
+        if obj.is_single:
+            return self._wait_one(tokenized[0], request)
+        return self._wait_batch(tokenized, request, obj.stream)
+
+    def _tokenize_one(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
+        if (obj.text is None) == (obj.input_ids is None):
+            raise ValueError("Either text or input_ids should be provided (exactly one of them).")
+        if obj.return_logprob or obj.top_logprobs_num:
+            raise ValueError("return_logprob is not supported yet.")
+        if obj.text is not None:
+            if self.tokenizer is None:
+                raise ValueError("text input needs a tokenizer; the server runs with --skip-tokenizer-init: send input_ids.")
+            input_ids = self.tokenizer.encode(obj.text)
+        else:
+            input_ids = obj.input_ids
+            bad = [t for t in input_ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"The input_ids {bad[:8]} are outside the model's vocabulary [0, {self.vocab_size}).")
+        n = len(input_ids)
+        if n == 0:
+            raise ValueError("The input is empty.")
+        if n >= self.context_len:
+            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
+        if n > self.max_req_input_len:
+            raise ValueError(f"The input ({n} tokens) is longer than the maximum allowed input length ({self.max_req_input_len} tokens).")
+
+        sp = SamplingParams.from_dict(obj.sampling_params)
+        sp.verify(self.vocab_size)
+        check_implemented(sp)
+        if sp.max_new_tokens is not None and n + sp.max_new_tokens > self.context_len:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
+                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
+                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+                f"messages or the completion to fit within the limit."
+            )
+        rid = obj.rid or uuid.uuid4().hex
+        return TokenizedGenerateReqInput(rid, obj.text, list(input_ids), sp, stream=obj.stream)
+
+    async def _wait_one(self, tokenized: TokenizedGenerateReqInput, request: Any) -> AsyncIterator[Dict[str, Any]]:
+        self._ensure_loops()
+        if self.dead_reason:
+            raise ServerError(self.dead_reason)
+        rid = tokenized.rid
+        state = ReqState(rid, tokenized.stream, time.time())
+        self.rid_to_state[rid] = state
+        try:
+            self.send_to_scheduler.send_pyobj(tokenized)
+            while True:
+                if not await _wait_event(state.event, DISCONNECT_POLL_S):
+                    if request is not None and await request.is_disconnected():
+                        logger.info("Client disconnected; aborting request %s", rid)
+                        raise ClientDisconnected(rid)
+                    continue
+                state.event.clear()
+                fr = state.finished_reason
+                if fr is not None:
+                    if fr.get("type") == "abort" and fr.get("status_code") is not None:
+                        if fr["status_code"] == 400:
+                            raise ValueError(fr.get("message") or "The request was rejected.")
+                        raise ServerError(fr.get("message") or "The request failed.", fr["status_code"])
+                    yield state.to_dict()
+                    return
+                if state.stream:
+                    yield state.to_dict()
+        finally:
+            if self.rid_to_state.pop(rid, None) is not None and state.finished_reason is None:
+                self.abort_request(rid)
+
+    async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool):
+        gens = [self._wait_one(t, request) for t in tokenized]
+        if not stream:
+            tasks = [asyncio.ensure_future(_last(g)) for g in gens]
+            try:
+                results = await asyncio.gather(*tasks)
+            finally:  # one failed or we were cancelled: abort the rest
+                for t in tasks:
+                    t.cancel()
+            yield list(results)
+            return
+        async for index, out in merge_streams(gens):
+            out["index"] = index
+            yield out
+
+    def abort_request(self, rid: str) -> None:
+        """Tell the scheduler to drop `rid` and free its KV (safe to call from `finally`)."""
+        try:
+            self.send_to_scheduler.send_pyobj(AbortReq(rid), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # pragma: no cover - the queue to the scheduler is full
+            logger.error("Could not send AbortReq(%s): %s", rid, e)
+
+    # ---- control calls ------------------------------------------------------------------
+
+    async def flush_cache(self, timeout: Optional[float] = None) -> FlushCacheReqOutput:
+        return await self._control(FlushCacheReq(), FlushCacheReqOutput, timeout)
+
+    async def get_load(self, timeout: Optional[float] = None) -> GetLoadReqOutput:
+        return await self._control(GetLoadReq(), GetLoadReqOutput, timeout)
+
+    async def _control(self, req: Any, reply_type: type, timeout: Optional[float]) -> Any:
+        timeout = CONTROL_TIMEOUT_S if timeout is None else timeout
+        self._ensure_loops()
+        if self.dead_reason:
+            raise ServerError(self.dead_reason)
+        fut = asyncio.get_running_loop().create_future()
+        waiters = self._control_waiters[reply_type]
+        waiters.append(fut)
+        try:
+            self.send_to_scheduler.send_pyobj(req)
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ServerError(f"The scheduler did not answer {type(req).__name__} within {timeout:g} s.") from None
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+    # ---- the receive loop ---------------------------------------------------------------
+
+    def _ensure_loops(self) -> None:
+        if not self._loop_tasks:
+            self._loop_tasks.append(asyncio.get_running_loop().create_task(self._handle_loop()))
+
+    async def _handle_loop(self) -> None:
+        while True:
+            recv = await self.recv_from_detokenizer.recv_pyobj()
+            try:
+                if isinstance(recv, BatchStrOut):
+                    self._handle_batch_str_out(recv)
+                elif type(recv) in self._control_waiters:
+                    waiters = self._control_waiters[type(recv)]
+                    while waiters:
+                        fut = waiters.popleft()
+                        if not fut.done():
+                            fut.set_result(recv)
+                            break
+                else:
+                    logger.error("Unknown message type %s", type(recv).__name__)
+            except Exception:  # a bug here must not stop every other request
+                logger.exception("Error handling %s", type(recv).__name__)
+
+    def _handle_batch_str_out(self, recv: BatchStrOut) -> None:
+        for i, rid in enumerate(recv.rids):
+            state = self.rid_to_state.get(rid)
+            if state is None:  # aborted or already finished: nobody is waiting
+                continue
+            state.text += recv.output_strs[i]
+            state.output_ids.extend(recv.output_ids[i])
+            state.prompt_tokens = recv.prompt_tokens[i]
+            state.completion_tokens = recv.completion_tokens[i]
+            state.cached_tokens = recv.cached_tokens[i]
+            if recv.finished_reasons[i] is not None:
+                state.finished_reason = recv.finished_reasons[i]
+                state.finish_time = time.time()
+            state.event.set()
+
+    # ---- liveness -----------------------------------------------------------------------
+
+    def watch_processes(self, procs: Dict[str, Any], interval: float = 1.0) -> None:
+        """Optional: poll child processes (name -> multiprocessing.Process) from the event
+        loop; when one dies, every pending request fails with 503 instead of hanging.
+        Call from inside the running loop (e.g. a FastAPI startup hook)."""
+
+        async def watch() -> None:
+            while self.dead_reason is None:
+                for name, proc in procs.items():
+                    if not proc.is_alive():
+                        self.set_dead(f"The {name} process died (exit code {proc.exitcode}).")
+                await asyncio.sleep(interval)
+
+        self._loop_tasks.append(asyncio.get_running_loop().create_task(watch()))
+
+    def set_dead(self, reason: str) -> None:
+        """Fail all pending and future requests with 503 (call from the event loop)."""
+        if self.dead_reason is None:
+            logger.error("%s Failing %d pending requests.", reason, len(self.rid_to_state))
+        self.dead_reason = reason
+        for state in self.rid_to_state.values():
+            state.finished_reason = finish_abort(reason, status_code=503)
+            state.event.set()
+        for waiters in self._control_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(ServerError(reason))
+
+
+def _check_shape(obj: GenerateReqInput) -> None:
+    """Types of a native request body (the OpenAI routes arrive here already well-formed)."""
+
+    def is_ids(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+    if obj.text is not None and not (
+        isinstance(obj.text, str) or (isinstance(obj.text, list) and all(isinstance(t, str) for t in obj.text))
+    ):
+        raise ValueError("text must be a string or a list of strings.")
+    if obj.input_ids is not None and not (
+        is_ids(obj.input_ids) or (isinstance(obj.input_ids, list) and all(is_ids(x) for x in obj.input_ids))
+    ):
+        raise ValueError("input_ids must be a list of integers or a list of lists of integers.")
+    n = None if obj.is_single else obj.batch_size
+    for name, kind in (("sampling_params", dict), ("rid", str)):
+        v = getattr(obj, name)
+        if v is None or isinstance(v, kind):
+            continue
+        if n is None or not isinstance(v, list) or len(v) != n or not all(isinstance(x, kind) for x in v):
+            what = "an object" if kind is dict else "a string"
+            raise ValueError(f"{name} must be {what}, or for a batch a list of {n or 'N'} such values (one per prompt).")
+    for name in ("stream", "return_logprob"):
+        if not isinstance(getattr(obj, name), bool):
+            raise ValueError(f"{name} must be a boolean.")
+
+
+NOT_IMPLEMENTED_YET = {
+    # SamplingParams field -> test that it is in use. Remove an entry when the scheduler does it.
+    "n": lambda sp: sp.n != 1,
+    "logit_bias": lambda sp: bool(sp.logit_bias),
+    "json_schema": lambda sp: sp.json_schema is not None,
+    "regex": lambda sp: sp.regex is not None,
+    "ebnf": lambda sp: sp.ebnf is not None,
+}
+
+
+def check_implemented(sp: SamplingParams) -> None:
+    for name, in_use in NOT_IMPLEMENTED_YET.items():
+        if in_use(sp):
+            raise ValueError(f"{name} is not supported yet (got {getattr(sp, name)!r}).")
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """True once set, False after `timeout`. Unlike asyncio.wait_for before Python 3.12,
+    this never swallows a cancellation that races with the event (the stream would go on)."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
+async def _last(gen: AsyncIterator[Any]) -> Any:
+    out = None
+    async for out in gen:
+        pass
+    return out
+
+
+async def merge_streams(gens: List[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """Interleave async generators as items arrive; yields (index, item). An exception in
+    one stops all; leaving early closes all (their `finally` aborts unfinished requests)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, gen: AsyncIterator[Any]) -> None:
+        try:
+            async for item in gen:
+                await queue.put((i, item, None))
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+            await queue.put((i, done, e))
+            return
+        await queue.put((i, done, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item, exc = await queue.get()
+            if item is done:
+                if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise exc
+                remaining -= 1
+                continue
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
