@@ -17,6 +17,7 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 _EXPORTS = {
@@ -49,6 +50,10 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sglserve_kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    try:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ImportError as e:  # e.g. no Triton: callers probing with getattr(..., None) fall back
+        logging.getLogger(__name__).warning("sglserve_kernels.%s unavailable: %s", name, e)
+        raise AttributeError(f"sglserve_kernels.{name} is unavailable: {e}") from e
     globals()[name] = value
     return value
