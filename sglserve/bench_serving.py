@@ -140,9 +140,28 @@ def _resolve_tokenizer(args, model_info: Optional[dict]):
         return None
 
 
+def _vocab_size(args, model_info: Optional[dict]) -> int:
+    """Vocab to draw random ids from without a tokenizer: the flag, the server's report, or
+    the config.json of the server's model folder (a --load-format dummy config dir)."""
+    if args.random_vocab_size:
+        return args.random_vocab_size
+    info = model_info or {}
+    if info.get("vocab_size"):
+        return int(info["vocab_size"])
+    config = os.path.join(str(info.get("model_path") or ""), "config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            cfg = json.load(f)
+        size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+        if size:
+            return int(size)
+    raise RuntimeError("without a tokenizer, random ids need --random-vocab-size "
+                       "(the server reported no vocab_size and no local config.json)")
+
+
 def get_dataset(args, tokenizer, model_info: Optional[dict]) -> List[ds.DatasetRow]:
     rng = np.random.default_rng(args.seed)
-    vocab = args.random_vocab_size or (model_info or {}).get("vocab_size")
+    vocab = _vocab_size(args, model_info) if tokenizer is None and args.dataset_name != "sharegpt" else None
     if args.dataset_name == "sharegpt":
         path = args.dataset_path or ds.default_sharegpt_path()
         if path is None:

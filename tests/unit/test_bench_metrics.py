@@ -290,3 +290,16 @@ def test_shared_prefix_ids_and_default_model_and_bad_server(fake_server):
         bench_serving.run_benchmark(dict(base_url="http://127.0.0.1:9", disable_tqdm=True))
     with pytest.raises(ValueError, match="request-rate"):
         bench_serving.run_benchmark(dict(base_url=fake_server.base_url, request_rate=0))
+
+
+def test_vocab_size_for_raw_ids_comes_from_flag_report_or_config_dir():
+    import argparse
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ns = argparse.Namespace(random_vocab_size=None)
+    cfg_dir = os.path.join(repo, "benchmarks", "configs", "Qwen3-0.6B")
+    assert bench_serving._vocab_size(ns, {"model_path": cfg_dir, "tokenizer_path": cfg_dir}) == 151936
+    assert bench_serving._vocab_size(ns, {"vocab_size": 77}) == 77
+    assert bench_serving._vocab_size(argparse.Namespace(random_vocab_size=5), {"vocab_size": 77}) == 5
+    with pytest.raises(RuntimeError, match="random-vocab-size"):
+        bench_serving._vocab_size(ns, {"model_path": "org/hub-id"})
