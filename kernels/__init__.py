@@ -1,6 +1,8 @@
 """sglserve_kernels: Triton kernels of the GPU fast path, each next to a torch reference.
 
-Installed under the import name `sglserve_kernels` (never `kernels`). Attributes load
+Installed under the import name `sglserve_kernels` (never `kernels`). No module is named
+like a function it exports (importing a submodule sets the package attribute of that
+name, which would shadow the function). Attributes load
 lazily, so `import sglserve_kernels` does not import Triton; sglserve.layers.custom_op
 looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
 
@@ -21,22 +23,22 @@ import logging
 from typing import Any
 
 _EXPORTS = {
-    "rmsnorm": "rmsnorm",
-    "fused_add_rmsnorm": "rmsnorm",
-    "rmsnorm_ref": "rmsnorm",
+    "rmsnorm": "layernorm",
+    "fused_add_rmsnorm": "layernorm",
+    "rmsnorm_ref": "layernorm",
     "silu_and_mul": "activation",
     "silu_and_mul_ref": "activation",
     "rotary_embedding": "rope",
     "rotary_embedding_ref": "rope",
     "store_kv_cache": "kv_store",
     "store_kv_cache_ref": "kv_store",
-    "decode_attention": "decode_attention",
-    "decode_attention_fwd": "decode_attention",
-    "decode_attention_ref": "decode_attention",
-    "decode_kv_splits": "decode_attention",
-    "extend_attention": "extend_attention",
-    "extend_attention_fwd": "extend_attention",
-    "extend_attention_ref": "extend_attention",
+    "decode_attention": "attn_decode",
+    "decode_attention_fwd": "attn_decode",
+    "decode_attention_ref": "attn_decode",
+    "decode_kv_splits": "attn_decode",
+    "extend_attention": "attn_extend",
+    "extend_attention_fwd": "attn_extend",
+    "extend_attention_ref": "attn_extend",
     "sample": "sampling",
     "sample_ref": "sampling",
     "sampling_probs": "sampling",

@@ -40,13 +40,13 @@ def _import_sglserve_kernels() -> None:
 
 _import_sglserve_kernels()
 
-from sglserve_kernels.decode_attention import (  # noqa: E402
+from sglserve_kernels.attn_decode import (  # noqa: E402
     decode_attention_fwd,
     decode_attention_ref,
     decode_kv_splits,
     decode_max_splits,
 )
-from sglserve_kernels.extend_attention import extend_attention_fwd, extend_attention_ref  # noqa: E402
+from sglserve_kernels.attn_extend import extend_attention_fwd, extend_attention_ref  # noqa: E402
 from sglserve_kernels._utils import num_sms  # noqa: E402
 
 PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}  # nominal HBM bandwidth (SXM parts)

@@ -43,10 +43,10 @@ from sglserve.layers.radix_attention import RadixAttention  # noqa: E402
 from sglserve.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool  # noqa: E402
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
 from sglserve_kernels.activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
-from sglserve_kernels.decode_attention import decode_attention, decode_attention_ref  # noqa: E402
-from sglserve_kernels.extend_attention import extend_attention, extend_attention_ref  # noqa: E402
+from sglserve_kernels.attn_decode import decode_attention, decode_attention_ref  # noqa: E402
+from sglserve_kernels.attn_extend import extend_attention, extend_attention_ref  # noqa: E402
 from sglserve_kernels.kv_store import store_kv_cache, store_kv_cache_ref  # noqa: E402
-from sglserve_kernels.rmsnorm import rmsnorm, rmsnorm_ref  # noqa: E402
+from sglserve_kernels.layernorm import rmsnorm, rmsnorm_ref  # noqa: E402
 from sglserve_kernels.rope import build_cos_sin_cache, rotary_embedding, rotary_embedding_ref  # noqa: E402
 from sglserve_kernels.sampling import sample, sampling_probs, sampling_probs_ref  # noqa: E402
 from sglserve_kernels.testing import PagedKV, randn  # noqa: E402

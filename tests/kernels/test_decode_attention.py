@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglserve_kernels.decode_attention import (
+from sglserve_kernels.attn_decode import (
     MIN_TOKENS_PER_SPLIT,
     decode_attention,
     decode_attention_fwd,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglserve_kernels.decode_attention import decode_attention_ref
-from sglserve_kernels.extend_attention import extend_attention_fwd, extend_attention_ref
+from sglserve_kernels.attn_decode import decode_attention_ref
+from sglserve_kernels.attn_extend import extend_attention_fwd, extend_attention_ref
 from sglserve_kernels.testing import PagedKV, default_scale, randn
 
 HAS_CUDA = torch.cuda.is_available()

@@ -49,3 +49,17 @@ def test_rotary_layer(is_neox, device, gen):
     got = rope.forward_cuda(kernel_for(rope), pos, q.clone(), k.clone())
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_exports_are_functions_even_after_submodule_imports():
+    """A submodule named like an export would shadow it once imported (the import system sets
+    the package attribute); every export must stay the function."""
+    import importlib
+    import pkgutil
+    import types
+
+    for info in pkgutil.iter_modules(sglserve_kernels.__path__):
+        importlib.import_module(f"sglserve_kernels.{info.name}")
+    for name in sglserve_kernels.__all__:
+        value = getattr(sglserve_kernels, name)
+        assert callable(value) and not isinstance(value, types.ModuleType), name

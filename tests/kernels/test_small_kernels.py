@@ -7,7 +7,7 @@ import torch
 
 from sglserve_kernels.activation import silu_and_mul, silu_and_mul_ref
 from sglserve_kernels.kv_store import store_kv_cache, store_kv_cache_ref
-from sglserve_kernels.rmsnorm import fused_add_rmsnorm, rmsnorm, rmsnorm_ref
+from sglserve_kernels.layernorm import fused_add_rmsnorm, rmsnorm, rmsnorm_ref
 from sglserve_kernels.rope import build_cos_sin_cache, rotary_embedding, rotary_embedding_ref
 from sglserve_kernels.testing import randn
 

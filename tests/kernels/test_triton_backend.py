@@ -14,8 +14,8 @@ from sglserve.layers.attention.triton_backend import TritonAttnBackend, TritonDe
 from sglserve.layers.radix_attention import RadixAttention
 from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
-from sglserve_kernels.decode_attention import decode_attention_ref
-from sglserve_kernels.extend_attention import extend_attention_ref
+from sglserve_kernels.attn_decode import decode_attention_ref
+from sglserve_kernels.attn_extend import extend_attention_ref
 
 try:
     from sglserve.layers.attention.torch_native_backend import TorchNativeAttnBackend

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from sglserve.layers.attention.base import AttentionBackend
-from sglserve_kernels.decode_attention import (
+from sglserve_kernels.attn_decode import (
     DEFAULT_MAX_KV_SPLITS,
     decode_attention_fwd,
     decode_kv_splits,
     decode_max_splits,
 )
-from sglserve_kernels.extend_attention import extend_attention_fwd
+from sglserve_kernels.attn_extend import extend_attention_fwd
 from sglserve_kernels.kv_store import store_kv_cache
 from sglserve_kernels._utils import num_sms
 
