@@ -303,3 +303,15 @@ def test_vocab_size_for_raw_ids_comes_from_flag_report_or_config_dir():
     assert bench_serving._vocab_size(argparse.Namespace(random_vocab_size=5), {"vocab_size": 77}) == 5
     with pytest.raises(RuntimeError, match="random-vocab-size"):
         bench_serving._vocab_size(ns, {"model_path": "org/hub-id"})
+
+
+def test_command_line_entry_point(fake_server, capsys):
+    argv = ["--base-url", fake_server.base_url, "--backend", "sglang-oai", "--dataset-name", "random",
+            "--tokenizer", "none", "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "3",
+            "--random-range-ratio", "1", "--request-rate", "inf", "--max-concurrency", "2", "--disable-tqdm"]
+    assert bench_serving.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Successful requests:                     2" in out and "Backend:                                 openai" in out
+    assert bench_serving.main(argv[:2] + ["--backend", "openai-chat", "--dataset-name", "random",
+                                          "--tokenizer", "none", "--num-prompts", "1"]) == 1
+    assert "openai-chat" in capsys.readouterr().err
