@@ -47,6 +47,7 @@ from sglserve_kernels.attn_decode import (  # noqa: E402
     decode_max_splits,
 )
 from sglserve_kernels.attn_extend import extend_attention_fwd, extend_attention_ref  # noqa: E402
+from sglserve_kernels.kv_store import store_kv_cache, store_kv_cache_ref  # noqa: E402
 from sglserve_kernels._utils import num_sms  # noqa: E402
 
 PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}  # nominal HBM bandwidth (SXM parts)
@@ -141,6 +142,18 @@ def bench_extend(args, pool: Pool, bs: int, prefix: int, ext: int, check: bool) 
     return dict(kind="extend", bs=bs, prefix=prefix, ext=ext, ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
 
 
+def bench_kv_store(args, pool: Pool, num_tokens: int) -> dict:
+    """One Triton launch for K and V vs plain indexing (two index_put launches)."""
+    hkv, d = args.kv_heads, args.head_dim
+    num_tokens = min(num_tokens, pool.req_to_token.numel())
+    k = torch.randn(num_tokens, hkv * d, dtype=pool.k.dtype, device="cuda")
+    v = torch.randn_like(k)
+    loc = pool.req_to_token.flatten()[torch.randperm(pool.req_to_token.numel(), device="cuda")[:num_tokens]].long()
+    triton_ms = triton.testing.do_bench(lambda: store_kv_cache(pool.k, pool.v, loc, k, v), warmup=25, rep=100)
+    index_ms = triton.testing.do_bench(lambda: store_kv_cache_ref(pool.k, pool.v, loc, k, v), warmup=25, rep=100)
+    return dict(kind="kv_store", tokens=num_tokens, triton_ms=triton_ms, index_ms=index_ms)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bs", type=ints, default=ints("1,8,16,32,64,128,256"))
@@ -184,6 +197,12 @@ def main() -> None:
             r = bench_extend(args, pool, bs, prefix, ext, check=not args.no_check and bs * ext <= 4096)
             print(f"{bs:>5} {prefix:>6} {ext:>6} {r['ms'] * 1e3:>9.1f} {r['tflops']:>8.1f}", flush=True)
             results.append(r)
+
+    print(f"\n{'tokens':>7} {'triton us':>10} {'index us':>10}   (KV store, one layer)")
+    for n in (1, 8, 64, 256, 2048, 8192):
+        r = bench_kv_store(args, pool, n)
+        print(f"{n:>7} {r['triton_ms'] * 1e3:>10.1f} {r['index_ms'] * 1e3:>10.1f}", flush=True)
+        results.append(r)
 
     if args.json:
         meta = dict(device=torch.cuda.get_device_name(), sms=num_sms(), triton=triton.__version__,
