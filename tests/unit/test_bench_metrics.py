@@ -315,3 +315,17 @@ def test_command_line_entry_point(fake_server, capsys):
     assert bench_serving.main(argv[:2] + ["--backend", "openai-chat", "--dataset-name", "random",
                                           "--tokenizer", "none", "--num-prompts", "1"]) == 1
     assert "openai-chat" in capsys.readouterr().err
+
+
+def test_hf_peer_smoke_on_cpu_writes_one_batch_keys(tmp_path):
+    """The transformers peer on a 2-layer toy config: the W1 keys plot.py reads are there."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("hf_peer", os.path.join(repo, "benchmarks", "peers", "hf_transformers.py"))
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    out = tmp_path / "w1_hf.jsonl"
+    assert peer.main(["one-batch", "--model-path", os.path.join(repo, "benchmarks", "configs", "Qwen3-0.6B"), "--tiny",
+                      "--device", "cpu", "--input-len", "8", "--output-len", "4", "--result-file", str(out)]) == 0
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["backend"] == "hf_transformers" and row["output_len"] == 4
+    assert 0 < row["prefill_latency"] < row["total_latency"] and row["median_decode_latency"] > 0
