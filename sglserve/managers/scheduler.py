@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import zmq
@@ -76,6 +76,8 @@ class Scheduler:
         self.total_cached_tokens = 0
         self._idle_checked = True
 
+        # Where BatchTokenIDOut goes: the detokenizer socket, or an in-process sink (Engine)
+        self.output_sink: Optional[Callable[[BatchTokenIDOut], None]] = None
         if port_args is not None:
             ctx = zmq.Context(2)
             self.recv_from_tokenizer = ctx.socket(zmq.PULL)
@@ -84,6 +86,7 @@ class Scheduler:
             self.send_to_detokenizer.connect(port_args.detokenizer_ipc_name)
             self.send_to_tokenizer = ctx.socket(zmq.PUSH)
             self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
+            self.output_sink = self.send_to_detokenizer.send_pyobj
         logger.info(
             "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, max_running_requests=%d, "
             "context_len=%d, page_size=%d",
@@ -348,8 +351,8 @@ class Scheduler:
             out.cached_tokens.append(req.cached_tokens)
             if hasattr(out, "stop_strs"):
                 out.stop_strs.append(list(sp.stop_strs))
-        if out.rids:
-            self.send_to_detokenizer.send_pyobj(out)
+        if out.rids and self.output_sink is not None:
+            self.output_sink(out)
 
     # ---- control ------------------------------------------------------------------------
 
