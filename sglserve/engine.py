@@ -1,0 +1,171 @@
+"""sglserve.Engine: the scheduler, model runner and detokenizer in-process, no HTTP.
+
+    import sglserve
+    llm = sglserve.Engine(model_path=None)  # None: the shipped SmolLM2 default model
+    out = llm.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 16})
+    for chunk in llm.generate("Count to five:", {"max_new_tokens": 16}, stream=True): ...
+    llm.shutdown()
+
+Results have the /generate shape: {"text", "output_ids", "meta_info": {...}}. The same
+Scheduler class as the server runs here, driven step by step by `generate`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from sglserve.managers.detokenizer_manager import DetokenizerManager
+from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, TokenizedGenerateReqInput
+from sglserve.managers.scheduler import Scheduler
+from sglserve.sampling.sampling_params import SamplingParams
+from sglserve.server_args import ServerArgs
+from sglserve.utils.logging_utils import configure_logger
+
+Prompt = Union[str, List[str], None]
+Ids = Union[List[int], List[List[int]], None]
+Params = Union[Dict[str, Any], List[Dict[str, Any]], None]
+
+
+@dataclass
+class _ReqResult:
+    text: str = ""
+    output_ids: List[int] = field(default_factory=list)
+    meta_info: Dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    start: float = field(default_factory=time.perf_counter)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta_info)}
+
+
+class Engine:
+    def __init__(self, model_path: Optional[str] = None, log_level: str = "error", **kwargs: Any) -> None:
+        self.server_args = ServerArgs(model_path=model_path, log_level=log_level, **kwargs)
+        configure_logger(self.server_args)
+        self.scheduler = Scheduler(self.server_args, None)
+        self.tokenizer = self.scheduler.tokenizer
+        self.detokenizer = DetokenizerManager(self.tokenizer) if self.tokenizer is not None else None
+        self.scheduler.output_sink = self._on_token_ids
+        self._results: Dict[str, _ReqResult] = {}
+        self._updated: List[str] = []
+
+    # ---- output path ---------------------------------------------------------------------
+
+    def _on_token_ids(self, out: BatchTokenIDOut) -> None:
+        if self.detokenizer is not None:
+            strs = self.detokenizer.handle_batch_token_id_out(out)
+        else:  # --skip-tokenizer-init: ids only
+            strs = BatchStrOut(out.rids, out.finished_reasons, [""] * len(out.rids), out.decode_ids,
+                               out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+        for i, rid in enumerate(strs.rids):
+            res = self._results.get(rid)
+            if res is None:
+                continue
+            res.text += strs.output_strs[i]
+            res.output_ids.extend(out.decode_ids[i])
+            finish = strs.finished_reasons[i]
+            res.meta_info = {
+                "id": rid, "finish_reason": finish, "prompt_tokens": strs.prompt_tokens[i],
+                "completion_tokens": strs.completion_tokens[i], "cached_tokens": strs.cached_tokens[i],
+                "e2e_latency": time.perf_counter() - res.start,
+            }
+            res.finished = finish is not None
+            self._updated.append(rid)
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def _submit(self, text: Optional[str], ids: Optional[List[int]], params: Dict[str, Any], stream: bool) -> str:
+        sp = SamplingParams.from_dict(params)
+        sp.verify(self.scheduler.model_config.vocab_size)
+        if ids is None:
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; pass input_ids with skip_tokenizer_init")
+            ids = self.tokenizer.encode(text)
+        rid = uuid.uuid4().hex
+        self._results[rid] = _ReqResult()
+        self.scheduler.handle_generate_request(TokenizedGenerateReqInput(rid, text, list(ids), sp, stream=stream))
+        return rid
+
+    def _step(self) -> bool:
+        batch = self.scheduler.get_next_batch_to_run()
+        if batch is None:
+            return False
+        self.scheduler.run_and_process(batch)
+        return True
+
+    def generate(
+        self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Ids = None, stream: bool = False,
+    ) -> Union[Dict[str, Any], List[Dict[str, Any]], Iterator[Dict[str, Any]]]:
+        """One prompt -> one dict; a list -> a list (same order); stream=True -> an iterator of
+        updates (each the request's cumulative text so far, plus "index" for batches)."""
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt and input_ids")
+        single = isinstance(prompt, str) or (input_ids is not None and input_ids and isinstance(input_ids[0], int))
+        texts = [prompt] if isinstance(prompt, str) else (list(prompt) if prompt is not None else None)
+        idss = ([input_ids] if single else list(input_ids)) if input_ids is not None else None
+        n = len(texts) if texts is not None else len(idss)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}] * n
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} sampling_params for {n} prompts")
+        rids = [self._submit(texts[i] if texts else None, idss[i] if idss else None, params[i], stream) for i in range(n)]
+        if stream:
+            return self._stream(rids, single)
+        self._run_until_done(rids)
+        outs = [self._results.pop(r).to_dict() for r in rids]
+        return outs[0] if single else outs
+
+    def _run_until_done(self, rids: List[str]) -> None:
+        while not all(self._results[r].finished for r in rids):
+            if not self._step():
+                raise RuntimeError("scheduler went idle with unfinished requests")
+
+    def _stream(self, rids: List[str], single: bool) -> Iterator[Dict[str, Any]]:
+        index = {r: i for i, r in enumerate(rids)}
+        try:
+            while True:
+                for rid in self._updated:
+                    if rid in index:
+                        d = self._results[rid].to_dict()
+                        if not single:
+                            d["index"] = index[rid]
+                        yield d
+                self._updated = [r for r in self._updated if r not in index]
+                if all(self._results[r].finished for r in rids):
+                    return
+                if not self._step():
+                    raise RuntimeError("scheduler went idle with unfinished requests")
+        finally:  # an abandoned iterator aborts what is left
+            for rid in rids:
+                if not self._results[rid].finished:
+                    self.scheduler.abort_request(rid)
+            while any(not self._results[r].finished for r in rids) and self._step():
+                pass
+            for rid in rids:
+                self._results.pop(rid, None)
+
+    def get_server_info(self) -> Dict[str, Any]:
+        load = self.scheduler.get_load()
+        return {**self.server_args.public_dict(), **load.__dict__}
+
+    def shutdown(self) -> None:
+        """Frees the model and the KV pool (GPU memory returns to the process's allocator)."""
+        import gc
+
+        self.scheduler = None  # type: ignore[assignment]
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
