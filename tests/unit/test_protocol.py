@@ -472,6 +472,7 @@ def test_dead_scheduler_fails_pending_requests_with_503(fresh):
     async def main():
         proc = DeadProc()
         fresh.tm.watch_processes({"scheduler": proc}, interval=0.05)
+        fresh.tm.start()
         gen = fresh.tm.generate_request(_long_obj(stream=False))
         task = asyncio.ensure_future(gen.__anext__())
         await asyncio.sleep(0.2)
