@@ -32,6 +32,7 @@ from sglserve.managers.io_struct import (
 )
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.utils.aio import last_item, merge_streams, wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ class TokenizerManager:
             raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
         if n > self.max_req_input_len:
             raise ValueError(f"The input ({n} tokens) is longer than the maximum allowed input length ({self.max_req_input_len} tokens).")
+        if n > self.max_total_num_tokens - self.server_args.page_size:  # as the scheduler checks it, but before a stream starts
+            raise ValueError(f"The input ({n} tokens) is longer than the KV cache ({self.max_total_num_tokens} tokens).")
 
         sp = SamplingParams.from_dict(obj.sampling_params)
         sp.verify(self.vocab_size)
@@ -186,7 +189,7 @@ class TokenizerManager:
         try:
             self.send_to_scheduler.send_pyobj(tokenized)
             while True:
-                if not await _wait_event(state.event, DISCONNECT_POLL_S):
+                if not await wait_event(state.event, DISCONNECT_POLL_S):
                     if request is not None and await request.is_disconnected():
                         logger.info("Client disconnected; aborting request %s", rid)
                         raise ClientDisconnected(rid)
@@ -210,7 +213,7 @@ class TokenizerManager:
     async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool):
         gens = [self._wait_one(t, request) for t in tokenized]
         if not stream:
-            tasks = [asyncio.ensure_future(_last(g)) for g in gens]
+            tasks = [asyncio.ensure_future(last_item(g)) for g in gens]
             try:
                 results = await asyncio.gather(*tasks)
             finally:  # one failed or we were cancelled: abort the rest
@@ -375,55 +378,3 @@ def check_implemented(sp: SamplingParams) -> None:
     for name, in_use in NOT_IMPLEMENTED_YET.items():
         if in_use(sp):
             raise ValueError(f"{name} is not supported yet (got {getattr(sp, name)!r}).")
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """True once set, False after `timeout`. Unlike asyncio.wait_for before Python 3.12,
-    this never swallows a cancellation that races with the event (the stream would go on)."""
-    if event.is_set():
-        return True
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait((waiter,), timeout=timeout)
-    finally:
-        waiter.cancel()
-    return bool(done)
-
-
-async def _last(gen: AsyncIterator[Any]) -> Any:
-    out = None
-    async for out in gen:
-        pass
-    return out
-
-
-async def merge_streams(gens: List[AsyncIterator[Any]]) -> AsyncIterator[Any]:
-    """Interleave async generators as items arrive; yields (index, item). An exception in
-    one stops all; leaving early closes all (their `finally` aborts unfinished requests)."""
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(i: int, gen: AsyncIterator[Any]) -> None:
-        try:
-            async for item in gen:
-                await queue.put((i, item, None))
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            await queue.put((i, done, e))
-            return
-        await queue.put((i, done, None))
-
-    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            i, item, exc = await queue.get()
-            if item is done:
-                if exc is not None and not isinstance(exc, asyncio.CancelledError):
-                    raise exc
-                remaining -= 1
-                continue
-            yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
