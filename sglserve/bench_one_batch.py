@@ -54,13 +54,34 @@ def run_once(runner: ModelRunner, cache, bs: int, input_len: int, output_len: in
     prefill = time.perf_counter() - t0
 
     decode_lat: List[float] = []
+    overlap = not runner.server_args.disable_overlap_schedule
+    prev = None  # overlap: (device ids, host copy, event) of the step whose ids are still in flight
+    last_ids = ids
     for _ in range(output_len - 1):
         t1 = time.perf_counter()
         batch = ScheduleBatch(reqs, ForwardMode.DECODE, runner.req_to_token_pool, runner.allocator, cache, device)
-        out, ids = runner.forward_and_sample(batch.prepare_for_decode(), info)
-        for r, t in zip(reqs, ids.tolist()):  # the one host sync per step
-            r.output_ids.append(t)
+        fb = batch.prepare_for_decode()
+        if overlap:
+            fb.input_ids = last_ids  # the previous step's ids, never read back before this launch
+        out, last_ids = runner.forward_and_sample(fb, info)
+        if overlap and device == "cuda":
+            host = torch.empty(bs, dtype=last_ids.dtype, pin_memory=True)
+            host.copy_(last_ids, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            if prev is not None:
+                prev[1].synchronize()
+                for r, t in zip(reqs, prev[0].tolist()):
+                    r.output_ids.append(t)
+            prev = (host, event)
+        else:
+            for r, t in zip(reqs, last_ids.tolist()):  # the one host sync per step
+                r.output_ids.append(t)
         decode_lat.append(time.perf_counter() - t1)
+    if prev is not None:
+        prev[1].synchronize()
+        for r, t in zip(reqs, prev[0].tolist()):
+            r.output_ids.append(t)
     total = time.perf_counter() - t0
     for r in reqs:
         cache.cache_finished_req(r, is_insert=False)
@@ -94,7 +115,8 @@ def main() -> None:
                 res.update(model_path=server_args.model_path, device=server_args.device,
                            gpu=torch.cuda.get_device_name() if server_args.device == "cuda" else "cpu",
                            attention_backend=server_args.attention_backend,
-                           cuda_graph=not server_args.disable_cuda_graph, dtype=str(runner.dtype))
+                           cuda_graph=not server_args.disable_cuda_graph, dtype=str(runner.dtype),
+                           overlap=not server_args.disable_overlap_schedule)
                 logging.info("Benchmark: %s", json.dumps(res))
                 print(json.dumps(res))
                 if args.result_file:

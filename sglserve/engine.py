@@ -90,11 +90,7 @@ class Engine:
         return rid
 
     def _step(self) -> bool:
-        batch = self.scheduler.get_next_batch_to_run()
-        if batch is None:
-            return False
-        self.scheduler.run_and_process(batch)
-        return True
+        return self.scheduler.step()
 
     def generate(
         self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Ids = None, stream: bool = False,

@@ -113,7 +113,9 @@ class ServerArgs:
         if self.cuda_graph_max_bs is None:
             self.cuda_graph_max_bs = 256
         if self.device == "cpu":
+            # No graphs on CPU, and no overlap: host and "device" are the same cores
             self.disable_cuda_graph = True
+            self.disable_overlap_schedule = True
         self.validate()
 
     def validate(self) -> None:

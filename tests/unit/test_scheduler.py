@@ -60,10 +60,8 @@ def submit(s: Scheduler, rid: str, ids: List[int], max_new: int) -> None:
 
 def run_until_idle(s: Scheduler, max_steps: int = 10000) -> None:
     for _ in range(max_steps):
-        batch = s.get_next_batch_to_run()
-        if batch is None:
+        if not s.step():
             return
-        s.run_and_process(batch)
     raise AssertionError("scheduler did not finish")
 
 
@@ -100,6 +98,9 @@ def alone_outputs(tiny_model_dir):
         # A pool so small that decode must retract requests back to the queue
         dict(max_total_tokens=200, chunked_prefill_size=32),
         dict(max_total_tokens=200, page_size=8, chunked_prefill_size=32),
+        # Overlap scheduling (the GPU default) exercised on the CPU
+        dict(max_total_tokens=4096, overlap=True),
+        dict(max_total_tokens=200, chunked_prefill_size=32, overlap=True),
     ],
 )
 def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, monkeypatch):
@@ -109,7 +110,13 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
         # Admission expects few future tokens, so decode runs out of KV and must retract
         monkeypatch.setattr(sched, "INIT_NEW_TOKEN_RATIO", 0.01)
         monkeypatch.setattr(sched, "MIN_NEW_TOKEN_RATIO", 0.01)
+    kw = dict(kw)
+    overlap = kw.pop("overlap", False)
     s = make(tiny_model_dir, **kw)
+    s.enable_overlap = overlap
+    overlapped = []
+    orig_can = s._can_overlap
+    s._can_overlap = lambda p: overlapped.append(orig_can(p)) or overlapped[-1]
     retracted = []
     orig = s.update_running_batch
 
@@ -129,6 +136,8 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
     assert s.tree_cache.protected_size() == 0
     if kw["max_total_tokens"] == 200:
         assert sum(x for x in retracted if x > 0) > 0, "the small pool should have forced a retraction"
+    if overlap:
+        assert sum(overlapped) > 10, "decode steps should have overlapped"
 
 
 def test_radix_hit_reported(tiny_model_dir):
