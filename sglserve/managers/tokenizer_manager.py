@@ -32,7 +32,7 @@ from sglserve.managers.io_struct import (
 )
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import PortArgs, ServerArgs
-from sglserve.utils.aio import last_item, merge_streams, wait_event
+from sglserve.utils.aio import last_item, merge_streams
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class ReqState:
     rid: str
     stream: bool
     created: float
-    event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    dirty: bool = False  # news arrived since the consumer last looked
+    waiter: Optional[asyncio.Future] = None
     text: str = ""
     output_ids: List[int] = dataclasses.field(default_factory=list)
     finished_reason: Optional[Dict[str, Any]] = None
@@ -65,6 +66,27 @@ class ReqState:
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_time: Optional[float] = None
+
+    def notify(self) -> None:
+        self.dirty = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """True when there is news, False after `timeout`. Awaits a bare future: cheaper than
+        a task per wait, and a cancellation always propagates (asyncio.wait_for before
+        Python 3.12 can swallow one that races with the result, and the stream would go on)."""
+        if not self.dirty:
+            loop = asyncio.get_running_loop()
+            self.waiter = fut = loop.create_future()
+            timer = loop.call_later(timeout, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                self.waiter = None
+        news, self.dirty = self.dirty, False
+        return news
 
     def to_dict(self) -> Dict[str, Any]:
         end = self.finish_time if self.finish_time is not None else time.time()
@@ -189,12 +211,11 @@ class TokenizerManager:
         try:
             self.send_to_scheduler.send_pyobj(tokenized)
             while True:
-                if not await wait_event(state.event, DISCONNECT_POLL_S):
+                if not await state.wait(DISCONNECT_POLL_S):
                     if request is not None and await request.is_disconnected():
                         logger.info("Client disconnected; aborting request %s", rid)
                         raise ClientDisconnected(rid)
                     continue
-                state.event.clear()
                 fr = state.finished_reason
                 if fr is not None:
                     if fr.get("type") == "abort" and fr.get("status_code") is not None:
@@ -300,7 +321,7 @@ class TokenizerManager:
             if recv.finished_reasons[i] is not None:
                 state.finished_reason = recv.finished_reasons[i]
                 state.finish_time = time.time()
-            state.event.set()
+            state.notify()
 
     # ---- liveness -----------------------------------------------------------------------
 
@@ -330,7 +351,7 @@ class TokenizerManager:
         self.dead_reason = reason
         for state in self.rid_to_state.values():
             state.finished_reason = finish_abort(reason, status_code=503)
-            state.event.set()
+            state.notify()
         for waiters in self._control_waiters.values():
             for fut in waiters:
                 if not fut.done():

@@ -6,19 +6,6 @@ import asyncio
 from typing import Any, AsyncIterator, List
 
 
-async def wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """True once set, False after `timeout`. Unlike asyncio.wait_for before Python 3.12,
-    this never swallows a cancellation that races with the event (the stream would go on)."""
-    if event.is_set():
-        return True
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait((waiter,), timeout=timeout)
-    finally:
-        waiter.cancel()
-    return bool(done)
-
-
 async def last_item(gen: AsyncIterator[Any]) -> Any:
     out = None
     async for out in gen:
