@@ -2,7 +2,8 @@
 
 Greedy rows take the argmax of their own logits only, so greedy output does not depend on
 what else is in the batch. Rows with a seed draw from their own generator, seeded by
-(seed, output position), so the same seed gives the same output.
+(seed, output position), so the same seed gives the same output. Before any of that the
+logits get the request's penalties / logit_bias / min_tokens masks and its grammar mask.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import List, Optional
 
 import torch
 
+from sglserve.sampling.penalties import LogitAdjust
 from sglserve.sampling.sampling_params import SamplingParams
 
 
@@ -27,6 +29,9 @@ class SamplingBatchInfo:
     need_top_k: bool
     need_min_p: bool
     seeds: List[Optional[int]]  # per row: seed + output position, or None
+    # Set by the scheduler after from_params when some row needs them (None: nothing to do)
+    adjust: Optional["LogitAdjust"] = None  # penalties, logit_bias, min_tokens (sampling/penalties.py)
+    vocab_mask: Optional[torch.Tensor] = None  # xgrammar token bitmask [bs, ceil(V/32)] int32, on the logits' device
 
     @classmethod
     def from_params(cls, params: List[SamplingParams], output_lens: List[int], vocab_size: int, device) -> "SamplingBatchInfo":
@@ -71,7 +76,7 @@ def top_k_top_p_min_p_filter(probs: torch.Tensor, info: SamplingBatchInfo) -> to
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-        logits = logits.float()
+        logits = self.process_logits(logits, info)
         greedy_ids = torch.argmax(logits, dim=-1)
         if info.is_all_greedy:
             return greedy_ids
@@ -79,6 +84,18 @@ class Sampler:
         probs = top_k_top_p_min_p_filter(probs, info)
         sampled = self._multinomial(probs, info.seeds)
         return torch.where(info.greedy, greedy_ids, sampled)
+
+    @staticmethod
+    def process_logits(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+        """Penalties / bias, then the grammar mask (disallowed tokens -> -inf). May work in place."""
+        logits = logits.float()
+        if info.adjust is not None:
+            logits = info.adjust.apply(logits)
+        if info.vocab_mask is not None:
+            from sglserve.constrained.xgrammar_backend import apply_vocab_mask
+
+            apply_vocab_mask(logits, info.vocab_mask)
+        return logits
 
     @staticmethod
     def _multinomial(probs: torch.Tensor, seeds: List[Optional[int]]) -> torch.Tensor:

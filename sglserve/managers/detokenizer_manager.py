@@ -85,6 +85,9 @@ class DetokenizerManager:
             completion_tokens=list(recv.completion_tokens),
             cached_tokens=list(recv.cached_tokens),
             output_token_logprobs=list(recv.output_token_logprobs),
+            output_top_logprobs=list(recv.output_top_logprobs),
+            input_token_logprobs=list(recv.input_token_logprobs),
+            input_top_logprobs=list(recv.input_top_logprobs),
         )
 
     def _detokenize(self, recv: BatchTokenIDOut, stop_strs: List[List[str]]) -> List[str]:

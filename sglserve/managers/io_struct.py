@@ -31,6 +31,7 @@ class GenerateReqInput:
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
 
     @property
     def is_single(self) -> bool:
@@ -56,6 +57,7 @@ class GenerateReqInput:
             return_logprob=self.return_logprob,
             logprob_start_len=self.logprob_start_len,
             top_logprobs_num=self.top_logprobs_num,
+            return_text_in_logprobs=self.return_text_in_logprobs,
         )
 
 
@@ -72,6 +74,8 @@ class TokenizedGenerateReqInput:
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
+    # Copies of one prompt (n > 1) share a group: the scheduler prefills one, the rest reuse its KV
+    prefix_group: Optional[str] = None
 
 
 @dataclass
@@ -128,8 +132,14 @@ class BatchTokenIDOut:
     prompt_tokens: List[int]
     completion_tokens: List[int]
     cached_tokens: List[int]
+    # Logprobs (empty lists when no request in the message asked; else one entry per request,
+    # None for requests that did not ask): NEW (logprob, token_id) entries since the previous
+    # message; top: one list of (logprob, token_id) per position; input: sent once, complete.
     output_token_logprobs: List[Optional[list]] = field(default_factory=list)
     stop_strs: List[List[str]] = field(default_factory=list)
+    output_top_logprobs: List[Optional[list]] = field(default_factory=list)
+    input_token_logprobs: List[Optional[list]] = field(default_factory=list)
+    input_top_logprobs: List[Optional[list]] = field(default_factory=list)
 
 
 # ---- detokenizer -> HTTP process -----------------------------------------------------------
@@ -144,7 +154,10 @@ class BatchStrOut:
     prompt_tokens: List[int]
     completion_tokens: List[int]
     cached_tokens: List[int]
-    output_token_logprobs: List[Optional[list]] = field(default_factory=list)
+    output_token_logprobs: List[Optional[list]] = field(default_factory=list)  # as in BatchTokenIDOut
+    output_top_logprobs: List[Optional[list]] = field(default_factory=list)
+    input_token_logprobs: List[Optional[list]] = field(default_factory=list)
+    input_top_logprobs: List[Optional[list]] = field(default_factory=list)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 import torch
 
 from sglserve.managers.io_struct import finish_abort, finish_length, finish_stop
+from sglserve.managers.logprobs import LogprobState
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.sampling.sampling_params import SamplingParams
 
@@ -57,6 +58,13 @@ class Req:
         self.kv_len = 0  # tokens whose KV is allocated for this request
         self.arrival_time = time.perf_counter()
         self.num_retractions = 0
+        # Constrained decoding (managers/grammar_manager.py): the xgrammar matcher once compiled
+        self.grammar: Any = None
+        self.grammar_key: Any = None
+        self.grammar_future: Any = None
+        self.logprobs: Optional[LogprobState] = None  # set when the request asked for logprobs
+        # n > 1 copies of one prompt share a group: one prefills first, the others hit its KV
+        self.prefix_group: Optional[str] = None
 
     @property
     def seqlen(self) -> int:
@@ -69,7 +77,11 @@ class Req:
         """Match the longest cached prefix of input+output; the rest must be computed."""
         self.fill_ids = self.origin_input_ids + self.output_ids
         # The last token's KV is computed now so its logits give the next token
-        match = tree_cache.match_prefix(self.fill_ids[:-1])
+        key = self.fill_ids[:-1]
+        limit = None if self.logprobs is None else self.logprobs.match_limit()
+        if limit is not None:  # input logprobs need the logits of these positions: compute them
+            key = key[:limit]
+        match = tree_cache.match_prefix(key)
         self.prefix_indices, self.last_node = match.device_indices, match.last_node
         self.extend_input_len = len(self.fill_ids) - len(self.prefix_indices)
 

@@ -29,13 +29,19 @@ from sglserve.managers.io_struct import (
     ReadyMsg,
     TokenizedGenerateReqInput,
     finish_abort,
+    finish_stop,
 )
+from sglserve.managers import logprobs
+from sglserve.managers.grammar_manager import GrammarManager
+from sglserve.managers.logprobs import LogprobState
+from sglserve.managers.overlap import LaunchedBatch, overlap_safe, same_reqs
 from sglserve.managers.schedule_batch import Req, ScheduleBatch
 from sglserve.managers.schedule_policy import PrefillAdder, SchedulePolicy
 from sglserve.mem_cache.chunk_cache import ChunkCache
 from sglserve.mem_cache.radix_cache import RadixCache
 from sglserve.model_executor.forward_batch import ForwardMode
 from sglserve.model_executor.model_runner import ModelRunner
+from sglserve.sampling.penalties import build_logit_adjust
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
@@ -66,6 +72,11 @@ class Scheduler:
         self.max_prefill_tokens = max(server_args.max_prefill_tokens, self.chunked_prefill_size or 0)
 
         self.waiting_queue: List[Req] = []
+        self.enable_overlap = not server_args.disable_overlap_schedule
+        self._pending: Optional[LaunchedBatch] = None
+        self.grammar_manager = GrammarManager(
+            self.tokenizer, self.model_config.vocab_size, self.eos_token_ids, server_args.grammar_backend
+        )
         self.running: List[Req] = []
         self.chunked_req: Optional[Req] = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
@@ -126,10 +137,8 @@ class Scheduler:
         parent = os.getppid()
         while True:
             self.process_input_requests(self.recv_requests())
-            batch = self.get_next_batch_to_run()
-            if batch is not None:
+            if self.step():
                 self._idle_checked = False
-                self.run_and_process(batch)
                 continue
             if not self._idle_checked:
                 self.check_memory_integrity()
@@ -137,7 +146,7 @@ class Scheduler:
             if os.getppid() != parent:
                 logger.error("Parent process died; scheduler exits.")
                 sys.exit(1)
-            self.recv_from_tokenizer.poll(timeout=1000)
+            self.recv_from_tokenizer.poll(timeout=5 if len(self.grammar_manager) else 1000)
 
     def recv_requests(self) -> list:
         msgs = []
@@ -182,9 +191,22 @@ class Scheduler:
             req.finished_reason = finish_length(0)
             self.stream_output([req])
             return
+        if recv.return_logprob:
+            req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids)
+        if not self.server_args.disable_radix_cache:
+            req.prefix_group = recv.prefix_group
+        if sp.json_schema is not None or sp.regex is not None or sp.ebnf is not None:
+            error = self.grammar_manager.add(req)  # waits there until its grammar is compiled
+            if error is not None:
+                req.finished_reason = finish_abort(error, status_code=400)
+                self.stream_output([req])
+            return
         self.waiting_queue.append(req)
 
     def abort_request(self, rid: str) -> None:
+        for req in self.grammar_manager.remove(rid):
+            req.finished_reason = finish_abort("Aborted by the client.")
+            self.stream_output([req])
         for req in list(self.waiting_queue):
             if rid == "" or req.rid == rid:
                 self.waiting_queue.remove(req)
@@ -198,7 +220,15 @@ class Scheduler:
 
     # ---- batch selection -----------------------------------------------------------------
 
+    def move_ready_grammar_requests(self) -> None:
+        ready, failed = self.grammar_manager.pop_ready()
+        self.waiting_queue.extend(ready)
+        for req, error in failed:
+            req.finished_reason = finish_abort(error, status_code=400)
+            self.stream_output([req])
+
     def get_next_batch_to_run(self) -> Optional[ScheduleBatch]:
+        self.move_ready_grammar_requests()
         prefill = self.get_new_batch_prefill()
         if prefill is not None:
             return prefill
@@ -228,9 +258,13 @@ class Scheduler:
         if self.chunked_req is not None:
             self.chunked_req = adder.add_chunked_req(self.chunked_req)
         self.policy.calc_priority(self.waiting_queue)
+        # n > 1: one copy of a prompt prefills first; the others wait a round and hit its KV
+        busy_groups = {r.prefix_group for r in adder.can_run if r.prefix_group is not None}
         for req in list(self.waiting_queue):
             if self.chunked_req is not None or adder.new_chunked_req is not None:
                 break
+            if req.prefix_group is not None and req.prefix_group in busy_groups:
+                continue
             if running_bs + len(adder.can_run) >= self.max_running_requests:
                 break
             if self.model_runner.req_to_token_pool.available_size() <= len(adder.can_run):
@@ -241,6 +275,8 @@ class Scheduler:
                     self.waiting_queue.remove(req)
                 break
             self.waiting_queue.remove(req)
+            if req.prefix_group is not None:
+                busy_groups.add(req.prefix_group)
         if adder.new_chunked_req is not None:
             self.chunked_req = adder.new_chunked_req
         if not adder.can_run:
@@ -280,29 +316,103 @@ class Scheduler:
     # ---- running a batch ------------------------------------------------------------------
 
     def run_and_process(self, batch: ScheduleBatch) -> None:
+        self.resolve(self.launch(batch))
+
+    def step(self) -> bool:
+        """One scheduling iteration; False when there was nothing to run or resolve."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._can_overlap(pending):
+            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
+            self._pending = self.launch(self._new_batch(self.running, ForwardMode.DECODE), pending.next_ids)
+            self.resolve(pending)
+            return True
+        if pending is not None:
+            self.resolve(pending)
+        batch = self.get_next_batch_to_run()
+        if batch is None:
+            return pending is not None
+        launched = self.launch(batch)
+        if self.enable_overlap and batch.forward_mode.is_decode():
+            self._pending = launched
+        else:
+            self.resolve(launched)
+        return True
+
+    def _can_overlap(self, pending: LaunchedBatch) -> bool:
+        if not pending.batch.forward_mode.is_decode() or self.waiting_queue or self.chunked_req is not None:
+            return False
+        if len(self.grammar_manager) or not same_reqs(self.running, pending.batch.reqs):
+            return False
+        if not all(overlap_safe(r) for r in self.running):
+            return False
+        batch = self._new_batch(self.running, ForwardMode.DECODE)
+        return batch.decode_tokens_needed() <= self.model_runner.allocator.available_size()
+
+    def launch(self, batch: ScheduleBatch, input_ids: Optional[torch.Tensor] = None) -> LaunchedBatch:
+        """Prepare, forward and sample on the device; nothing waits for the device here."""
         reqs = batch.reqs
         if batch.forward_mode.is_extend():
+            batch.return_all_logits = logprobs.wants_input_logprobs(reqs)
             fb = batch.prepare_for_extend()
             sample_rows = [i for i, r in enumerate(reqs) if not r.is_chunked]
         else:
             fb = batch.prepare_for_decode()
             sample_rows = list(range(len(reqs)))
+        if input_ids is not None:  # overlapped decode: last step's ids, still on the device
+            fb.input_ids = input_ids
+        sample_reqs = [reqs[i] for i in sample_rows]
         sampling_info = self.model_runner.make_sampling_info(
-            [reqs[i].sampling_params for i in sample_rows], [len(reqs[i].output_ids) for i in sample_rows]
+            [r.sampling_params for r in sample_reqs], [len(r.output_ids) for r in sample_reqs]
         )
+        self.add_sampling_extras(sample_reqs, sampling_info)
         out = self.model_runner.forward(fb)
         logits = out.next_token_logits
         if len(sample_rows) != len(reqs):
             logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=logits.device)]
-        next_ids = self.model_runner.sample(logits, sampling_info).tolist() if sample_rows else []
+        logprob_state = logprobs.output_logprobs_begin(sample_reqs, logits) if sample_rows else None
+        next_ids = self.model_runner.sample(logits, sampling_info) if sample_rows else None
         self.forward_ct += 1
+        return LaunchedBatch.start_copy(next_ids, batch=batch, sample_rows=sample_rows, sample_reqs=sample_reqs,
+                                        logprob_state=logprob_state, out=out)
+
+    def resolve(self, launched: LaunchedBatch) -> None:
+        """Read the sampled ids (the one host sync per step) and process them."""
+        next_ids = launched.host_token_ids()
+        batch, sample_rows, sample_reqs = launched.batch, launched.sample_rows, launched.sample_reqs
+        logprobs.output_logprobs_end(sample_reqs, launched.logprob_state, next_ids)
+        if batch.return_all_logits:
+            logprobs.record_input_logprobs(batch.reqs, batch.prefix_lens, batch.seq_lens, launched.out.all_logits)
+        if any(r.finished() for r in batch.reqs):
+            # Overlap ran these one step past their finish: drop that step for them
+            keep = [i for i, r in enumerate(batch.reqs) if not r.finished()]
+            pos = {i: k for k, i in enumerate(sample_rows)}
+            next_ids = [next_ids[pos[i]] for i in keep if i in pos]
+            sample_rows = [j for j, i in enumerate(keep) if i in pos]
+            batch.reqs = [batch.reqs[i] for i in keep]
         self.process_batch_result(batch, sample_rows, next_ids)
+
+    def add_sampling_extras(self, reqs: List[Req], info) -> None:
+        """Penalties / logit_bias / min_tokens and grammar masks for the rows that need them."""
+        if not reqs:
+            return
+        device = info.temperatures.device
+        info.adjust = build_logit_adjust(
+            [r.sampling_params for r in reqs], [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
+            self.eos_token_ids, self.model_config.vocab_size, device,
+        )
+        info.vocab_mask = self.grammar_manager.vocab_mask(reqs, device)
 
     def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
         is_extend = batch.forward_mode.is_extend()
         for i, tok in zip(sample_rows, next_ids):
             req = batch.reqs[i]
             req.output_ids.append(tok)
+            if req.grammar is not None:
+                error = self.grammar_manager.accept(req, tok)
+                if error is not None:
+                    req.finished_reason = finish_abort(error, status_code=500)
+                elif req.grammar.is_terminated():  # the grammar accepted a stop token
+                    req.finished_reason = finish_stop(tok)
             req.check_finished(self.tokenizer, self.context_len)
         self.num_generated_tokens += len(next_ids)
         finished, still_running = [], []
@@ -335,6 +445,7 @@ class Scheduler:
 
     def stream_output(self, reqs: List[Req]) -> None:
         out = BatchTokenIDOut([], [], [], [], [], [], [], [], [])
+        news = []  # per request: new logprob entries (output, output_top, input, input_top)
         for req in reqs:
             if not req.finished() and not req.stream:
                 continue
@@ -351,13 +462,18 @@ class Scheduler:
             out.cached_tokens.append(req.cached_tokens)
             if hasattr(out, "stop_strs"):
                 out.stop_strs.append(list(sp.stop_strs))
+            news.append(logprobs.take_new(req))
+        if any(n[0] is not None for n in news):
+            out.output_token_logprobs, out.output_top_logprobs, out.input_token_logprobs, out.input_top_logprobs = (
+                [list(col) for col in zip(*news)]
+            )
         if out.rids and self.output_sink is not None:
             self.output_sink(out)
 
     # ---- control ------------------------------------------------------------------------
 
     def flush_cache(self) -> FlushCacheReqOutput:
-        if self.waiting_queue or self.running or self.chunked_req is not None:
+        if self.waiting_queue or self.running or self.chunked_req is not None or len(self.grammar_manager):
             return FlushCacheReqOutput(False, "Cache not flushed: there are running or waiting requests.")
         self.tree_cache.reset()
         self.model_runner.req_to_token_pool.clear()
@@ -374,7 +490,7 @@ class Scheduler:
         u = self.token_usage()
         rate = self.total_cached_tokens / self.total_prompt_tokens if self.total_prompt_tokens else 0.0
         return GetLoadReqOutput(self.max_total_num_tokens, u["available"], u["evictable"], u["used"],
-                                len(self.running), len(self.waiting_queue), rate)
+                                len(self.running), len(self.waiting_queue) + len(self.grammar_manager), rate)
 
     def check_memory_integrity(self) -> bool:
         """Idle check: every KV token is free or held by the prefix cache, nothing locked."""

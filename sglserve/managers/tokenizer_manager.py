@@ -30,6 +30,8 @@ from sglserve.managers.io_struct import (
     TokenizedGenerateReqInput,
     finish_abort,
 )
+from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
+from sglserve.managers.logprob_output import LogprobAccumulator, validate_logprob_args
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
@@ -66,6 +68,8 @@ class ReqState:
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_time: Optional[float] = None
+    logprobs: Optional[LogprobAccumulator] = None  # when the request asked for logprobs
+    tokenizer: Any = None
 
     def notify(self) -> None:
         self.dirty = True
@@ -90,18 +94,17 @@ class ReqState:
 
     def to_dict(self) -> Dict[str, Any]:
         end = self.finish_time if self.finish_time is not None else time.time()
-        return {
-            "text": self.text,
-            "output_ids": list(self.output_ids),
-            "meta_info": {
-                "id": self.rid,
-                "finish_reason": self.finished_reason,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cached_tokens": self.cached_tokens,
-                "e2e_latency": end - self.created,
-            },
+        meta = {
+            "id": self.rid,
+            "finish_reason": self.finished_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "e2e_latency": end - self.created,
         }
+        if self.logprobs is not None:
+            meta.update(self.logprobs.meta(self.tokenizer))
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
 
 
 class TokenizerManager:
@@ -156,19 +159,20 @@ class TokenizerManager:
             if isinstance(obj.rid, str):
                 obj.rid = [f"{obj.rid}-{i}" for i in range(obj.batch_size)]
             tokenized = [self._tokenize_one(obj[i]) for i in range(obj.batch_size)]
+        single = obj.is_single and tokenized[0].sampling_params.n == 1
+        tokenized = expand_n(tokenized)
         rids = [t.rid for t in tokenized]
         if len(set(rids)) != len(rids) or any(r in self.rid_to_state for r in rids):
             raise ValueError(f"Duplicate request ID in {rids}.")
-        obj.rid = rids[0] if obj.is_single else rids
-        if obj.is_single:
-            return self._wait_one(tokenized[0], request)
-        return self._wait_batch(tokenized, request, obj.stream)
+        obj.rid = rids[0] if single else rids
+        if single:
+            return self._wait_one(tokenized[0], request, obj.return_text_in_logprobs)
+        return self._wait_batch(tokenized, request, obj.stream, obj.return_text_in_logprobs)
 
     def _tokenize_one(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
         if (obj.text is None) == (obj.input_ids is None):
             raise ValueError("Either text or input_ids should be provided (exactly one of them).")
-        if obj.return_logprob or obj.top_logprobs_num:
-            raise ValueError("return_logprob is not supported yet.")
+        validate_logprob_args(obj.return_logprob, obj.top_logprobs_num, obj.logprob_start_len)
         if obj.text is not None:
             if self.tokenizer is None:
                 raise ValueError("text input needs a tokenizer; the server runs with --skip-tokenizer-init: send input_ids.")
@@ -191,6 +195,11 @@ class TokenizerManager:
         sp = SamplingParams.from_dict(obj.sampling_params)
         sp.verify(self.vocab_size)
         check_implemented(sp)
+        key = grammar_key(sp)
+        if key is not None:  # a bad grammar is a 400 here, never a problem for the scheduler
+            if self.server_args.grammar_backend == "none" or self.tokenizer is None:
+                raise ValueError("Constrained decoding (json_schema / regex / ebnf) needs --grammar-backend xgrammar and a tokenizer.")
+            validate_grammar(key)
         if sp.max_new_tokens is not None and n + sp.max_new_tokens > self.context_len:
             raise ValueError(
                 f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
@@ -199,14 +208,21 @@ class TokenizerManager:
                 f"messages or the completion to fit within the limit."
             )
         rid = obj.rid or uuid.uuid4().hex
-        return TokenizedGenerateReqInput(rid, obj.text, list(input_ids), sp, stream=obj.stream)
+        return TokenizedGenerateReqInput(
+            rid, obj.text, list(input_ids), sp, stream=obj.stream, return_logprob=obj.return_logprob,
+            logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
+        )
 
-    async def _wait_one(self, tokenized: TokenizedGenerateReqInput, request: Any) -> AsyncIterator[Dict[str, Any]]:
+    async def _wait_one(
+        self, tokenized: TokenizedGenerateReqInput, request: Any, text_in_logprobs: bool = False
+    ) -> AsyncIterator[Dict[str, Any]]:
         self.start()
         if self.dead_reason:
             raise ServerError(self.dead_reason)
         rid = tokenized.rid
-        state = ReqState(rid, tokenized.stream, time.time())
+        state = ReqState(rid, tokenized.stream, time.time(), tokenizer=self.tokenizer)
+        if tokenized.return_logprob:
+            state.logprobs = LogprobAccumulator(return_text=text_in_logprobs)
         self.rid_to_state[rid] = state
         try:
             self.send_to_scheduler.send_pyobj(tokenized)
@@ -231,8 +247,9 @@ class TokenizerManager:
                 logger.debug("Request %s ends unfinished (client gone or cancelled); aborting it", rid)
                 self.abort_request(rid)
 
-    async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool):
-        gens = [self._wait_one(t, request) for t in tokenized]
+    async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool,
+                          text_in_logprobs: bool = False):
+        gens = [self._wait_one(t, request, text_in_logprobs) for t in tokenized]
         if not stream:
             tasks = [asyncio.ensure_future(last_item(g)) for g in gens]
             try:
@@ -318,6 +335,8 @@ class TokenizerManager:
             state.prompt_tokens = recv.prompt_tokens[i]
             state.completion_tokens = recv.completion_tokens[i]
             state.cached_tokens = recv.cached_tokens[i]
+            if state.logprobs is not None:
+                state.logprobs.add(recv, i)
             if recv.finished_reasons[i] is not None:
                 state.finished_reason = recv.finished_reasons[i]
                 state.finish_time = time.time()
@@ -385,13 +404,8 @@ def _check_shape(obj: GenerateReqInput) -> None:
             raise ValueError(f"{name} must be a boolean.")
 
 
-NOT_IMPLEMENTED_YET = {
+NOT_IMPLEMENTED_YET: Dict[str, Any] = {
     # SamplingParams field -> test that it is in use. Remove an entry when the scheduler does it.
-    "n": lambda sp: sp.n != 1,
-    "logit_bias": lambda sp: bool(sp.logit_bias),
-    "json_schema": lambda sp: sp.json_schema is not None,
-    "regex": lambda sp: sp.regex is not None,
-    "ebnf": lambda sp: sp.ebnf is not None,
 }
 
 
@@ -399,3 +413,24 @@ def check_implemented(sp: SamplingParams) -> None:
     for name, in_use in NOT_IMPLEMENTED_YET.items():
         if in_use(sp):
             raise ValueError(f"{name} is not supported yet (got {getattr(sp, name)!r}).")
+
+
+MAX_N = 128
+
+
+def expand_n(tokenized: List[TokenizedGenerateReqInput]) -> List[TokenizedGenerateReqInput]:
+    """n > 1: n copies of each prompt (rid-0 .. rid-{n-1}, seed + i) in one prefix group, so
+    the scheduler computes the prompt's KV once and the copies share it (radix cache)."""
+    out: List[TokenizedGenerateReqInput] = []
+    for t in tokenized:
+        n = t.sampling_params.n
+        if n == 1:
+            out.append(t)
+            continue
+        if n > MAX_N:
+            raise ValueError(f"n must be at most {MAX_N}, got {n}.")
+        for i in range(n):
+            sp = t.sampling_params
+            sp = dataclasses.replace(sp, n=1, seed=None if sp.seed is None else sp.seed + i)
+            out.append(dataclasses.replace(t, rid=f"{t.rid}-{i}", sampling_params=sp, prefix_group=t.rid))
+    return out

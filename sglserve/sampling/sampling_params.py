@@ -105,6 +105,8 @@ class SamplingParams:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
                 raise SamplingParamsError(f"stop must be a string or a list of strings, got {self.stop!r}.")
+        if self.logit_bias is not None:
+            self.logit_bias = _check_logit_bias(self.logit_bias, vocab_size)
         grammars = [g for g in (self.json_schema, self.regex, self.ebnf) if g is not None]
         if len(grammars) > 1:
             raise SamplingParamsError("Only one of json_schema, regex and ebnf can be set.")
@@ -118,3 +120,21 @@ class SamplingParams:
         self.stop_str_max_len = max((len(s) for s in self.stop_strs), default=0)
         if self.is_greedy:
             self.top_k, self.top_p, self.min_p = 1, 1.0, 0.0
+
+
+def _check_logit_bias(bias, vocab_size: Optional[int]) -> Dict[int, float]:
+    """{token id (int or its string, as JSON sends it): bias in [-100, 100]} -> {int: float}."""
+    if not isinstance(bias, dict):
+        raise SamplingParamsError(f"logit_bias must be an object mapping token ids to biases, got {bias!r}.")
+    out: Dict[int, float] = {}
+    for k, v in bias.items():
+        try:
+            tok = int(k)
+        except (TypeError, ValueError):
+            raise SamplingParamsError(f"logit_bias keys must be token ids, got {k!r}.") from None
+        if tok < 0 or (vocab_size is not None and tok >= vocab_size):
+            raise SamplingParamsError(f"logit_bias token id {tok} is outside the vocabulary [0, {vocab_size}).")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+            raise SamplingParamsError(f"logit_bias values must be numbers in [-100, 100], got {v!r} for token {tok}.")
+        out[tok] = float(v)
+    return out
