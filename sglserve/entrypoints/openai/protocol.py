@@ -212,6 +212,7 @@ class ChatCompletionRequest(_SamplingRequest):
     parallel_tool_calls: Optional[bool] = None
     chat_template_kwargs: Optional[Dict[str, Any]] = None
     continue_final_message: bool = False
+    separate_reasoning: bool = True  # with --reasoning-parser: reasoning_content apart from content
 
     @field_validator("messages")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, AsyncIterator, Dict, List
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
@@ -28,12 +28,16 @@ from sglserve.entrypoints.openai.serving_utils import (
     sse_error,
     usage_of,
 )
+from sglserve.entrypoints.openai.chat_output import ChoiceOutput
+from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
 from sglserve.managers.io_struct import GenerateReqInput
+from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
 from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.parser.reasoning_parser import ReasoningParser
 
 
-def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest) -> List[int]:
-    """Render the messages with the tokenizer's chat template and tokenize them."""
+def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optional[ToolPlan] = None) -> List[int]:
+    """Render the messages (and tools, see chat_tools.py) with the chat template; tokenize them."""
     if tokenizer is None:
         raise OpenAIError("Chat completions need a tokenizer; the server runs with --skip-tokenizer-init.")
     if not getattr(tokenizer, "chat_template", None):
@@ -54,14 +58,18 @@ def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest) -> List[int
         elif m.content is None:
             msg["content"] = ""
         messages.append(msg)
+    native_tools = template_supports_tools(tokenizer)
+    messages = prepare_messages(messages, plan, req.tools, native_tools)
+    extra = dict(req.chat_template_kwargs or {})
+    if plan is not None and native_tools:
+        extra.setdefault("tools", [t.model_dump(exclude_none=True) for t in req.tools])
     cont = req.continue_final_message
     if cont and messages[-1]["role"] != "assistant":
         raise OpenAIError("continue_final_message needs the last message to be from the assistant.",
                           param="continue_final_message")
     try:
         out = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=not cont, continue_final_message=cont, tokenize=True,
-            **(req.chat_template_kwargs or {}),
+            messages, add_generation_prompt=not cont, continue_final_message=cont, tokenize=True, **extra,
         )
     except Exception as e:  # jinja TemplateError (raise_exception in the template), bad kwargs
         raise OpenAIError(f"Failed to apply the chat template: {e}") from e
@@ -74,56 +82,92 @@ async def handle_chat_completions(
     tm: TokenizerManager, model_name: str, req: ChatCompletionRequest, raw_request: Request
 ) -> Response:
     reject_unimplemented(req)
-    input_ids = build_chat_input_ids(tm.tokenizer, req)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise OpenAIError("top_logprobs needs logprobs=true.", param="top_logprobs")
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise OpenAIError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}.", param="top_logprobs")
+    plan = plan_tools(req, tm.server_args.tool_call_parser)
+    input_ids = build_chat_input_ids(tm.tokenizer, req, plan)
+    sampling_params = req.to_sampling_params(req.requested_max_tokens)
+    if plan is not None and plan.json_schema is not None:
+        sampling_params["json_schema"] = plan.json_schema
     obj = GenerateReqInput(
         input_ids=input_ids,
-        sampling_params=req.to_sampling_params(req.requested_max_tokens),
+        sampling_params=sampling_params,
         stream=req.stream,
         rid=req.rid,
+        return_logprob=req.logprobs,
+        top_logprobs_num=req.top_logprobs or 0,
+        return_text_in_logprobs=True,
     )
     gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
+    rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0].rsplit("-", 1)[0]
     created = int(time.time())
+    outputs = [ChoiceOutput(_reasoning_parser(tm, req), plan.parser() if plan else None) for _ in range(req.n)]
     if req.stream:
-        return StreamingResponse(_stream(gen, obj.rid, created, model_name, req), media_type="text/event-stream")
+        return StreamingResponse(_stream(gen, rid, created, model_name, req, outputs), media_type="text/event-stream")
 
-    out = None
-    async for out in gen:
+    result = None
+    async for result in gen:
         pass
-    reason, matched = finish_reason_fields(out["meta_info"])
-    choice = ChatCompletionResponseChoice(
-        index=0, message=ChatMessage(content=out["text"]), finish_reason=reason, matched_stop=matched
-    )
-    resp = ChatCompletionResponse(
-        id=out["meta_info"]["id"], created=created, model=model_name, choices=[choice], usage=usage_of([out["meta_info"]])
-    )
+    outs = result if isinstance(result, list) else [result]
+    choices = []
+    for i, out in enumerate(outs):
+        reason, matched = finish_reason_fields(out["meta_info"])
+        choice_out = outputs[i]
+        choice_out.update(out["text"], final=True)
+        choices.append(ChatCompletionResponseChoice(
+            index=i, message=ChatMessage(**choice_out.message()), finish_reason=choice_out.finish_reason(reason),
+            matched_stop=matched, logprobs=chat_logprobs(out["meta_info"]) if req.logprobs else None,
+        ))
+    resp = ChatCompletionResponse(id=rid, created=created, model=model_name, choices=choices,
+                                  usage=usage_of([o["meta_info"] for o in outs], req.n))
     return json_response(resp.model_dump())
 
 
+def _reasoning_parser(tm: TokenizerManager, req: ChatCompletionRequest) -> Optional[ReasoningParser]:
+    name = tm.server_args.reasoning_parser
+    if name is None or not req.separate_reasoning:
+        return None
+    if name == "qwen3" and (req.chat_template_kwargs or {}).get("enable_thinking") is False:
+        return None  # the template closed the think block in the prompt: all answer
+    return ReasoningParser(name)
+
+
 async def _stream(
-    gen: AsyncIterator[Dict[str, Any]], rid: str, created: int, model_name: str, req: ChatCompletionRequest
+    gen: AsyncIterator[Dict[str, Any]], rid: str, created: int, model_name: str, req: ChatCompletionRequest,
+    outputs: List[ChoiceOutput],
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: DeltaMessage, reason=None, matched=None, usage=None) -> bytes:
-        choice = ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=reason, matched_stop=matched)
+    def chunk(index: int, delta: DeltaMessage, reason=None, matched=None, usage=None, logprobs=None) -> bytes:
+        choice = ChatCompletionResponseStreamChoice(index=index, delta=delta, finish_reason=reason, matched_stop=matched,
+                                                    logprobs=logprobs)
         return sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[choice],
                                                 usage=usage).model_dump())
 
-    sent = 0
-    meta = None
+    metas: Dict[int, Dict[str, Any]] = {}
     try:
-        yield chunk(DeltaMessage(role="assistant", content=""))
+        for i in range(req.n):
+            yield chunk(i, DeltaMessage(role="assistant", content=""))
         async for out in gen:
-            meta = out["meta_info"]
+            index = out.get("index", 0)
+            meta = metas[index] = out["meta_info"]
             usage = usage_of([meta]) if req.continuous_usage else None
-            delta = out["text"][sent:]
-            sent = len(out["text"])
-            if delta:
-                yield chunk(DeltaMessage(content=delta), usage=usage)
             reason, matched = finish_reason_fields(meta)
+            choice_out = outputs[index]
+            delta = choice_out.update(out["text"], final=reason is not None)
+            logprobs = None
+            if req.logprobs:
+                n_lp = len(meta.get("output_token_logprobs") or [])
+                if n_lp > choice_out.sent_logprobs:
+                    logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
+                    choice_out.sent_logprobs = n_lp
+            if delta or logprobs:
+                yield chunk(index, DeltaMessage(**delta), usage=usage, logprobs=logprobs)
             if reason is not None:
-                yield chunk(DeltaMessage(), reason, matched, usage)
-        if req.include_usage and meta is not None:
+                yield chunk(index, DeltaMessage(), choice_out.finish_reason(reason), matched, usage)
+        if req.include_usage and metas:
             yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                                   usage=usage_of([meta])).model_dump())
+                                                   usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
     except ClientDisconnected:
         return
     except ValueError as e:

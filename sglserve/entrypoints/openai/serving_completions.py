@@ -26,6 +26,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     usage_of,
 )
 from sglserve.managers.io_struct import GenerateReqInput
+from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, completion_logprobs
 from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
 
 
@@ -48,66 +49,82 @@ def _echo_texts(tm: TokenizerManager, prompts: List[Union[str, List[int]]]) -> L
 
 async def handle_completions(tm: TokenizerManager, model_name: str, req: CompletionRequest, raw_request: Request) -> Response:
     reject_unimplemented(req)
+    if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
+        raise OpenAIError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.logprobs}.", param="logprobs")
     prompts = _prompts(req.prompt)
     single = len(prompts) == 1
     is_text = isinstance(prompts[0], str)
     if any(isinstance(p, str) != is_text for p in prompts):  # pragma: no cover - pydantic forbids mixing
         raise OpenAIError("prompt must not mix text and token ids.", param="prompt")
     items: Any = prompts[0] if single else prompts
+    want_lp = req.logprobs is not None
     obj = GenerateReqInput(
         text=items if is_text else None,
         input_ids=None if is_text else items,
         sampling_params=req.to_sampling_params(req.max_tokens),
         stream=req.stream,
         rid=req.rid,
+        return_logprob=want_lp,
+        top_logprobs_num=req.logprobs or 0,
+        logprob_start_len=0 if (want_lp and req.echo) else -1,  # echo: the prompt's logprobs too
+        return_text_in_logprobs=True,
     )
     echo = _echo_texts(tm, prompts) if req.echo else None
     gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
-    rid = obj.rid if single else obj.rid[0]
+    rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0]
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_stream(gen, single, rid, created, model_name, req, echo), media_type="text/event-stream")
+        return StreamingResponse(_stream(gen, rid, created, model_name, req, echo), media_type="text/event-stream")
 
     outs = None
     async for outs in gen:
         pass
-    outs = [outs] if single else outs
+    outs = outs if isinstance(outs, list) else [outs]
     choices = []
     for i, out in enumerate(outs):
         reason, matched = finish_reason_fields(out["meta_info"])
-        text = (echo[i] if echo else "") + out["text"]
-        choices.append(CompletionResponseChoice(index=i, text=text, finish_reason=reason, matched_stop=matched))
+        prefix = echo[i // req.n] if echo else ""
+        logprobs = completion_logprobs(out["meta_info"], bool(echo)) if want_lp else None
+        choices.append(CompletionResponseChoice(index=i, text=prefix + out["text"], finish_reason=reason,
+                                                matched_stop=matched, logprobs=logprobs))
     resp = CompletionResponse(id=rid, created=created, model=model_name, choices=choices,
-                              usage=usage_of(o["meta_info"] for o in outs))
+                              usage=usage_of([o["meta_info"] for o in outs], req.n))
     return json_response(resp.model_dump())
 
 
-async def _stream(
-    gen: AsyncIterator[Any], single: bool, rid: str, created: int, model_name: str, req: CompletionRequest, echo
-) -> AsyncIterator[bytes]:
-    def chunk(index: int, text: str, reason=None, matched=None, usage=None) -> bytes:
-        choice = CompletionResponseStreamChoice(index=index, text=text, finish_reason=reason, matched_stop=matched)
+async def _stream(gen: AsyncIterator[Any], rid: str, created: int, model_name: str, req: CompletionRequest, echo) -> AsyncIterator[bytes]:
+    def chunk(index: int, text: str, reason=None, matched=None, usage=None, logprobs=None) -> bytes:
+        choice = CompletionResponseStreamChoice(index=index, text=text, finish_reason=reason, matched_stop=matched,
+                                                logprobs=logprobs)
         return sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[choice],
                                             usage=usage).model_dump())
 
     sent: Dict[int, int] = {}
+    sent_lp: Dict[int, int] = {}
+    sent_chars: Dict[int, int] = {}  # characters of the choice's text already sent (text_offset)
     metas: Dict[int, Dict[str, Any]] = {}
+    want_lp = req.logprobs is not None
     try:
-        if echo:
-            for i, text in enumerate(echo):
-                yield chunk(i, text)
         async for out in gen:
-            index = 0 if single else out["index"]
+            index = out.get("index", 0)
             meta = metas[index] = out["meta_info"]
             usage = usage_of([meta]) if req.continuous_usage else None
-            delta = out["text"][sent.get(index, 0):]
-            sent[index] = len(out["text"])
+            first = index not in sent
+            text = out["text"]
+            delta = ((echo[index // req.n] if echo else "") if first else "") + text[sent.get(index, 0):]
+            sent[index] = len(text)
             reason, matched = finish_reason_fields(meta)
-            if delta or reason is not None:
-                yield chunk(index, delta, reason, matched, usage)
+            logprobs = None
+            if want_lp:
+                start = sent_lp.get(index, 0)
+                logprobs = completion_logprobs(meta, bool(echo) and first, start, sent_chars.get(index, 0))
+                sent_lp[index] = len(meta.get("output_token_logprobs") or [])
+            sent_chars[index] = sent_chars.get(index, 0) + len(delta)
+            if delta or reason is not None or (logprobs and logprobs["tokens"]):
+                yield chunk(index, delta, reason, matched, usage, logprobs)
         if req.include_usage and metas:
             yield sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                               usage=usage_of(metas.values())).model_dump())
+                                               usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
     except ClientDisconnected:
         return
     except ValueError as e:

@@ -62,10 +62,13 @@ def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]
     return fr.get("type"), fr.get("matched") if fr.get("type") == "stop" else None
 
 
-def usage_of(metas: Iterable[Dict[str, Any]]) -> UsageInfo:
+def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1) -> UsageInfo:
+    """Token counts of a response. With n > 1 the metas come prompt-major (n per prompt) and
+    each prompt counts once, as SGLang counts it; completions and cached tokens add up."""
     prompt = completion = cached = 0
-    for m in metas:
-        prompt += m["prompt_tokens"]
+    for i, m in enumerate(metas):
+        if i % n == 0:
+            prompt += m["prompt_tokens"]
         completion += m["completion_tokens"]
         cached += m["cached_tokens"]
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
@@ -73,32 +76,17 @@ def usage_of(metas: Iterable[Dict[str, Any]]) -> UsageInfo:
 
 
 def reject_unimplemented(req: Any) -> None:
-    """Known OpenAI fields whose behaviour is not implemented yet: 400 naming the field.
-
-    Sampling-level features (n, logit_bias, grammars) are also refused in the
-    TokenizerManager; here they are named as the client spelled them.
-    """
-    checks = [
-        ("n", req.n != 1, "n > 1 is not supported yet"),
-        ("logit_bias", bool(req.logit_bias), "logit_bias is not supported yet"),
-        ("regex", req.regex is not None, "regex is not supported yet"),
-        ("ebnf", req.ebnf is not None, "ebnf is not supported yet"),
-        ("response_format", req.response_format is not None and req.response_format.type != "text",
-         "response_format other than 'text' is not supported yet"),
-    ]
-    if hasattr(req, "messages"):  # chat
+    """Known OpenAI fields whose behaviour is not implemented: 400 naming the field."""
+    checks = []
+    if not hasattr(req, "messages"):  # completions
         checks += [
-            ("tools", bool(req.tools), "tools are not supported yet"),
-            ("tool_choice", req.tool_choice not in (None, "none", "auto"), "tool_choice is not supported yet"),
-            ("logprobs", bool(req.logprobs), "logprobs is not supported yet"),
-            ("top_logprobs", bool(req.top_logprobs), "top_logprobs is not supported yet"),
-        ]
-    else:  # completions
-        checks += [
-            ("logprobs", req.logprobs is not None, "logprobs is not supported yet"),
             ("suffix", bool(req.suffix), "suffix is not supported"),
-            ("best_of", req.best_of is not None and req.best_of != 1, "best_of is not supported yet"),
+            ("best_of", req.best_of is not None and req.best_of != req.n, "best_of other than n is not supported"),
         ]
+    if req.response_format is not None and req.response_format.type == "structural_tag":
+        checks.append(("response_format", True, "response_format 'structural_tag' is not supported"))
     for param, bad, message in checks:
         if bad:
             raise OpenAIError(f"{message} (got {param}={getattr(req, param)!r}).", 400, param)
+    if req.response_format is not None and req.response_format.type != "text" and (req.regex or req.ebnf):
+        raise OpenAIError("Use one of response_format, regex and ebnf.", 400, "response_format")
