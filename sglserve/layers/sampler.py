@@ -19,11 +19,11 @@ from sglserve.sampling.sampling_params import SamplingParams
 
 @dataclass
 class SamplingBatchInfo:
-    temperatures: torch.Tensor  # [bs, 1] float32 (1.0 for greedy rows, unused)
-    top_ps: torch.Tensor  # [bs]
-    top_ks: torch.Tensor  # [bs] int64, vocab size when disabled
-    min_ps: torch.Tensor  # [bs]
-    greedy: torch.Tensor  # [bs] bool
+    temperatures: Optional[torch.Tensor]  # [bs, 1] float32 (1.0 for greedy rows); None when all greedy
+    top_ps: Optional[torch.Tensor]  # [bs]
+    top_ks: Optional[torch.Tensor]  # [bs] int64, vocab size when disabled
+    min_ps: Optional[torch.Tensor]  # [bs]
+    greedy: Optional[torch.Tensor]  # [bs] bool
     is_all_greedy: bool
     need_top_p: bool
     need_top_k: bool
@@ -36,6 +36,8 @@ class SamplingBatchInfo:
     @classmethod
     def from_params(cls, params: List[SamplingParams], output_lens: List[int], vocab_size: int, device) -> "SamplingBatchInfo":
         greedy = [p.is_greedy for p in params]
+        if all(greedy):  # the common fast path: argmax needs no per-row tensors (no host->device copies)
+            return cls(None, None, None, None, None, True, False, False, False, [None] * len(params))
         temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
         top_ks = [vocab_size if (p.top_k < 0 or p.top_k > vocab_size) else p.top_k for p in params]
         seeds = [None if (p.seed is None or g) else (p.seed * 1_000_003 + n) & 0x7FFFFFFFFFFFFFFF

@@ -196,15 +196,34 @@ class ScheduleBatch:
         return sum(page for r in self.reqs if r.kv_len % page == 0)
 
     def prepare_for_decode(self) -> ForwardBatch:
-        """One new token per request: the last sampled one goes through the model."""
-        self.prefix_lens = [r.kv_len for r in self.reqs]
-        self.seq_lens = [r.kv_len + 1 for r in self.reqs]
-        out_cache_loc = self._alloc(self.prefix_lens, self.seq_lens, [r.last_loc for r in self.reqs])
-        self._write_req_to_token([r.req_pool_idx for r in self.reqs], self.prefix_lens, self.seq_lens, out_cache_loc)
-        for r, loc in zip(self.reqs, out_cache_loc.tolist()):
+        """One new token per request: the last sampled one goes through the model.
+
+        The hot path of the server: a handful of list comprehensions, one host->device copy
+        for all per-request ints, one scatter into req_to_token.
+        """
+        reqs = self.reqs
+        self.prefix_lens = [r.kv_len for r in reqs]
+        self.seq_lens = [n + 1 for n in self.prefix_lens]
+        if self.allocator.page_size == 1:
+            if self.allocator.available_size() < len(reqs):
+                self.tree_cache.evict(len(reqs) - self.allocator.available_size())
+            out_cache_loc = self.allocator.alloc(len(reqs))
+            if out_cache_loc is None:
+                raise RuntimeError(f"KV pool out of memory: need {len(reqs)} tokens, {self.allocator.available_size()} free")
+        else:
+            out_cache_loc = self._alloc(self.prefix_lens, self.seq_lens, [r.last_loc for r in reqs])
+        locs = out_cache_loc.tolist()  # host tensor: no device sync
+        for r, loc in zip(reqs, locs):
             r.kv_len += 1
             r.last_loc = loc
-        return ForwardBatch.build(
-            ForwardMode.DECODE, [r.output_ids[-1] for r in self.reqs], [r.req_pool_idx for r in self.reqs],
-            self.prefix_lens, self.seq_lens, out_cache_loc, self.device,
+        host = torch.tensor(
+            [[r.output_ids[-1] for r in reqs], self.prefix_lens, [r.req_pool_idx for r in reqs], self.seq_lens, locs],
+            dtype=torch.int64,
+        )
+        dev = host.to(self.req_to_token_pool.req_to_token.device, non_blocking=True)
+        input_ids, positions, rows, seq_lens, loc = dev[0], dev[1], dev[2], dev[3], dev[4]
+        self.req_to_token_pool.req_to_token[rows, positions] = loc.to(torch.int32)
+        return ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=len(reqs), input_ids=input_ids, positions=positions,
+            req_pool_indices=rows, seq_lens=seq_lens.to(torch.int32), out_cache_loc=loc, seq_lens_cpu=self.seq_lens,
         )

@@ -395,7 +395,7 @@ class Scheduler:
         """Penalties / logit_bias / min_tokens and grammar masks for the rows that need them."""
         if not reqs:
             return
-        device = info.temperatures.device
+        device = self.model_runner.device
         info.adjust = build_logit_adjust(
             [r.sampling_params for r in reqs], [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
             self.eos_token_ids, self.model_config.vocab_size, device,
