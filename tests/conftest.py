@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The default model (SmolLM2-135M-Instruct GGUF) on the CPU."""
-    s = start_server(tmp_path_factory, ["--log-level", "info", "--max-total-tokens", "20000"])
+    # The parsers change nothing for requests without tools / think tags (tests/server/test_openai_features.py)
+    s = start_server(tmp_path_factory, ["--log-level", "info", "--max-total-tokens", "20000",
+                                        "--tool-call-parser", "llama3", "--reasoning-parser", "qwen3"])
     yield s
     s.stop()

@@ -40,9 +40,8 @@ class ChoiceOutput:
             parsed = self.tool_parser.parse(answer, final)
             answer, calls = parsed.content, parsed.calls
             # whitespace around tool calls is not worth a content delta: hold it until text follows
-            answer = answer if final else answer.rstrip()
-            if final and calls and not answer.strip():
-                answer = self.content
+            # (rstrip keeps the text monotonic: a prefix's rstrip is a prefix of the whole's)
+            answer = answer.rstrip() if (calls or not final) else answer
         delta: Dict[str, Any] = {}
         if len(reasoning) > len(self.reasoning):
             delta["reasoning_content"] = reasoning[len(self.reasoning):]
@@ -69,7 +68,8 @@ class ChoiceOutput:
     def message(self) -> Dict[str, Any]:
         """The whole message once final (non-streaming)."""
         return {
-            "content": self.content if (self.content or not self.calls) else None,
+            # no answer text next to tool calls or reasoning: null, as OpenAI / vLLM send it
+            "content": self.content if (self.content or not (self.calls or self.reasoning)) else None,
             "reasoning_content": self.reasoning or None,
             "tool_calls": self.calls or None,
         }

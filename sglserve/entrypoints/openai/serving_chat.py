@@ -103,7 +103,10 @@ async def handle_chat_completions(
     gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0].rsplit("-", 1)[0]
     created = int(time.time())
-    outputs = [ChoiceOutput(_reasoning_parser(tm, req), plan.parser() if plan else None) for _ in range(req.n)]
+    # JSON by construction (forced tool calls, response_format): no reasoning to split off
+    json_only = "json_schema" in sampling_params and sampling_params["json_schema"] is not None
+    reasoning = None if json_only else _reasoning_parser(tm, req)
+    outputs = [ChoiceOutput(reasoning, plan.parser() if plan else None) for _ in range(req.n)]
     if req.stream:
         return StreamingResponse(_stream(gen, rid, created, model_name, req, outputs), media_type="text/event-stream")
 
