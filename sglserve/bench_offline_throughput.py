@@ -37,6 +37,25 @@ def build_rows(args, tokenizer, vocab_size: int):
         args.gsp_output_len, rng, tokenizer, vocab_size, return_text=False)
 
 
+def install_gpu_timer(engine: Engine) -> list:
+    """Wraps the model runner's forward with CUDA events; returns the (mode, start, end) list."""
+    import torch
+
+    runner, events = engine.scheduler.model_runner, []
+    forward = runner.forward
+
+    def timed(fb):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = forward(fb)
+        end.record()
+        events.append(("decode" if fb.forward_mode.is_decode() else "extend", start, end))
+        return out
+
+    runner.forward = timed
+    return events
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ServerArgs.add_cli_args(parser)
@@ -55,6 +74,8 @@ def main() -> None:
     parser.add_argument("--disable-ignore-eos", action="store_true")
     parser.add_argument("--warmup-prompts", type=int, default=16)
     parser.add_argument("--result-file", default=None, help="append one JSON line")
+    parser.add_argument("--measure-gpu-busy", action="store_true",
+                        help="CUDA events around every forward: report the share of wall time the GPU computed")
     args = parser.parse_args()
     kwargs = {k: v for k, v in vars(ServerArgs.from_cli_args(args)).items() if k != "model_path"}
     kwargs["skip_tokenizer_init"] = args.dataset_name != "sharegpt" or args.skip_tokenizer_init
@@ -67,6 +88,7 @@ def main() -> None:
     if args.warmup_prompts:
         engine.generate(input_ids=ids[: args.warmup_prompts], sampling_params=params[: args.warmup_prompts])
         engine.scheduler.flush_cache()
+    events = install_gpu_timer(engine) if args.measure_gpu_busy else None
     t0 = time.perf_counter()
     outs = engine.generate(input_ids=ids, sampling_params=params)
     dur = time.perf_counter() - t0
@@ -82,6 +104,14 @@ def main() -> None:
         "cuda_graph": not engine.server_args.disable_cuda_graph,
         "max_total_num_tokens": engine.scheduler.max_total_num_tokens,
     }
+    if events is not None:
+        import torch
+
+        torch.cuda.synchronize()
+        for mode in ("decode", "extend"):
+            busy = sum(a.elapsed_time(b) for m, a, b in events if m == mode) / 1e3
+            res[f"gpu_busy_s_{mode}"] = busy
+        res["gpu_busy_fraction"] = (res["gpu_busy_s_decode"] + res["gpu_busy_s_extend"]) / dur
     logging.getLogger(__name__).info("%s", res)
     print(json.dumps(res))
     if args.result_file:

@@ -45,8 +45,8 @@ def setup(tmp_path_factory):
     return path, prompts
 
 
-def run(path, prompts, **kw):
-    eng = Engine(path, device="cuda", dtype="bfloat16", skip_tokenizer_init=not path.endswith(".gguf"),
+def run(path, prompts, dtype="bfloat16", **kw):
+    eng = Engine(path, device="cuda", dtype=dtype, skip_tokenizer_init=not path.endswith(".gguf"),
                  mem_fraction_static=0.5, **kw)
     params = {"temperature": 0, "max_new_tokens": N_TOKENS, "ignore_eos": True}
     outs = eng.generate(input_ids=prompts, sampling_params=params)
@@ -70,16 +70,20 @@ def test_graphs_overlap_on_off_and_batch_invariance(setup):
     print(f"batch 64 vs batch 32: {same}/{len(prompts)} sequences identical over {N_TOKENS} tokens")
 
 
-def test_top1_agreement_with_transformers(setup):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_top1_agreement_with_transformers(setup, dtype):
+    """Teacher-forced: transformers' argmax at every position we generated. Random weights have
+    near-ties that bf16 rounding flips, so bf16 is asserted only on real weights (the env var)."""
     from transformers import AutoModelForCausalLM
 
     path, prompts = setup
-    ours, _ = run(path, prompts)
+    ours, _ = run(path, prompts, dtype=dtype)
+    torch_dtype = getattr(torch, dtype)
     if path.endswith(".gguf"):
         hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                  torch_dtype=torch.bfloat16)
+                                                  torch_dtype=torch_dtype)
     else:
-        hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16)
+        hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype)
     hf = hf.cuda().eval()
     agree = total = 0
     with torch.no_grad():
@@ -89,5 +93,6 @@ def test_top1_agreement_with_transformers(setup):
             agree += sum(int(a == b) for a, b in zip(pred, out))
             total += len(out)
     rate = agree / total
-    print(f"top-1 agreement with transformers (teacher forced, bf16): {rate:.4f} over {total} tokens")
-    assert rate >= 0.99
+    print(f"top-1 agreement with transformers (teacher forced, {dtype}): {rate:.4f} over {total} tokens")
+    if dtype == "float32" or os.environ.get("SGLSERVE_GPU_TEST_MODEL"):
+        assert rate >= 0.99
