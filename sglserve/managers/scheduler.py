@@ -275,8 +275,8 @@ class Scheduler:
                     self.waiting_queue.remove(req)
                 break
             self.waiting_queue.remove(req)
-            if req.prefix_group is not None:
-                busy_groups.add(req.prefix_group)
+            if req.prefix_group is not None and len(req.prefix_indices) + self.page_size < len(req.origin_input_ids) - 1:
+                busy_groups.add(req.prefix_group)  # it computes the prompt: its group waits for its KV
         if adder.new_chunked_req is not None:
             self.chunked_req = adder.new_chunked_req
         if not adder.can_run:
