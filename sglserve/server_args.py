@@ -47,6 +47,11 @@ class ServerArgs:
     api_key: Optional[str] = None
     max_payload_size: int = 32 * 1024 * 1024
     enable_metrics: bool = False
+    disable_access_log: bool = False
+    # Limits and shutdown (docs/reliability.md)
+    max_queued_requests: Optional[int] = None  # beyond max_running_requests; more -> 503 + Retry-After
+    request_timeout: Optional[float] = None  # seconds; a request running longer is aborted (408)
+    shutdown_grace_period: float = 30.0  # SIGTERM: seconds to let in-flight requests finish
     # Device and memory
     device: str = "auto"
     mem_fraction_static: Optional[float] = None
@@ -124,7 +129,8 @@ class ServerArgs:
             if value is not None and value not in allowed:
                 raise ServerArgsError(f"--{name.replace('_', '-')}={value!r} is invalid; allowed: {allowed}")
         positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size"]
-        for name in positive + ["max_total_tokens", "max_running_requests", "context_length", "cuda_graph_max_bs"]:
+        for name in positive + ["max_total_tokens", "max_running_requests", "context_length", "cuda_graph_max_bs",
+                                "max_queued_requests"]:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ServerArgsError(f"--{name.replace('_', '-')}={value} must be >= 1")
@@ -132,6 +138,10 @@ class ServerArgs:
             raise ServerArgsError(
                 f"--chunked-prefill-size={self.chunked_prefill_size} must be -1 (off) or >= --page-size ({self.page_size})"
             )
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ServerArgsError(f"--request-timeout={self.request_timeout} must be > 0 (seconds)")
+        if not self.shutdown_grace_period >= 0:
+            raise ServerArgsError(f"--shutdown-grace-period={self.shutdown_grace_period} must be >= 0 (seconds)")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ServerArgsError(f"--mem-fraction-static={self.mem_fraction_static} must be in (0, 1)")
         if self.tp_size != 1:
@@ -145,8 +155,8 @@ class ServerArgs:
 
             if not torch.cuda.is_available():
                 raise ServerArgsError("--device=cuda but no CUDA device is available")
-        if self.load_format != "dummy" and not (os.path.exists(self.model_path) or "/" in self.model_path):
-            raise ServerArgsError(f"--model-path={self.model_path!r} does not exist")
+        if self.load_format != "dummy" and not (os.path.exists(self.model_path) or _looks_like_hub_id(self.model_path)):
+            raise ServerArgsError(f"--model-path={self.model_path!r} does not exist (a local path, or a hub id 'org/name')")
 
     @property
     def is_gguf(self) -> bool:
@@ -174,6 +184,13 @@ class ServerArgs:
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """'org/name' (one slash, no leading '/', '.' or '~'): what a hub id looks like; a path that
+    merely does not exist, like /nonexistent/model or ./model, is not one."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and "\\" not in path
 
 
 def prepare_server_args(argv: Optional[List[str]] = None) -> ServerArgs:
