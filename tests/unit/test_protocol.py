@@ -318,6 +318,7 @@ BAD = [
                               "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
     ("/v1/chat/completions", {"messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
     ("/v1/chat/completions", {"messages": QUESTION, "regex": "(a"}, "regex"),
+    ("/v1/chat/completions", {"messages": QUESTION, "functions": [{"name": "f"}]}, "functions"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "content"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 300}]}, "context length"),
     ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": CONTEXT_LEN}, "maximum context length"),

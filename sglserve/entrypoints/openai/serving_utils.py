@@ -83,10 +83,14 @@ def reject_unimplemented(req: Any) -> None:
             ("suffix", bool(req.suffix), "suffix is not supported"),
             ("best_of", req.best_of is not None and req.best_of != req.n, "best_of other than n is not supported"),
         ]
+    extra = getattr(req, "model_extra", None) or {}
+    for legacy in ("functions", "function_call"):  # the pre-tools API: answer with tools / tool_choice
+        if extra.get(legacy) is not None:
+            checks.append((legacy, True, f"{legacy} is not supported; use tools / tool_choice"))
     if req.response_format is not None and req.response_format.type == "structural_tag":
         checks.append(("response_format", True, "response_format 'structural_tag' is not supported"))
     for param, bad, message in checks:
         if bad:
-            raise OpenAIError(f"{message} (got {param}={getattr(req, param)!r}).", 400, param)
+            raise OpenAIError(f"{message} (got {param}={getattr(req, param, extra.get(param))!r}).", 400, param)
     if req.response_format is not None and req.response_format.type != "text" and (req.regex or req.ebnf):
         raise OpenAIError("Use one of response_format, regex and ebnf.", 400, "response_format")
