@@ -1,7 +1,9 @@
 """python -m sglserve.launch_server: start scheduler + detokenizer, wait until ready, serve HTTP.
 
-Any child dying takes the server down with a clear log line and a non-zero exit; on
-Ctrl-C/SIGTERM the children are stopped and the private ipc directory is removed.
+Any child dying takes the server down with a clear log line and a non-zero exit (pending
+requests get 503 first). On SIGTERM/Ctrl-C the server stops accepting connections, lets
+in-flight requests finish for up to --shutdown-grace-period seconds (then aborts them), stops
+the children and removes the private ipc directory, and exits 0.
 """
 
 from __future__ import annotations
@@ -35,14 +37,12 @@ class Subprocesses:
     info: dict = field(default_factory=dict)
 
     def shutdown(self) -> None:
+        # SIGKILL: the children ignore SIGTERM/SIGINT (utils/process.py) and hold nothing to flush
         for p in self.procs.values():
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs.values():
-            p.join(timeout=10)
             if p.is_alive():
                 p.kill()
-                p.join(timeout=5)
+        for p in self.procs.values():
+            p.join(timeout=10)
         shutil.rmtree(self.port_args.ipc_dir, ignore_errors=True)
 
     def dead_child(self) -> Optional[str]:
@@ -85,15 +85,33 @@ def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
     return subs
 
 
+CHILD_DEATH_DRAIN_S = 2.0  # time for pending requests to get their 503 before the listener closes
+
+
 def _watch_children(subs: Subprocesses, server, state: dict) -> None:
     while not state.get("stopping"):
         dead = subs.dead_child()
         if dead:
             logger.error("%s; shutting the server down.", dead)
             state["child_died"] = True
+            time.sleep(CHILD_DEATH_DRAIN_S)  # the TokenizerManager's watcher fails pending requests (503)
             server.should_exit = True
             return
         time.sleep(0.5)
+
+
+def _make_server(config, tokenizer_manager, grace: float):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            if not self.should_exit:
+                logger.info("Received signal %d: no new connections; letting %d in-flight requests finish "
+                            "(up to %g s, --shutdown-grace-period), then exiting.", sig,
+                            tokenizer_manager.num_inflight, grace)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def run_server(server_args: ServerArgs) -> int:
@@ -106,10 +124,14 @@ def run_server(server_args: ServerArgs) -> int:
     state: dict = {}
     try:
         tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info)
+        tokenizer_manager.watch_processes(subs.procs)  # a dead child: pending requests get 503
         app = create_app(server_args, tokenizer_manager)
-        config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
-                                log_level=server_args.log_level, timeout_keep_alive=5, loop="asyncio")
-        server = uvicorn.Server(config)
+        # log_config=None: uvicorn's lines (access log too) use our format and carry [rid=...]
+        config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
+                                log_level=server_args.log_level, access_log=not server_args.disable_access_log,
+                                timeout_keep_alive=5, loop="asyncio",
+                                timeout_graceful_shutdown=server_args.shutdown_grace_period)
+        server = _make_server(config, tokenizer_manager, server_args.shutdown_grace_period)
         threading.Thread(target=_watch_children, args=(subs, server, state), daemon=True).start()
         logger.info("The server is fired up and ready to roll! http://%s:%d", server_args.host, server_args.port)
         server.run()

@@ -2,7 +2,9 @@
 
 Every error answers in the OpenAI shape {"object": "error", "message", "type", "param", "code"}.
 Bad input is a 400 (validation included, as SGLang and vLLM answer it), an oversized body
-a 413, a missing/wrong API key a 401; only our own bugs reach the catch-all 500.
+a 413, a missing/wrong API key a 401, a full server (--max-queued-requests) a 503 with
+Retry-After, a request past --request-timeout a 408; only our own bugs reach the catch-all 500.
+Middlewares (auth, body size, request ids) are in middleware.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hmac
 import logging
 import uuid
 from typing import Any, Awaitable, Callable
@@ -22,20 +23,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sglserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from sglserve.entrypoints.middleware import ApiKeyMiddleware, MaxPayloadMiddleware, RequestContextMiddleware
+from sglserve.entrypoints.openai.protocol import (
+    AbortRequestInput,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
 from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
 from sglserve.entrypoints.openai.serving_completions import handle_completions
 from sglserve.entrypoints.openai.serving_utils import (
     SSE_DONE,
     OpenAIError,
-    error_payload,
     error_response,
     json_response,
     sse,
     sse_error,
 )
 from sglserve.managers.io_struct import GenerateReqInput
-from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.managers.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
 from sglserve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -58,7 +65,11 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     app.add_middleware(MaxPayloadMiddleware, max_bytes=server_args.max_payload_size)
     if server_args.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
-    # Hook for --enable-metrics (a later issue): mount a /metrics app here.
+    app.add_middleware(RequestContextMiddleware)
+    if server_args.enable_metrics and tm.metrics is None:
+        from sglserve.metrics.collector import MetricsCollector
+
+        tm.metrics = MetricsCollector(model_name)
 
     def guarded(fn: Callable[..., Awaitable[Response]]):
         """Map pipeline exceptions to error responses (ValueError is bad input: 400)."""
@@ -71,6 +82,8 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
                 return error_response(e.message, e.status_code, e.param)
             except ValueError as e:
                 return error_response(str(e), 400)
+            except Overloaded as e:
+                return error_response(str(e), 503, headers={"Retry-After": str(e.retry_after)})
             except ServerError as e:
                 return error_response(str(e), e.status_code)
             except ClientDisconnected:
@@ -133,6 +146,26 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
 
     for method in ("GET", "POST"):  # one route per method: unique OpenAPI operation ids
         app.add_api_route("/flush_cache", flush_cache, methods=[method], operation_id=f"flush_cache_{method.lower()}")
+
+    @app.post("/abort_request")
+    async def abort_request(body: AbortRequestInput) -> Response:
+        """Abort a request by id (its n > 1 / batch members too); abort_all aborts every request."""
+        if not body.rid and not body.abort_all:
+            return error_response("Give the rid of the request to abort, or abort_all: true.", 400, "rid")
+        found = tm.abort_by_client("" if body.abort_all else body.rid)
+        return json_response({"success": True, "aborted": found})
+
+    if tm.metrics is not None:
+        from sglserve.metrics.collector import CONTENT_TYPE_LATEST
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            """Prometheus text format; the scheduler's gauges are read now (left as they were if it is silent)."""
+            try:
+                load = await tm.get_load(timeout=5.0)
+            except ServerError:
+                load = None
+            return Response(tm.metrics.render(load, tm.num_inflight), media_type=CONTENT_TYPE_LATEST)
 
     # ---- native generate ---------------------------------------------------------------
 
@@ -231,75 +264,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("Internal error on %s %s", request.method, request.url.path)
         return error_response(f"Internal server error: {type(exc).__name__}: {exc}", 500)
-
-
-# ---- middlewares (pure ASGI, so streaming responses pass through untouched) -------------
-
-
-async def _send_error(send: Callable, message: str, status_code: int, headers: list = ()) -> None:
-    body = orjson.dumps(error_payload(message, status_code))
-    await send({"type": "http.response.start", "status": status_code,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class ApiKeyMiddleware:
-    """--api-key: require `Authorization: Bearer <key>`; /health* and /metrics stay open."""
-
-    EXEMPT_PREFIXES = ("/health", "/metrics")
-
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"].startswith(self.EXEMPT_PREFIXES):
-            return await self.app(scope, receive, send)
-        auth = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(auth, self.expected):
-            return await _send_error(send, "Unauthorized: missing or invalid API key.", 401,
-                                     [(b"www-authenticate", b"Bearer")])
-        return await self.app(scope, receive, send)
-
-
-class _PayloadTooLarge(StarletteHTTPException):
-    """An HTTPException so FastAPI's body parsing re-raises it (and the handler answers 413)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(413, message)
-
-
-class MaxPayloadMiddleware:
-    """--max-payload-size: 413 for a larger body (by Content-Length, or counted as it arrives)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = f"Request body is too large; the limit is {self.max_bytes} bytes (--max-payload-size)."
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_error(send, message, 413)
-        seen = 0
-        started = False
-
-        async def counting_receive() -> dict:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _PayloadTooLarge(message)
-            return msg
-
-        async def tracking_send(msg: dict) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _PayloadTooLarge:
-            if not started:
-                await _send_error(send, message, 413)

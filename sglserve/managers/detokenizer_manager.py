@@ -19,7 +19,6 @@ import dataclasses
 import faulthandler
 import logging
 import os
-import signal
 import sys
 import traceback
 from typing import Any, Dict, List, Optional
@@ -29,6 +28,7 @@ import zmq
 from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
+from sglserve.utils.process import setup_child_process
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
     """Child-process entry point: bind, report ready, then loop until the parent dies."""
     configure_logger(server_args, prefix=" Detokenizer")
     faulthandler.enable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when we stop
+    setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     try:
         tokenizer = None
         if not server_args.skip_tokenizer_init:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
@@ -45,6 +44,7 @@ from sglserve.sampling.penalties import build_logit_adjust
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
+from sglserve.utils.process import setup_child_process
 
 logger = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ class Scheduler:
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
     configure_logger(server_args, prefix=" Scheduler")
     faulthandler.enable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when we stop
+    setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     try:
         scheduler = Scheduler(server_args, port_args)
     except Exception as e:

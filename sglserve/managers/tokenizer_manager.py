@@ -4,16 +4,21 @@ Tokenizes and validates requests, sends them to the scheduler, and routes the
 detokenizer's BatchStrOut messages to per-request state that `generate_request` awaits.
 A client that goes away (disconnect or cancellation) gets its request aborted so the
 scheduler frees its KV. Control calls (flush_cache, get_load) time out rather than hang.
+
+Limits (docs/reliability.md): at most max_running_requests + --max-queued-requests sequences
+in flight (more: 503 with Retry-After, decided before any tokenization); --request-timeout
+aborts a request that runs too long (408). A slow stream reader costs bounded memory: the
+state holds the cumulative output and a dirty flag, never a queue of messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import time
 import uuid
+import weakref
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 
 import zmq
@@ -32,79 +37,29 @@ from sglserve.managers.io_struct import (
 )
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.managers.logprob_output import LogprobAccumulator, validate_logprob_args
+from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, RequestTimeout, ServerError
+from sglserve.managers.request_checks import (
+    MAX_N,
+    NOT_IMPLEMENTED_YET,
+    check_implemented,
+    check_shape,
+    check_text_size,
+    expand_n,
+    max_token_chars,
+    requested_count,
+)
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
+from sglserve.utils.logging_utils import request_context
+
+__all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "RequestTimeout", "ReqState",
+           "MAX_N", "NOT_IMPLEMENTED_YET", "expand_n"]
 
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 1.0  # how often a waiting request checks whether its client left
 CONTROL_TIMEOUT_S = 30.0  # flush_cache / get_load give up after this long
-
-
-class ServerError(RuntimeError):
-    """The request is fine but the server cannot serve it (scheduler dead or silent): 5xx."""
-
-    def __init__(self, message: str, status_code: int = 503) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class ClientDisconnected(Exception):
-    """The client went away; its request was aborted. Nobody is left to answer."""
-
-
-@dataclasses.dataclass
-class ReqState:
-    rid: str
-    stream: bool
-    created: float
-    dirty: bool = False  # news arrived since the consumer last looked
-    waiter: Optional[asyncio.Future] = None
-    text: str = ""
-    output_ids: List[int] = dataclasses.field(default_factory=list)
-    finished_reason: Optional[Dict[str, Any]] = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    finish_time: Optional[float] = None
-    logprobs: Optional[LogprobAccumulator] = None  # when the request asked for logprobs
-    tokenizer: Any = None
-
-    def notify(self) -> None:
-        self.dirty = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def wait(self, timeout: float) -> bool:
-        """True when there is news, False after `timeout`. Awaits a bare future: cheaper than
-        a task per wait, and a cancellation always propagates (asyncio.wait_for before
-        Python 3.12 can swallow one that races with the result, and the stream would go on)."""
-        if not self.dirty:
-            loop = asyncio.get_running_loop()
-            self.waiter = fut = loop.create_future()
-            timer = loop.call_later(timeout, lambda: fut.done() or fut.set_result(None))
-            try:
-                await fut
-            finally:
-                timer.cancel()
-                self.waiter = None
-        news, self.dirty = self.dirty, False
-        return news
-
-    def to_dict(self) -> Dict[str, Any]:
-        end = self.finish_time if self.finish_time is not None else time.time()
-        meta = {
-            "id": self.rid,
-            "finish_reason": self.finished_reason,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cached_tokens": self.cached_tokens,
-            "e2e_latency": end - self.created,
-        }
-        if self.logprobs is not None:
-            meta.update(self.logprobs.meta(self.tokenizer))
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
 
 
 class TokenizerManager:
@@ -120,6 +75,14 @@ class TokenizerManager:
 
             tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.trust_remote_code)
         self.tokenizer = tokenizer
+        token_chars = max_token_chars(tokenizer) if tokenizer is not None else None
+        self.max_prompt_chars: Optional[int] = None if token_chars is None else self.context_len * token_chars
+        running = scheduler_info.get("max_running_requests")
+        queued = server_args.max_queued_requests
+        # Sequences admitted at once (running + queued); None: no limit
+        self.max_inflight: Optional[int] = None if queued is None or running is None else running + queued
+        self._admitting = 0  # admitted by generate_request, not yet registered in rid_to_state
+        self.metrics: Any = None  # a metrics.collector.MetricsCollector with --enable-metrics
 
         self._zmq_context = zmq.asyncio.Context(2)
         self.recv_from_detokenizer = self._zmq_context.socket(zmq.PULL)
@@ -150,7 +113,37 @@ class TokenizerManager:
         """
         if self.dead_reason:
             raise ServerError(self.dead_reason)
-        _check_shape(obj)
+        check_shape(obj)
+        admission = self._admit(requested_count(obj))
+        try:
+            return self._prepare(obj, request, admission)
+        except BaseException:
+            admission.release_all()
+            raise
+
+    @property
+    def num_inflight(self) -> int:
+        return len(self.rid_to_state) + self._admitting
+
+    def _admit(self, count: int) -> "_Admission":
+        """--max-queued-requests: refuse (503) before any tokenization when the server is full."""
+        limit = self.max_inflight
+        if limit is not None:
+            if count > limit:
+                raise ValueError(f"The request runs {count} sequences; the server admits at most {limit} at once "
+                                 f"(max_running_requests + --max-queued-requests).")
+            if self.num_inflight + count > limit:
+                if self.metrics is not None:
+                    self.metrics.on_rejected()
+                raise Overloaded(f"The server is busy: {self.num_inflight} requests in flight, the limit is {limit} "
+                                 f"(max_running_requests + --max-queued-requests). Retry later.")
+        return _Admission(self, count)
+
+    def _prepare(self, obj: GenerateReqInput, request: Any, admission: "_Admission") -> AsyncIterator[Any]:
+        ctx = request_context.get()
+        if obj.rid is None and ctx is not None and not ctx.claimed:
+            obj.rid = ctx.rid  # the id the logs and the X-Request-Id header already show
+        group = obj.rid if isinstance(obj.rid, str) else None  # what /abort_request may name
         if obj.is_single:
             tokenized = [self._tokenize_one(obj)]
         else:
@@ -165,17 +158,29 @@ class TokenizerManager:
         if len(set(rids)) != len(rids) or any(r in self.rid_to_state for r in rids):
             raise ValueError(f"Duplicate request ID in {rids}.")
         obj.rid = rids[0] if single else rids
+        parents = {t.rid: group or t.prefix_group or t.rid for t in tokenized}
+        if ctx is not None:
+            ctx.claimed, ctx.rid = True, parents[rids[0]]
         if single:
-            return self._wait_one(tokenized[0], request, obj.return_text_in_logprobs)
-        return self._wait_batch(tokenized, request, obj.stream, obj.return_text_in_logprobs)
+            gen = self._wait_one(tokenized[0], request, obj.return_text_in_logprobs, admission, parents)
+        else:
+            gen = self._wait_batch(tokenized, request, obj.stream, obj.return_text_in_logprobs, admission, parents)
+        weakref.finalize(gen, admission.release_all)  # a stream the server never started
+        return gen
 
     def _tokenize_one(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
         if (obj.text is None) == (obj.input_ids is None):
             raise ValueError("Either text or input_ids should be provided (exactly one of them).")
         validate_logprob_args(obj.return_logprob, obj.top_logprobs_num, obj.logprob_start_len)
+        if isinstance(obj.sampling_params, dict):  # cheap bounds first: no tokenizing a hopeless request
+            max_new = obj.sampling_params.get("max_new_tokens")
+            if isinstance(max_new, int) and max_new >= self.context_len:
+                raise ValueError(f"Requested token count exceeds the model's maximum context length of "
+                                 f"{self.context_len} tokens: max_new_tokens={max_new} leaves no room for the input.")
         if obj.text is not None:
             if self.tokenizer is None:
                 raise ValueError("text input needs a tokenizer; the server runs with --skip-tokenizer-init: send input_ids.")
+            check_text_size(len(obj.text), self.max_prompt_chars, self.context_len)
             input_ids = self.tokenizer.encode(obj.text)
         else:
             input_ids = obj.input_ids
@@ -214,20 +219,33 @@ class TokenizerManager:
         )
 
     async def _wait_one(
-        self, tokenized: TokenizedGenerateReqInput, request: Any, text_in_logprobs: bool = False
+        self, tokenized: TokenizedGenerateReqInput, request: Any, text_in_logprobs: bool = False,
+        admission: Optional["_Admission"] = None, parents: Optional[Dict[str, str]] = None,
     ) -> AsyncIterator[Dict[str, Any]]:
         self.start()
         if self.dead_reason:
             raise ServerError(self.dead_reason)
         rid = tokenized.rid
-        state = ReqState(rid, tokenized.stream, time.time(), tokenizer=self.tokenizer)
+        state = ReqState(rid, tokenized.stream, time.time(), tokenizer=self.tokenizer,
+                         parent=(parents or {}).get(rid, rid))
         if tokenized.return_logprob:
             state.logprobs = LogprobAccumulator(return_text=text_in_logprobs)
         self.rid_to_state[rid] = state
+        if admission is not None:
+            admission.release(1)
+        timeout = self.server_args.request_timeout
+        deadline = None if timeout is None else state.created + timeout
+        timed_out = False
         try:
             self.send_to_scheduler.send_pyobj(tokenized)
             while True:
-                if not await state.wait(DISCONNECT_POLL_S):
+                wait_s = DISCONNECT_POLL_S if deadline is None else max(0.0, min(DISCONNECT_POLL_S, deadline - time.time()))
+                if not await state.wait(wait_s):
+                    if deadline is not None and time.time() >= deadline:
+                        timed_out = True
+                        logger.warning("Request %s timed out after %g s (--request-timeout); aborting it", rid, timeout)
+                        raise RequestTimeout(f"The request timed out after {timeout:g} s (--request-timeout) "
+                                             "and was aborted.")
                     if request is not None and await request.is_disconnected():
                         logger.info("Client disconnected; aborting request %s", rid)
                         raise ClientDisconnected(rid)
@@ -243,13 +261,20 @@ class TokenizerManager:
                 if state.stream:
                     yield state.to_dict()
         finally:
-            if self.rid_to_state.pop(rid, None) is not None and state.finished_reason is None:
-                logger.debug("Request %s ends unfinished (client gone or cancelled); aborting it", rid)
-                self.abort_request(rid)
+            fr = state.finished_reason
+            if self.rid_to_state.pop(rid, None) is not None:
+                if fr is None:
+                    logger.debug("Request %s ends unfinished (client gone or cancelled); aborting it", rid)
+                    self.abort_request(rid)
+                elif fr.get("type") == "abort" and fr.get("status_code") == 500 and not self.dead_reason:
+                    self.abort_request(rid)  # failed outside the scheduler: stop generating for nobody
+                if self.metrics is not None:
+                    self.metrics.on_finish(state, aborted=fr is None or fr.get("type") == "abort", timed_out=timed_out)
 
     async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool,
-                          text_in_logprobs: bool = False):
-        gens = [self._wait_one(t, request, text_in_logprobs) for t in tokenized]
+                          text_in_logprobs: bool = False, admission: Optional["_Admission"] = None,
+                          parents: Optional[Dict[str, str]] = None):
+        gens = [self._wait_one(t, request, text_in_logprobs, admission, parents) for t in tokenized]
         if not stream:
             tasks = [asyncio.ensure_future(last_item(g)) for g in gens]
             try:
@@ -262,6 +287,17 @@ class TokenizerManager:
         async for index, out in merge_streams(gens):
             out["index"] = index
             yield out
+
+    def abort_by_client(self, rid: str) -> List[str]:
+        """/abort_request: abort `rid` (and its n > 1 / batch members rid-0, rid-1, ...); "" aborts
+        everything. The waiting clients get finish_reason "abort". Returns the rids found here."""
+        found = [r for r, s in self.rid_to_state.items() if rid == "" or r == rid or s.parent == rid]
+        for r in found:
+            logger.info("Aborting request %s (/abort_request)", r)
+            self.abort_request(r)
+        if rid == "" or not found:
+            self.abort_request(rid)  # maybe queued in the scheduler only; "" clears its whole queue
+        return found
 
     def abort_request(self, rid: str) -> None:
         """Tell the scheduler to drop `rid` and free its KV (safe to call from `finally`)."""
@@ -330,17 +366,28 @@ class TokenizerManager:
             state = self.rid_to_state.get(rid)
             if state is None:  # aborted or already finished: nobody is waiting
                 continue
-            state.text += recv.output_strs[i]
-            state.output_ids.extend(recv.output_ids[i])
-            state.prompt_tokens = recv.prompt_tokens[i]
-            state.completion_tokens = recv.completion_tokens[i]
-            state.cached_tokens = recv.cached_tokens[i]
-            if state.logprobs is not None:
-                state.logprobs.add(recv, i)
-            if recv.finished_reasons[i] is not None:
-                state.finished_reason = recv.finished_reasons[i]
+            try:
+                self._update_state(state, recv, i)
+            except Exception as e:  # a bug with one request's output fails that request only
+                logger.exception("Error handling the output of request %s", rid)
+                state.finished_reason = finish_abort(f"Internal error while handling the output: {type(e).__name__}: {e}",
+                                                     status_code=500)
                 state.finish_time = time.time()
             state.notify()
+
+    def _update_state(self, state: ReqState, recv: BatchStrOut, i: int) -> None:
+        if self.metrics is not None and state.stream:
+            self.metrics.on_output(state, len(recv.output_ids[i]))
+        state.text += recv.output_strs[i]
+        state.output_ids.extend(recv.output_ids[i])
+        state.prompt_tokens = recv.prompt_tokens[i]
+        state.completion_tokens = recv.completion_tokens[i]
+        state.cached_tokens = recv.cached_tokens[i]
+        if state.logprobs is not None:
+            state.logprobs.add(recv, i)
+        if recv.finished_reasons[i] is not None:
+            state.finished_reason = recv.finished_reasons[i]
+            state.finish_time = time.time()
 
     # ---- liveness -----------------------------------------------------------------------
 
@@ -377,60 +424,18 @@ class TokenizerManager:
                     fut.set_exception(ServerError(reason))
 
 
-def _check_shape(obj: GenerateReqInput) -> None:
-    """Types of a native request body (the OpenAI routes arrive here already well-formed)."""
+class _Admission:
+    """Sequences admitted by generate_request but not yet registered in rid_to_state: they
+    count as in flight, so a burst of streams cannot overshoot the limit before they start."""
 
-    def is_ids(v: Any) -> bool:
-        return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+    def __init__(self, tm: TokenizerManager, count: int) -> None:
+        self.tm, self.left = tm, count
+        tm._admitting += count
 
-    if obj.text is not None and not (
-        isinstance(obj.text, str) or (isinstance(obj.text, list) and all(isinstance(t, str) for t in obj.text))
-    ):
-        raise ValueError("text must be a string or a list of strings.")
-    if obj.input_ids is not None and not (
-        is_ids(obj.input_ids) or (isinstance(obj.input_ids, list) and all(is_ids(x) for x in obj.input_ids))
-    ):
-        raise ValueError("input_ids must be a list of integers or a list of lists of integers.")
-    n = None if obj.is_single else obj.batch_size
-    for name, kind in (("sampling_params", dict), ("rid", str)):
-        v = getattr(obj, name)
-        if v is None or isinstance(v, kind):
-            continue
-        if n is None or not isinstance(v, list) or len(v) != n or not all(isinstance(x, kind) for x in v):
-            what = "an object" if kind is dict else "a string"
-            raise ValueError(f"{name} must be {what}, or for a batch a list of {n or 'N'} such values (one per prompt).")
-    for name in ("stream", "return_logprob"):
-        if not isinstance(getattr(obj, name), bool):
-            raise ValueError(f"{name} must be a boolean.")
+    def release(self, k: int = 1) -> None:
+        k = min(k, self.left)
+        self.left -= k
+        self.tm._admitting -= k
 
-
-NOT_IMPLEMENTED_YET: Dict[str, Any] = {
-    # SamplingParams field -> test that it is in use. Remove an entry when the scheduler does it.
-}
-
-
-def check_implemented(sp: SamplingParams) -> None:
-    for name, in_use in NOT_IMPLEMENTED_YET.items():
-        if in_use(sp):
-            raise ValueError(f"{name} is not supported yet (got {getattr(sp, name)!r}).")
-
-
-MAX_N = 128
-
-
-def expand_n(tokenized: List[TokenizedGenerateReqInput]) -> List[TokenizedGenerateReqInput]:
-    """n > 1: n copies of each prompt (rid-0 .. rid-{n-1}, seed + i) in one prefix group, so
-    the scheduler computes the prompt's KV once and the copies share it (radix cache)."""
-    out: List[TokenizedGenerateReqInput] = []
-    for t in tokenized:
-        n = t.sampling_params.n
-        if n == 1:
-            out.append(t)
-            continue
-        if n > MAX_N:
-            raise ValueError(f"n must be at most {MAX_N}, got {n}.")
-        for i in range(n):
-            sp = t.sampling_params
-            sp = dataclasses.replace(sp, n=1, seed=None if sp.seed is None else sp.seed + i)
-            out.append(dataclasses.replace(t, rid=f"{t.rid}-{i}", sampling_params=sp, prefix_group=t.rid))
-    return out
+    def release_all(self) -> None:
+        self.release(self.left)

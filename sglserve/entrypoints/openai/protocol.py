@@ -332,3 +332,11 @@ class CompletionStreamResponse(BaseModel):
     model: str
     choices: List[CompletionResponseStreamChoice]
     usage: Optional[UsageInfo] = None
+
+
+class AbortRequestInput(BaseModel):
+    """POST /abort_request (SGLang's native route): abort `rid` (n > 1 / batch members too)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rid: str = ""
+    abort_all: bool = False

@@ -14,6 +14,7 @@ ERROR_TYPES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    408: "RequestTimeoutError",
     413: "RequestEntityTooLargeError",
     499: "ClientClosedRequest",
     500: "InternalServerError",
@@ -36,13 +37,14 @@ def error_payload(message: str, status_code: int = 400, param: Optional[str] = N
     return ErrorResponse(message=message, type=err_type, param=param, code=status_code).model_dump()
 
 
-def json_response(content: Any, status_code: int = 200) -> Response:
+def json_response(content: Any, status_code: int = 200, headers: Optional[Dict[str, str]] = None) -> Response:
     return Response(content=orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS), status_code=status_code,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
-def error_response(message: str, status_code: int = 400, param: Optional[str] = None) -> Response:
-    return json_response(error_payload(message, status_code, param), status_code)
+def error_response(message: str, status_code: int = 400, param: Optional[str] = None,
+                   headers: Optional[Dict[str, str]] = None) -> Response:
+    return json_response(error_payload(message, status_code, param), status_code, headers)
 
 
 def sse(obj: Any) -> bytes:

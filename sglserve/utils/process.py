@@ -1,0 +1,26 @@
+"""Signal and lifetime set-up of the server's child processes (scheduler, detokenizer)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+
+logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def setup_child_process() -> None:
+    """The launcher alone decides when its children stop: Ctrl-C (SIGINT to the process group)
+    and a SIGTERM sent to the whole group (systemd, `kill -- -PGID`) are ignored here, so the
+    launcher can drain in-flight requests first; it then stops the children with SIGKILL. If the
+    launcher dies without doing so, Linux kills the child too (PR_SET_PDEATHSIG): no orphans."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError) as e:  # pragma: no cover - libc without prctl
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s", e)
