@@ -18,6 +18,8 @@ programs past a request's split count exit at once.
 
 from __future__ import annotations
 
+import os
+
 import math
 from typing import Optional
 
@@ -165,12 +167,26 @@ def decode_kv_splits(
     return out[:bs]
 
 
+def _tuning_override():
+    """SGLSERVE_DECODE_CFG="BLOCK_N,num_warps,num_stages" overrides the grouped stage-1 tile
+    (used by benchmarks/kernels/sweep_decode.py to pick the defaults below on a GPU)."""
+    raw = os.environ.get("SGLSERVE_DECODE_CFG")
+    if not raw:
+        return None
+    block_n, warps, stages = (int(x) for x in raw.split(","))
+    return block_n, warps, stages
+
+
 def _stage1_config(kv_group: int, head_dim: int):
-    """(BLOCK_H, NUM_H_BLOCKS, USE_DOT, BLOCK_N, num_warps)."""
+    """(BLOCK_H, NUM_H_BLOCKS, USE_DOT, BLOCK_N, num_warps, num_stages)."""
     if kv_group == 1:
-        return 1, 1, False, 64, 4
+        return 1, 1, False, 64, 4, 2
     block_h = max(16, min(64, next_pow2(kv_group)))
-    return block_h, triton.cdiv(kv_group, block_h), True, (32 if head_dim > 128 else 64), 4
+    block_n, warps, stages = (32 if head_dim > 128 else 64), 4, 2
+    override = _tuning_override()
+    if override is not None:
+        block_n, warps, stages = override
+    return block_h, triton.cdiv(kv_group, block_h), True, block_n, warps, stages
 
 
 def decode_attention_fwd(
@@ -204,7 +220,7 @@ def decode_attention_fwd(
     max_kv_splits = mid_lse.shape[2]
     kv_group = num_heads // num_kv_heads
     block_d = max(16, next_pow2(head_dim))
-    block_h, n_hb, use_dot, block_n, warps = _stage1_config(kv_group, head_dim)
+    block_h, n_hb, use_dot, block_n, warps, stages = _stage1_config(kv_group, head_dim)
     _decode_stage1[(bs, num_kv_heads * n_hb, max_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, num_kv_splits, sm_scale * LOG2E,
         mid_o, mid_lse,
@@ -213,7 +229,7 @@ def decode_attention_fwd(
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         KV_GROUP=kv_group, NUM_H_BLOCKS=n_hb, HEAD_DIM=head_dim,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, USE_DOT=use_dot,
-        DOT_PREC=dot_precision(k_buffer.dtype), num_warps=warps, num_stages=2,
+        DOT_PREC=dot_precision(k_buffer.dtype), num_warps=warps, num_stages=stages,
     )
     _decode_stage2[(bs, num_heads)](
         mid_o, mid_lse, o, seq_lens, num_kv_splits,

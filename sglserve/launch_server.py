@@ -148,6 +148,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_logger(server_args)
+    logger.info("Starting sglserve: model %s on %s", server_args.model_path, server_args.device)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         code = run_server(server_args)

@@ -64,7 +64,13 @@ class PrefillAdder:
         """Continue the request being prefilled in chunks; returns it if it is still unfinished."""
         req.fill_ids = req.origin_input_ids + req.output_ids
         left = len(req.fill_ids) - len(req.prefix_indices)
-        budget = self._chunk_budget()
+        # Decode may have used KV since the last chunk: never take more than is free or evictable
+        room = max(self.rem_total_tokens, 0)
+        budget = min(self._chunk_budget(), room if left <= room else room // self.page_size * self.page_size)
+        if budget <= 0:
+            req.fill_ids = req.fill_ids[: len(req.prefix_indices)]
+            req.is_chunked = True
+            return req  # waits for memory; its KV stays put
         req.extend_input_len = min(left, budget)
         req.fill_ids = req.fill_ids[: len(req.prefix_indices) + req.extend_input_len]
         # Its prefix is already locked by the previous chunk

@@ -73,6 +73,7 @@ class Scheduler:
 
         self.waiting_queue: List[Req] = []
         self.enable_overlap = not server_args.disable_overlap_schedule
+        self._last_was_prefill = False
         self._pending: Optional[LaunchedBatch] = None
         self.grammar_manager = GrammarManager(
             self.tokenizer, self.model_config.vocab_size, self.eos_token_ids, server_args.grammar_backend
@@ -159,7 +160,10 @@ class Scheduler:
     def process_input_requests(self, msgs: list) -> None:
         for msg in msgs:
             if isinstance(msg, TokenizedGenerateReqInput):
-                self.handle_generate_request(msg)
+                try:
+                    self.handle_generate_request(msg)
+                except Exception as e:  # one bad request fails alone, the server goes on
+                    self.fail_new_request(msg, e)
             elif isinstance(msg, AbortReq):
                 self.abort_request(msg.rid)
             elif isinstance(msg, FlushCacheReq):
@@ -168,6 +172,14 @@ class Scheduler:
                 self.send_to_tokenizer.send_pyobj(self.get_load())
             else:
                 logger.error("Unknown message type %s", type(msg).__name__)
+
+    def fail_new_request(self, recv: TokenizedGenerateReqInput, e: Exception) -> None:
+        logger.exception("Error admitting request %s; failing it", recv.rid)
+        self.waiting_queue = [r for r in self.waiting_queue if r.rid != recv.rid]
+        reason = finish_abort(f"Internal error admitting the request: {type(e).__name__}: {e}", status_code=500)
+        if self.output_sink is not None:
+            self.output_sink(BatchTokenIDOut([recv.rid], [reason], [[]], [True], [True], [False],
+                                             [len(recv.input_ids)], [0], [0], stop_strs=[[]]))
 
     def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
         sp = recv.sampling_params
@@ -229,9 +241,14 @@ class Scheduler:
 
     def get_next_batch_to_run(self) -> Optional[ScheduleBatch]:
         self.move_ready_grammar_requests()
-        prefill = self.get_new_batch_prefill()
-        if prefill is not None:
-            return prefill
+        # After a prefill, running requests decode once before the next prefill: a burst of
+        # arrivals then delays each decoding request by one prefill batch, not by all of them
+        if not (self.running and self._last_was_prefill):
+            prefill = self.get_new_batch_prefill()
+            if prefill is not None:
+                self._last_was_prefill = True
+                return prefill
+        self._last_was_prefill = False
         if self.running:
             return self.update_running_batch()
         return None
@@ -406,14 +423,18 @@ class Scheduler:
         is_extend = batch.forward_mode.is_extend()
         for i, tok in zip(sample_rows, next_ids):
             req = batch.reqs[i]
-            req.output_ids.append(tok)
-            if req.grammar is not None:
-                error = self.grammar_manager.accept(req, tok)
-                if error is not None:
-                    req.finished_reason = finish_abort(error, status_code=500)
-                elif req.grammar.is_terminated():  # the grammar accepted a stop token
-                    req.finished_reason = finish_stop(tok)
-            req.check_finished(self.tokenizer, self.context_len)
+            try:
+                req.output_ids.append(tok)
+                if req.grammar is not None:
+                    error = self.grammar_manager.accept(req, tok)
+                    if error is not None:
+                        req.finished_reason = finish_abort(error, status_code=500)
+                    elif req.grammar.is_terminated():  # the grammar accepted a stop token
+                        req.finished_reason = finish_stop(tok)
+                req.check_finished(self.tokenizer, self.context_len)
+            except Exception as e:  # a bug with one request fails that request only
+                logger.exception("Error processing the output of request %s; failing it", req.rid)
+                req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
         self.num_generated_tokens += len(next_ids)
         finished, still_running = [], []
         for req in batch.reqs:
@@ -528,6 +549,7 @@ class Scheduler:
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
     configure_logger(server_args, prefix=" Scheduler")
+    logger.info("Scheduler process started (imports done); loading the model.")
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     try:
