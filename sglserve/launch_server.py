@@ -52,16 +52,27 @@ class Subprocesses:
         return None
 
 
-def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
-    """Start scheduler and detokenizer and wait for both ReadyMsgs; raise with the child's error."""
-    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+def _scheduler_main(*args) -> None:
+    # Imported in the child only: the launcher must not pay torch/transformers imports before
+    # it spawns, or start-up runs them twice in a row instead of in parallel
     from sglserve.managers.scheduler import run_scheduler_process
 
+    run_scheduler_process(*args)
+
+
+def _detokenizer_main(*args) -> None:
+    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+
+    run_detokenizer_process(*args)
+
+
+def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """Start scheduler and detokenizer and wait for both ReadyMsgs; raise with the child's error."""
     port_args = PortArgs.create()
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
     readers = {}
-    for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
+    for name, target in (("scheduler", _scheduler_main), ("detokenizer", _detokenizer_main)):
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=target, args=(server_args, port_args, writer), name=f"sglserve-{name}", daemon=True)
         proc.start()
