@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 
 import torch
 import triton
@@ -28,8 +27,6 @@ def make(bs, ctx):
 
 
 def main():
-    import importlib
-
     import sglserve_kernels.attn_decode as ad
 
     configs = list(itertools.product([32, 64, 128], [4, 8], [2, 3]))
@@ -59,7 +56,6 @@ def main():
         print(cfg, " | ".join(row), flush=True)
     best = min(totals, key=totals.get)
     print("SGLSERVE_DECODE_CFG=" + ",".join(map(str, best)))
-    del importlib, sys
 
 
 if __name__ == "__main__":
