@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List
+from typing import Dict, List, Optional
 
 import requests
 
@@ -22,13 +22,14 @@ def free_port() -> int:
 class ServerProcess:
     """A launched `python -m sglserve.launch_server`, its base URL and its log file."""
 
-    def __init__(self, extra_args: List[str], log_path: str) -> None:
+    def __init__(self, extra_args: List[str], log_path: str, env: Optional[Dict[str, str]] = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = open(log_path, "w")
         cmd = [sys.executable, "-m", "sglserve.launch_server", "--port", str(self.port), *extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=None if env is None else {**os.environ, **env})
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.time() + timeout
@@ -60,9 +61,11 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(tmp_path_factory, extra_args: List[str], name: str = "server") -> ServerProcess:
+def start_server(tmp_path_factory, extra_args: List[str], name: str = "server",
+                 env: Optional[Dict[str, str]] = None) -> ServerProcess:
+    """`env`: extra environment variables for the server (added to this process's)."""
     log = str(tmp_path_factory.mktemp(name) / "server.log")
-    server = ServerProcess(extra_args, log)
+    server = ServerProcess(extra_args, log, env)
     try:
         server.wait_ready()
     except Exception:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg
+from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg, finish_abort
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import setup_child_process
@@ -70,6 +70,38 @@ class DetokenizerManager:
         return out
 
     def handle_batch_token_id_out(self, recv: BatchTokenIDOut) -> BatchStrOut:
+        """One message in, one out. An error with one request fails that request only (finish
+        abort, 500): the batch's states are restored and its requests retried one by one."""
+        saved = {rid: self._save(rid) for rid in recv.rids}
+        try:
+            return self._handle(recv)
+        except Exception as e:
+            for rid, snap in saved.items():
+                self._restore(rid, snap)
+            if len(recv.rids) == 1:
+                logger.exception("Error detokenizing request %s; failing it", recv.rids[0])
+                return self._failed(recv, e)
+        return _concat([self.handle_batch_token_id_out(_pick(recv, i)) for i in range(len(recv.rids))])
+
+    def _save(self, rid: str) -> Optional[tuple]:
+        s = self.decode_status.get(rid)
+        return None if s is None else (s, len(s.decode_ids), s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset)
+
+    def _restore(self, rid: str, snap: Optional[tuple]) -> None:
+        if snap is None:
+            self.decode_status.pop(rid, None)
+            return
+        s, n, s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset = snap
+        del s.decode_ids[n:]
+        self.decode_status[rid] = s
+
+    def _failed(self, recv: BatchTokenIDOut, e: Exception) -> BatchStrOut:
+        self.decode_status.pop(recv.rids[0], None)
+        reason = finish_abort(f"Internal error while detokenizing: {type(e).__name__}: {e}", status_code=500)
+        return BatchStrOut([recv.rids[0]], [reason], [""], [list(recv.decode_ids[0])], list(recv.prompt_tokens),
+                           list(recv.completion_tokens), list(recv.cached_tokens))
+
+    def _handle(self, recv: BatchTokenIDOut) -> BatchStrOut:
         bs = len(recv.rids)
         stop_strs = recv.stop_strs if len(recv.stop_strs) == bs else [[] for _ in range(bs)]
         if self.tokenizer is None:
@@ -145,6 +177,24 @@ class DetokenizerManager:
             else:
                 output_strs.append("")
         return output_strs
+
+
+def _pick(recv: BatchTokenIDOut, i: int) -> BatchTokenIDOut:
+    """Request i of a message as a message of its own (per-request lists sliced, empty ones kept)."""
+    bs = len(recv.rids)
+    return BatchTokenIDOut(**{f.name: (v[i : i + 1] if len(v) == bs else v)
+                              for f in dataclasses.fields(recv) for v in [getattr(recv, f.name)]})
+
+
+def _concat(parts: List[BatchStrOut]) -> BatchStrOut:
+    """Messages -> one; a list some parts leave empty (logprobs) is padded with None."""
+    out = {}
+    for f in dataclasses.fields(BatchStrOut):
+        lists = [getattr(p, f.name) for p in parts]
+        if any(lists) and not all(len(v) == len(p.rids) for v, p in zip(lists, parts)):
+            lists = [v if len(v) == len(p.rids) else [None] * len(p.rids) for v, p in zip(lists, parts)]
+        out[f.name] = [x for v in lists for x in v]
+    return BatchStrOut(**out)
 
 
 def _matched(finished_reason: Optional[Dict[str, Any]]) -> Any:

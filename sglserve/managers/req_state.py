@@ -26,13 +26,6 @@ class Overloaded(ServerError):
         self.retry_after = retry_after
 
 
-class RequestTimeout(ServerError):
-    """--request-timeout passed: the request was aborted (408)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 408)
-
-
 class ClientDisconnected(Exception):
     """The client went away; its request was aborted. Nobody is left to answer."""
 

@@ -37,7 +37,7 @@ from sglserve.managers.io_struct import (
 )
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.managers.logprob_output import LogprobAccumulator, validate_logprob_args
-from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, RequestTimeout, ServerError
+from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
 from sglserve.managers.request_checks import (
     MAX_N,
     NOT_IMPLEMENTED_YET,
@@ -53,7 +53,7 @@ from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
 from sglserve.utils.logging_utils import request_context
 
-__all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "RequestTimeout", "ReqState",
+__all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "ReqState",
            "MAX_N", "NOT_IMPLEMENTED_YET", "expand_n"]
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class TokenizerManager:
         except BaseException:
             admission.release_all()
             raise
+
+    def check_prompt_chars(self, num_chars: int) -> None:
+        """400 for a text prompt too long for the context, before tokenizing it (chat messages)."""
+        check_text_size(num_chars, self.max_prompt_chars, self.context_len)
 
     @property
     def num_inflight(self) -> int:
@@ -233,19 +237,13 @@ class TokenizerManager:
         self.rid_to_state[rid] = state
         if admission is not None:
             admission.release(1)
-        timeout = self.server_args.request_timeout
-        deadline = None if timeout is None else state.created + timeout
-        timed_out = False
+        timer = None  # a timer, not a check in this loop: it fires while a slow reader blocks the stream too
+        if self.server_args.request_timeout is not None:
+            timer = asyncio.get_running_loop().call_later(self.server_args.request_timeout, self._expire, state)
         try:
             self.send_to_scheduler.send_pyobj(tokenized)
             while True:
-                wait_s = DISCONNECT_POLL_S if deadline is None else max(0.0, min(DISCONNECT_POLL_S, deadline - time.time()))
-                if not await state.wait(wait_s):
-                    if deadline is not None and time.time() >= deadline:
-                        timed_out = True
-                        logger.warning("Request %s timed out after %g s (--request-timeout); aborting it", rid, timeout)
-                        raise RequestTimeout(f"The request timed out after {timeout:g} s (--request-timeout) "
-                                             "and was aborted.")
+                if not await state.wait(DISCONNECT_POLL_S):
                     if request is not None and await request.is_disconnected():
                         logger.info("Client disconnected; aborting request %s", rid)
                         raise ClientDisconnected(rid)
@@ -261,6 +259,8 @@ class TokenizerManager:
                 if state.stream:
                     yield state.to_dict()
         finally:
+            if timer is not None:
+                timer.cancel()
             fr = state.finished_reason
             if self.rid_to_state.pop(rid, None) is not None:
                 if fr is None:
@@ -269,7 +269,20 @@ class TokenizerManager:
                 elif fr.get("type") == "abort" and fr.get("status_code") == 500 and not self.dead_reason:
                     self.abort_request(rid)  # failed outside the scheduler: stop generating for nobody
                 if self.metrics is not None:
-                    self.metrics.on_finish(state, aborted=fr is None or fr.get("type") == "abort", timed_out=timed_out)
+                    self.metrics.on_finish(state, aborted=fr is None or fr.get("type") == "abort",
+                                           timed_out=fr is not None and fr.get("status_code") == 408)
+
+    def _expire(self, state: ReqState) -> None:
+        """--request-timeout: abort the request; its consumer gets a 408 (or an SSE error event)."""
+        if state.finished_reason is not None or self.rid_to_state.get(state.rid) is not state:
+            return
+        timeout = self.server_args.request_timeout
+        logger.warning("Request %s timed out after %g s (--request-timeout); aborting it", state.rid, timeout)
+        state.finished_reason = finish_abort(
+            f"The request timed out after {timeout:g} s (--request-timeout) and was aborted.", status_code=408)
+        state.finish_time = time.time()
+        self.abort_request(state.rid)
+        state.notify()
 
     async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool,
                           text_in_logprobs: bool = False, admission: Optional["_Admission"] = None,
@@ -376,6 +389,8 @@ class TokenizerManager:
             state.notify()
 
     def _update_state(self, state: ReqState, recv: BatchStrOut, i: int) -> None:
+        if state.finished_reason is not None:  # timed out or failed here already: the rest is moot
+            return
         if self.metrics is not None and state.stream:
             self.metrics.on_output(state, len(recv.output_ids[i]))
         state.text += recv.output_strs[i]

@@ -15,8 +15,10 @@ async def last_item(gen: AsyncIterator[Any]) -> Any:
 
 async def merge_streams(gens: List[AsyncIterator[Any]]) -> AsyncIterator[Any]:
     """Interleave async generators as items arrive; yields (index, item). An exception in
-    one stops all; leaving early closes all (their `finally` aborts unfinished requests)."""
-    queue: asyncio.Queue = asyncio.Queue()
+    one stops all; leaving early closes all (their `finally` aborts unfinished requests).
+    The queue is bounded: while a slow consumer lags, the producers wait and their (cumulative)
+    state coalesces instead of piling up snapshots in memory."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, len(gens)))
     done = object()
 
     async def pump(i: int, gen: AsyncIterator[Any]) -> None:

@@ -86,6 +86,7 @@ async def handle_chat_completions(
         raise OpenAIError("top_logprobs needs logprobs=true.", param="top_logprobs")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise OpenAIError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}.", param="top_logprobs")
+    tm.check_prompt_chars(sum(_content_chars(m.content) for m in req.messages))  # before templating
     plan = plan_tools(req, tm.server_args.tool_call_parser)
     input_ids = build_chat_input_ids(tm.tokenizer, req, plan)
     sampling_params = req.to_sampling_params(req.requested_max_tokens)
@@ -126,6 +127,14 @@ async def handle_chat_completions(
     resp = ChatCompletionResponse(id=rid, created=created, model=model_name, choices=choices,
                                   usage=usage_of([o["meta_info"] for o in outs], req.n))
     return json_response(resp.model_dump())
+
+
+def _content_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
 
 
 def _reasoning_parser(tm: TokenizerManager, req: ChatCompletionRequest) -> Optional[ReasoningParser]:

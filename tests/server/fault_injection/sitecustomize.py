@@ -1,0 +1,84 @@
+"""Fault injection for tests/server/test_faults.py. A server started with this folder on
+PYTHONPATH and SGLSERVE_FAULT_INJECTION=1 loads it in every process (the launcher and the
+spawned scheduler and detokenizer), and requests whose rid starts with a marker fail:
+
+  POISON-ADMIT  the scheduler raises while admitting the request
+  POISON-SCHED  the scheduler raises while processing the request's new token
+  POISON-DETOK  the detokenizer raises on a message that holds the request
+  POISON-HTTP   the HTTP process raises while handling the request's output
+  CRASH-SCHED   the scheduler's event loop raises (the process dies)
+  CRASH-DETOK   the detokenizer's event loop raises (the process dies)
+"""
+
+import os
+
+
+def _install() -> None:
+    from sglserve.managers import detokenizer_manager, schedule_batch, scheduler, tokenizer_manager
+
+    def marked(rids, marker):
+        return any(str(r).startswith(marker) for r in rids)
+
+    orig_check = schedule_batch.Req.check_finished
+
+    def check_finished(self, *args, **kwargs):
+        if self.rid.startswith("POISON-SCHED"):
+            raise RuntimeError("injected scheduler fault")
+        return orig_check(self, *args, **kwargs)
+
+    schedule_batch.Req.check_finished = check_finished
+
+    orig_admit = scheduler.Scheduler.handle_generate_request
+
+    def handle_generate_request(self, recv):
+        if recv.rid.startswith("POISON-ADMIT"):
+            raise RuntimeError("injected admission fault")
+        return orig_admit(self, recv)
+
+    scheduler.Scheduler.handle_generate_request = handle_generate_request
+
+    orig_next = scheduler.Scheduler.get_next_batch_to_run
+
+    def get_next_batch_to_run(self):
+        if marked([r.rid for r in self.waiting_queue], "CRASH-SCHED"):
+            raise RuntimeError("injected scheduler crash")
+        return orig_next(self)
+
+    scheduler.Scheduler.get_next_batch_to_run = get_next_batch_to_run
+
+    orig_handle = detokenizer_manager.DetokenizerManager._handle
+
+    def _handle(self, recv):
+        if marked(recv.rids, "POISON-DETOK"):
+            raise RuntimeError("injected detokenizer fault")
+        return orig_handle(self, recv)
+
+    detokenizer_manager.DetokenizerManager._handle = _handle
+
+    orig_loop = detokenizer_manager.event_loop
+
+    def event_loop(manager, recv_sock, send_sock):
+        inner = manager.handle_batch_token_id_out
+
+        def handle(recv):
+            if marked(recv.rids, "CRASH-DETOK"):
+                raise RuntimeError("injected detokenizer crash")
+            return inner(recv)
+
+        manager.handle_batch_token_id_out = handle
+        return orig_loop(manager, recv_sock, send_sock)
+
+    detokenizer_manager.event_loop = event_loop
+
+    orig_update = tokenizer_manager.TokenizerManager._update_state
+
+    def _update_state(self, state, recv, i):
+        if state.rid.startswith("POISON-HTTP"):
+            raise RuntimeError("injected HTTP-process fault")
+        return orig_update(self, state, recv, i)
+
+    tokenizer_manager.TokenizerManager._update_state = _update_state
+
+
+if os.environ.get("SGLSERVE_FAULT_INJECTION") == "1":
+    _install()
