@@ -526,11 +526,14 @@ class Scheduler:
 
     def log_prefill_stats(self, reqs: List[Req]) -> None:
         usage = self.token_usage()["used"] / self.max_total_num_tokens
+        cache_report = ""
+        if self.server_args.enable_cache_report and self.total_prompt_tokens:
+            cache_report = f", cache hit rate: {100 * self.total_cached_tokens / self.total_prompt_tokens:.2f}%"
         logger.info(
             "Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
-            "#running-req: %d, #queue-req: %d",
+            "#running-req: %d, #queue-req: %d%s",
             len(reqs), sum(r.extend_input_len for r in reqs), sum(len(r.prefix_indices) for r in reqs),
-            usage, len(self.running), len(self.waiting_queue),
+            usage, len(self.running), len(self.waiting_queue), cache_report,
         )
 
     def log_decode_stats(self) -> None:

@@ -170,3 +170,22 @@ def test_too_long_prompt_rejected_not_crashed(tiny_model_dir):
     submit(s, "big", [1] * 600, 4)
     assert s.finish["big"]["type"] == "abort"
     assert "longer than the model's context length (512 tokens)" in s.finish["big"]["message"]
+
+
+def test_cache_report_flag_logs_hit_rate(tiny_model_dir, caplog):
+    s = make(tiny_model_dir, max_total_tokens=4096, enable_cache_report=True)
+    prompt = list(range(1, 40))
+    with caplog.at_level("INFO", logger="sglserve.managers.scheduler"):
+        submit(s, "a", prompt, 2)
+        run_until_idle(s)
+        submit(s, "b", prompt, 2)
+        run_until_idle(s)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch")]
+    assert lines[-1].endswith(f"cache hit rate: {100 * 38 / 78:.2f}%")
+    quiet = make(tiny_model_dir, max_total_tokens=4096)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sglserve.managers.scheduler"):
+        submit(quiet, "c", prompt, 2)
+        run_until_idle(quiet)
+    quiet_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch")]
+    assert quiet_lines and not any("cache hit rate" in line for line in quiet_lines)
