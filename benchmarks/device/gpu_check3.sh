@@ -13,7 +13,7 @@ serve() {  # serve <log> <flags...>: start, print seconds to ready
   local log=$1; shift; local t0=$(date +%s.%N)
   python3 -m sglserve.launch_server --model-path $L $D --tokenizer-path $TOK --port 30100 "$@" > "$OUT/$log" 2>&1 &
   for i in $(seq 300); do curl -sf localhost:30100/health >/dev/null && break; sleep 0.2; done
-  echo "server $log ready after $(echo "$(date +%s.%N) - $t0" | bc) s"
+  echo "server $log ready after $(awk "BEGIN{print $(date +%s.%N) - $t0}") s"
 }
 B="python3 -m sglserve.bench_serving --backend sglserve --port 30100 --tokenizer $TOK --disable-tqdm"
 serve server.log
