@@ -125,9 +125,17 @@ def _make_server(config, tokenizer_manager, grace: float):
     return Server(config)
 
 
-def run_server(server_args: ServerArgs) -> int:
+def uvicorn_config(server_args: ServerArgs, app):
     import uvicorn
 
+    # log_config=None: uvicorn's lines (access log too) use our format and carry [rid=...]
+    return uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
+                          log_level=server_args.log_level, access_log=not server_args.disable_access_log,
+                          timeout_keep_alive=5, loop="asyncio",
+                          timeout_graceful_shutdown=server_args.shutdown_grace_period)
+
+
+def run_server(server_args: ServerArgs) -> int:
     from sglserve.entrypoints.http_server import create_app
     from sglserve.managers.tokenizer_manager import TokenizerManager
 
@@ -137,12 +145,7 @@ def run_server(server_args: ServerArgs) -> int:
         tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info)
         tokenizer_manager.watch_processes(subs.procs)  # a dead child: pending requests get 503
         app = create_app(server_args, tokenizer_manager)
-        # log_config=None: uvicorn's lines (access log too) use our format and carry [rid=...]
-        config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
-                                log_level=server_args.log_level, access_log=not server_args.disable_access_log,
-                                timeout_keep_alive=5, loop="asyncio",
-                                timeout_graceful_shutdown=server_args.shutdown_grace_period)
-        server = _make_server(config, tokenizer_manager, server_args.shutdown_grace_period)
+        server = _make_server(uvicorn_config(server_args, app), tokenizer_manager, server_args.shutdown_grace_period)
         threading.Thread(target=_watch_children, args=(subs, server, state), daemon=True).start()
         logger.info("The server is fired up and ready to roll! http://%s:%d", server_args.host, server_args.port)
         server.run()

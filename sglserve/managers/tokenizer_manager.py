@@ -37,6 +37,7 @@ from sglserve.managers.io_struct import (
 )
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.managers.logprob_output import LogprobAccumulator, validate_logprob_args
+from sglserve.managers.admission import AdmissionControl, Ticket
 from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
 from sglserve.managers.request_checks import (
     MAX_N,
@@ -79,9 +80,8 @@ class TokenizerManager:
         self.max_prompt_chars: Optional[int] = None if token_chars is None else self.context_len * token_chars
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
-        # Sequences admitted at once (running + queued); None: no limit
-        self.max_inflight: Optional[int] = None if queued is None or running is None else running + queued
-        self._admitting = 0  # admitted by generate_request, not yet registered in rid_to_state
+        self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
+                                          lambda: len(self.rid_to_state))
         self.metrics: Any = None  # a metrics.collector.MetricsCollector with --enable-metrics
 
         self._zmq_context = zmq.asyncio.Context(2)
@@ -114,7 +114,7 @@ class TokenizerManager:
         if self.dead_reason:
             raise ServerError(self.dead_reason)
         check_shape(obj)
-        admission = self._admit(requested_count(obj))
+        admission = self.admission.admit(requested_count(obj), self.metrics)
         try:
             return self._prepare(obj, request, admission)
         except BaseException:
@@ -127,23 +127,9 @@ class TokenizerManager:
 
     @property
     def num_inflight(self) -> int:
-        return len(self.rid_to_state) + self._admitting
+        return self.admission.in_flight
 
-    def _admit(self, count: int) -> "_Admission":
-        """--max-queued-requests: refuse (503) before any tokenization when the server is full."""
-        limit = self.max_inflight
-        if limit is not None:
-            if count > limit:
-                raise ValueError(f"The request runs {count} sequences; the server admits at most {limit} at once "
-                                 f"(max_running_requests + --max-queued-requests).")
-            if self.num_inflight + count > limit:
-                if self.metrics is not None:
-                    self.metrics.on_rejected()
-                raise Overloaded(f"The server is busy: {self.num_inflight} requests in flight, the limit is {limit} "
-                                 f"(max_running_requests + --max-queued-requests). Retry later.")
-        return _Admission(self, count)
-
-    def _prepare(self, obj: GenerateReqInput, request: Any, admission: "_Admission") -> AsyncIterator[Any]:
+    def _prepare(self, obj: GenerateReqInput, request: Any, admission: Ticket) -> AsyncIterator[Any]:
         ctx = request_context.get()
         if obj.rid is None and ctx is not None and not ctx.claimed:
             obj.rid = ctx.rid  # the id the logs and the X-Request-Id header already show
@@ -224,7 +210,7 @@ class TokenizerManager:
 
     async def _wait_one(
         self, tokenized: TokenizedGenerateReqInput, request: Any, text_in_logprobs: bool = False,
-        admission: Optional["_Admission"] = None, parents: Optional[Dict[str, str]] = None,
+        admission: Optional[Ticket] = None, parents: Optional[Dict[str, str]] = None,
     ) -> AsyncIterator[Dict[str, Any]]:
         self.start()
         if self.dead_reason:
@@ -285,7 +271,7 @@ class TokenizerManager:
         state.notify()
 
     async def _wait_batch(self, tokenized: List[TokenizedGenerateReqInput], request: Any, stream: bool,
-                          text_in_logprobs: bool = False, admission: Optional["_Admission"] = None,
+                          text_in_logprobs: bool = False, admission: Optional[Ticket] = None,
                           parents: Optional[Dict[str, str]] = None):
         gens = [self._wait_one(t, request, text_in_logprobs, admission, parents) for t in tokenized]
         if not stream:
@@ -437,20 +423,3 @@ class TokenizerManager:
             for fut in waiters:
                 if not fut.done():
                     fut.set_exception(ServerError(reason))
-
-
-class _Admission:
-    """Sequences admitted by generate_request but not yet registered in rid_to_state: they
-    count as in flight, so a burst of streams cannot overshoot the limit before they start."""
-
-    def __init__(self, tm: TokenizerManager, count: int) -> None:
-        self.tm, self.left = tm, count
-        tm._admitting += count
-
-    def release(self, k: int = 1) -> None:
-        k = min(k, self.left)
-        self.left -= k
-        self.tm._admitting -= k
-
-    def release_all(self) -> None:
-        self.release(self.left)

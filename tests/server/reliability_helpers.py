@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 import requests
+
+# The `guarded` server (conftest.py): its API key and limits
+KEY = "sk-rel-" + secrets.token_hex(12)
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_RUNNING, MAX_QUEUED, TIMEOUT_S, PAYLOAD = 4, 2, 15, 2_000_000
 
 
 def assert_openai_error(resp: requests.Response, status: int) -> Dict[str, Any]:

