@@ -76,9 +76,12 @@ class GrammarManager:
 
     @staticmethod
     def accept(req: Any, token: int) -> Optional[str]:
-        """Advance req's matcher; returns an error when the grammar rejects the token."""
+        """Advance req's matcher; returns an error when the grammar rejects the token. The token
+        was sampled under the grammar's mask, so a rejection means the mask allowed no token: the
+        constraint cannot be met with this model's vocabulary (e.g. regex "\x04+")."""
         if req.grammar is None or req.grammar.is_terminated():
             return None
         if not req.grammar.accept_token(token):
-            return f"The grammar rejected token {token}."
+            return (f"The constraint (json_schema / regex / ebnf) admits no token of this model's vocabulary here "
+                    f"(the grammar rejected token {token}).")
         return None

@@ -427,8 +427,8 @@ class Scheduler:
                 req.output_ids.append(tok)
                 if req.grammar is not None:
                     error = self.grammar_manager.accept(req, tok)
-                    if error is not None:
-                        req.finished_reason = finish_abort(error, status_code=500)
+                    if error is not None:  # the mask allowed nothing: the constraint cannot be met
+                        req.finished_reason = finish_abort(error, status_code=400)
                     elif req.grammar.is_terminated():  # the grammar accepted a stop token
                         req.finished_reason = finish_stop(tok)
                 req.check_finished(self.tokenizer, self.context_len)

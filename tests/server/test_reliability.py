@@ -96,6 +96,16 @@ def test_prompt_and_max_tokens_bounds_answer_fast(guarded, path, body):
     assert "context length" in err["message"] or "max_tokens" in err["message"], err
 
 
+@pytest.mark.parametrize("path,body", [  # found by the fuzz test: were 500s
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "regex": "\u0004+",
+                              "max_tokens": 2}),
+    ("/v1/completions", {"model": "m", "prompt": [10**30], "echo": True, "max_tokens": 1}),
+    ("/v1/completions", {"model": "m", "prompt": [-5], "echo": True, "max_tokens": 1}),
+])
+def test_fuzz_regressions_are_400(guarded, path, body):
+    assert_openai_error(post(guarded, path, body), 400)
+
+
 def _hold_streams(server, n, prefix):
     """n streaming /generate requests that run until aborted; returns (threads, results)."""
     results = {}
