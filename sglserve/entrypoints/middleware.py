@@ -42,7 +42,8 @@ class RequestContextMiddleware:
 
         async def send_with_id(msg: dict) -> None:
             if msg["type"] == "http.response.start":
-                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", ctx.rid.encode("latin-1", "replace"))]}
+                rid = "".join(c if " " <= c <= "~" else "?" for c in ctx.rid[:256])  # a client-given rid: no CR/LF
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(msg)
 
         try:

@@ -169,3 +169,22 @@ def test_access_log_flag():
     off = uvicorn_config(ServerArgs(device="cpu", disable_access_log=True, shutdown_grace_period=5), app=None)
     assert on.access_log and not off.access_log
     assert on.timeout_graceful_shutdown == 30 and off.timeout_graceful_shutdown == 5
+
+
+def test_request_id_header_is_sanitized():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sglserve.entrypoints.middleware import RequestContextMiddleware
+
+    app = FastAPI()
+
+    @app.get("/x")
+    async def x():
+        request_context.get().rid = "evil\r\nSet-Cookie: a=b\u00e9"
+        return {}
+
+    app.add_middleware(RequestContextMiddleware)
+    r = TestClient(app).get("/x")
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == "evil??Set-Cookie: a=b?" and "set-cookie" not in r.headers
