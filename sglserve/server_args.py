@@ -44,7 +44,7 @@ class ServerArgs:
     # HTTP
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: Optional[str] = None
+    api_key: Optional[str] = field(default=None, repr=False)  # never in logs or tracebacks
     max_payload_size: int = 32 * 1024 * 1024
     enable_metrics: bool = False
     disable_access_log: bool = False

