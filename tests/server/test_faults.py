@@ -99,7 +99,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(small_kv):
     for i in range(4):
         status, last = results[i]
         assert status == 200 and last["meta_info"]["finish_reason"]["type"] == "length", results[i]
-    assert results[4][0] == "cut", "the long request is cut when the grace period ends"
-    assert GRACE_S - 1 <= elapsed < GRACE_S + 20, elapsed
+    if results[4][0] == "cut":  # the usual case on 2 CPU cores: cut when the grace period ends
+        assert GRACE_S - 1 <= elapsed < GRACE_S + 20, elapsed
+        assert "timeout graceful shutdown exceeded" in small_kv.read_log()
+    else:  # a fast machine finished it within the grace period
+        assert results[4][0] == 200 and elapsed < GRACE_S + 5, (results[4], elapsed)
     assert wait_for(lambda: not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE], 10)
     assert "Received signal 15" in small_kv.read_log()

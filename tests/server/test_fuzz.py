@@ -38,8 +38,8 @@ def cap_body(path: str, body: Any) -> Any:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > cap:
             body[key] = cap
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = TOKEN_CAPS["max_tokens"]
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = TOKEN_CAPS["max_tokens"]  # absent or null: up to the context otherwise
     return body
 
 

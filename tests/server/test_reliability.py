@@ -258,4 +258,5 @@ def test_request_ids_in_header_and_every_log_line(guarded):
     assert f'"POST /generate HTTP/1.1" 200 [rid={rid}]' in log
     assert '"POST /generate HTTP/1.1" 200 [rid=client-given-rid]' in log
     timeout_lines = [line for line in log.splitlines() if "timed out after" in line]
-    assert timeout_lines and all("too-long" in line or "stalled" in line for line in timeout_lines)
+    for rid in ("too-long", "stalled"):
+        assert [line for line in timeout_lines if f"Request {rid} timed out" in line and f"[rid={rid}]" in line]

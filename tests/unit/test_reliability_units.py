@@ -118,22 +118,21 @@ def test_merge_streams_is_bounded_for_a_slow_consumer():
 # ---- logs, metrics, access log ------------------------------------------------------------------
 
 
-def test_log_lines_carry_the_request_id(caplog):
-    log = logging.getLogger("sglserve.test")
-    handler = logging.Handler()
-    records = []
-    handler.emit = records.append
-    handler.addFilter(RequestIdFilter())
-    log.addHandler(handler)
+def test_log_lines_carry_the_request_id():
+    def record(msg, *args):
+        return logging.LogRecord("sglserve.test", logging.WARNING, __file__, 1, msg, args, None)
+
+    f = RequestIdFilter()
+    token = request_context.set(RequestContext("rid-123"))
     try:
-        token = request_context.set(RequestContext("rid-123"))
-        log.warning("about %s", "it")
-        request_context.reset(token)
-        log.warning("no request")
+        with_rid = record("about %s", "it")
+        assert f.filter(with_rid) and f.filter(with_rid)  # a second handler must not add it twice
     finally:
-        log.removeHandler(handler)
-    assert records[0].getMessage() == "about it [rid=rid-123]"
-    assert records[1].getMessage() == "no request"
+        request_context.reset(token)
+    without = record("no request")
+    assert f.filter(without)
+    assert with_rid.getMessage() == "about it [rid=rid-123]"
+    assert without.getMessage() == "no request"
 
 
 def test_metrics_collector_names_and_values():
