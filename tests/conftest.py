@@ -24,6 +24,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """A child process a test left running fails the run here instead of hanging it: Python's
+    exit joins every non-daemon multiprocessing child, and the server's children ignore SIGTERM
+    (utils/process.py), so one leaked child would keep pytest alive forever."""
+    import multiprocessing
+
+    leaked = multiprocessing.active_children()
+    if not leaked:
+        return
+    for proc in leaked:
+        proc.kill()
+        proc.join(10)
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in leaked)
+    session.config.get_terminal_writer().line(f"ERROR: tests left child processes running, killed: {names}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The default model (SmolLM2-135M-Instruct GGUF) on the CPU."""

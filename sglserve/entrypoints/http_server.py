@@ -34,12 +34,11 @@ from sglserve.entrypoints.openai.protocol import (
 from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
 from sglserve.entrypoints.openai.serving_completions import handle_completions
 from sglserve.entrypoints.openai.serving_utils import (
-    SSE_DONE,
     OpenAIError,
     error_response,
     json_response,
     sse,
-    sse_error,
+    sse_stream,
 )
 from sglserve.managers.io_struct import GenerateReqInput
 from sglserve.managers.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
@@ -186,7 +185,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
         obj = GenerateReqInput(**body)
         gen = tm.generate_request(obj, request)
         if obj.stream:
-            return StreamingResponse(_native_stream(gen), media_type="text/event-stream")
+            return StreamingResponse(sse_stream(_native_frames(gen)), media_type="text/event-stream")
         out = None
         async for out in gen:
             pass
@@ -220,17 +219,9 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     return app
 
 
-async def _native_stream(gen) -> Any:
-    try:
-        async for out in gen:
-            yield sse(out)
-    except ClientDisconnected:
-        return
-    except ValueError as e:
-        yield sse_error(str(e), 400)
-    except ServerError as e:
-        yield sse_error(str(e), e.status_code)
-    yield SSE_DONE
+async def _native_frames(gen) -> Any:
+    async for out in gen:
+        yield sse(out)
 
 
 # ---- errors ------------------------------------------------------------------------------

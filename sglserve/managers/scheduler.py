@@ -12,29 +12,20 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.managers.io_struct import (
-    AbortReq,
-    BatchTokenIDOut,
-    FlushCacheReq,
-    FlushCacheReqOutput,
-    GetLoadReq,
-    GetLoadReqOutput,
-    ReadyMsg,
-    TokenizedGenerateReqInput,
-    finish_abort,
-    finish_stop,
-)
+from sglserve.managers.io_struct import BatchTokenIDOut, ReadyMsg, finish_abort
 from sglserve.managers import logprobs
 from sglserve.managers.grammar_manager import GrammarManager
-from sglserve.managers.logprobs import LogprobState
 from sglserve.managers.overlap import LaunchedBatch, overlap_safe, same_reqs
 from sglserve.managers.schedule_batch import Req, ScheduleBatch
+from sglserve.managers.scheduler_control import SchedulerControlMixin
+from sglserve.managers.scheduler_input import SchedulerInputMixin
+from sglserve.managers.scheduler_output import SchedulerOutputMixin
 from sglserve.managers.schedule_policy import PrefillAdder, SchedulePolicy
 from sglserve.mem_cache.chunk_cache import ChunkCache
 from sglserve.mem_cache.radix_cache import RadixCache
@@ -53,7 +44,7 @@ MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
 
 
-class Scheduler:
+class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin):
     def __init__(self, server_args: ServerArgs, port_args: Optional[PortArgs]) -> None:
         self.server_args = server_args
         self.model_config = ModelConfig.from_server_args(server_args)
@@ -148,87 +139,6 @@ class Scheduler:
                 logger.error("Parent process died; scheduler exits.")
                 sys.exit(1)
             self.recv_from_tokenizer.poll(timeout=5 if len(self.grammar_manager) else 1000)
-
-    def recv_requests(self) -> list:
-        msgs = []
-        while True:
-            try:
-                msgs.append(self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK))
-            except zmq.ZMQError:
-                return msgs
-
-    def process_input_requests(self, msgs: list) -> None:
-        for msg in msgs:
-            if isinstance(msg, TokenizedGenerateReqInput):
-                try:
-                    self.handle_generate_request(msg)
-                except Exception as e:  # one bad request fails alone, the server goes on
-                    self.fail_new_request(msg, e)
-            elif isinstance(msg, AbortReq):
-                self.abort_request(msg.rid)
-            elif isinstance(msg, FlushCacheReq):
-                self.send_to_tokenizer.send_pyobj(self.flush_cache())
-            elif isinstance(msg, GetLoadReq):
-                self.send_to_tokenizer.send_pyobj(self.get_load())
-            else:
-                logger.error("Unknown message type %s", type(msg).__name__)
-
-    def fail_new_request(self, recv: TokenizedGenerateReqInput, e: Exception) -> None:
-        logger.exception("Error admitting request %s; failing it", recv.rid)
-        self.waiting_queue = [r for r in self.waiting_queue if r.rid != recv.rid]
-        reason = finish_abort(f"Internal error admitting the request: {type(e).__name__}: {e}", status_code=500)
-        if self.output_sink is not None:
-            self.output_sink(BatchTokenIDOut([recv.rid], [reason], [[]], [True], [True], [False],
-                                             [len(recv.input_ids)], [0], [0], stop_strs=[[]]))
-
-    def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
-        sp = recv.sampling_params
-        room = self.context_len - len(recv.input_ids)
-        max_new = room if sp.max_new_tokens is None else min(sp.max_new_tokens, room)
-        req = Req(recv.rid, recv.input_ids, sp, max_new, self.eos_token_ids, recv.stream, recv.input_text)
-        error = None
-        if len(recv.input_ids) == 0:
-            error = "The input is empty."
-        elif len(recv.input_ids) >= self.context_len:
-            error = f"The input ({len(recv.input_ids)} tokens) is longer than the model's context length ({self.context_len} tokens)."
-        elif len(recv.input_ids) > self.max_total_num_tokens - self.page_size:
-            error = f"The input ({len(recv.input_ids)} tokens) is longer than the KV cache ({self.max_total_num_tokens} tokens)."
-        if error is not None:
-            req.finished_reason = finish_abort(error, status_code=400)
-            self.stream_output([req])
-            return
-        if max_new == 0:
-            from sglserve.managers.io_struct import finish_length
-
-            req.finished_reason = finish_length(0)
-            self.stream_output([req])
-            return
-        if recv.return_logprob:
-            req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids)
-        if not self.server_args.disable_radix_cache:
-            req.prefix_group = recv.prefix_group
-        if sp.json_schema is not None or sp.regex is not None or sp.ebnf is not None:
-            error = self.grammar_manager.add(req)  # waits there until its grammar is compiled
-            if error is not None:
-                req.finished_reason = finish_abort(error, status_code=400)
-                self.stream_output([req])
-            return
-        self.waiting_queue.append(req)
-
-    def abort_request(self, rid: str) -> None:
-        for req in self.grammar_manager.remove(rid):
-            req.finished_reason = finish_abort("Aborted by the client.")
-            self.stream_output([req])
-        for req in list(self.waiting_queue):
-            if rid == "" or req.rid == rid:
-                self.waiting_queue.remove(req)
-                if req.req_pool_idx is not None:  # a retracted request holds nothing, a chunked one does
-                    self.tree_cache.cache_finished_req(req, is_insert=False)
-                req.finished_reason = finish_abort("Aborted by the client.")
-                self.stream_output([req])
-        for req in self.running + ([self.chunked_req] if self.chunked_req else []):
-            if rid == "" or req.rid == rid:
-                req.to_abort = "Aborted by the client."
 
     # ---- batch selection -----------------------------------------------------------------
 
@@ -418,136 +328,6 @@ class Scheduler:
             self.eos_token_ids, self.model_config.vocab_size, device,
         )
         info.vocab_mask = self.grammar_manager.vocab_mask(reqs, device)
-
-    def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
-        is_extend = batch.forward_mode.is_extend()
-        for i, tok in zip(sample_rows, next_ids):
-            req = batch.reqs[i]
-            try:
-                req.output_ids.append(tok)
-                if req.grammar is not None:
-                    error = self.grammar_manager.accept(req, tok)
-                    if error is not None:  # the mask allowed nothing: the constraint cannot be met
-                        req.finished_reason = finish_abort(error, status_code=400)
-                    elif req.grammar.is_terminated():  # the grammar accepted a stop token
-                        req.finished_reason = finish_stop(tok)
-                req.check_finished(self.tokenizer, self.context_len)
-            except Exception as e:  # a bug with one request fails that request only
-                logger.exception("Error processing the output of request %s; failing it", req.rid)
-                req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
-        self.num_generated_tokens += len(next_ids)
-        finished, still_running = [], []
-        for req in batch.reqs:
-            if req.is_chunked:
-                if req.to_abort is not None:
-                    req.finished_reason = finish_abort(req.to_abort)
-                    self.tree_cache.cache_finished_req(req, is_insert=False)
-                    self.chunked_req = None
-                    finished.append(req)
-                else:
-                    self.tree_cache.cache_unfinished_req(req)
-                continue
-            if req.finished():
-                self.tree_cache.cache_finished_req(req, is_insert=req.finished_reason["type"] != "abort")
-                finished.append(req)
-            else:
-                if is_extend:
-                    # Let later requests hit this prompt while it decodes
-                    req.fill_ids = req.origin_input_ids + req.output_ids[:-1]
-                    self.tree_cache.cache_unfinished_req(req)
-                still_running.append(req)
-        if is_extend:
-            self.running.extend(still_running)
-        else:
-            self.running = still_running
-        self.stream_output([r for r in batch.reqs if not r.is_chunked or r.finished()])
-        if not is_extend:
-            self.log_decode_stats()
-
-    def stream_output(self, reqs: List[Req]) -> None:
-        out = BatchTokenIDOut([], [], [], [], [], [], [], [], [])
-        news = []  # per request: new logprob entries (output, output_top, input, input_top)
-        for req in reqs:
-            if not req.finished() and not req.stream:
-                continue
-            sp = req.sampling_params
-            out.rids.append(req.rid)
-            out.finished_reasons.append(req.finished_reason)
-            out.decode_ids.append(req.output_ids[req.sent_len:])
-            req.sent_len = len(req.output_ids)
-            out.skip_special_tokens.append(sp.skip_special_tokens)
-            out.spaces_between_special_tokens.append(sp.spaces_between_special_tokens)
-            out.no_stop_trim.append(sp.no_stop_trim)
-            out.prompt_tokens.append(len(req.origin_input_ids))
-            out.completion_tokens.append(len(req.output_ids))
-            out.cached_tokens.append(req.cached_tokens)
-            if hasattr(out, "stop_strs"):
-                out.stop_strs.append(list(sp.stop_strs))
-            news.append(logprobs.take_new(req))
-        if any(n[0] is not None for n in news):
-            out.output_token_logprobs, out.output_top_logprobs, out.input_token_logprobs, out.input_top_logprobs = (
-                [list(col) for col in zip(*news)]
-            )
-        if out.rids and self.output_sink is not None:
-            self.output_sink(out)
-
-    # ---- control ------------------------------------------------------------------------
-
-    def flush_cache(self) -> FlushCacheReqOutput:
-        if self.waiting_queue or self.running or self.chunked_req is not None or len(self.grammar_manager):
-            return FlushCacheReqOutput(False, "Cache not flushed: there are running or waiting requests.")
-        self.tree_cache.reset()
-        self.model_runner.req_to_token_pool.clear()
-        self.model_runner.allocator.clear()
-        return FlushCacheReqOutput(True, "Cache flushed.")
-
-    def token_usage(self) -> Dict[str, int]:
-        available = self.model_runner.allocator.available_size()
-        evictable = self.tree_cache.evictable_size()
-        return {"available": available, "evictable": evictable,
-                "used": self.max_total_num_tokens - available - evictable}
-
-    def get_load(self) -> GetLoadReqOutput:
-        u = self.token_usage()
-        rate = self.total_cached_tokens / self.total_prompt_tokens if self.total_prompt_tokens else 0.0
-        return GetLoadReqOutput(self.max_total_num_tokens, u["available"], u["evictable"], u["used"],
-                                len(self.running), len(self.waiting_queue) + len(self.grammar_manager), rate)
-
-    def check_memory_integrity(self) -> bool:
-        """Idle check: every KV token is free or held by the prefix cache, nothing locked."""
-        try:
-            self.tree_cache.check_idle()
-        except RuntimeError as e:
-            logger.error("KV cache leak detected: %s", e)
-            return False
-        return True
-
-    # ---- logs ---------------------------------------------------------------------------
-
-    def log_prefill_stats(self, reqs: List[Req]) -> None:
-        usage = self.token_usage()["used"] / self.max_total_num_tokens
-        cache_report = ""
-        if self.server_args.enable_cache_report and self.total_prompt_tokens:
-            cache_report = f", cache hit rate: {100 * self.total_cached_tokens / self.total_prompt_tokens:.2f}%"
-        logger.info(
-            "Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
-            "#running-req: %d, #queue-req: %d%s",
-            len(reqs), sum(r.extend_input_len for r in reqs), sum(len(r.prefix_indices) for r in reqs),
-            usage, len(self.running), len(self.waiting_queue), cache_report,
-        )
-
-    def log_decode_stats(self) -> None:
-        if self.forward_ct % self.server_args.decode_log_interval != 0:
-            return
-        now = time.perf_counter()
-        throughput = self.num_generated_tokens / max(now - self.last_decode_log, 1e-6)
-        self.num_generated_tokens, self.last_decode_log = 0, now
-        u = self.token_usage()
-        logger.info(
-            "Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): %.2f, "
-            "#queue-req: %d",
-            len(self.running), u["used"], u["used"] / self.max_total_num_tokens, throughput, len(self.waiting_queue),
-        )
 
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:

@@ -199,7 +199,7 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
         assert out.rids == ["r"] and out.output_strs == ["héllo 🎉"] and out.output_ids == [ids]
         push.close(0)
     finally:
-        proc.terminate()
+        proc.kill()  # the server's children ignore SIGTERM (the launcher stops them with SIGKILL)
         proc.join(10)
         pull.close(0)
         ctx.term()

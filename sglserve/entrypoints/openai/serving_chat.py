@@ -19,20 +19,19 @@ from sglserve.entrypoints.openai.protocol import (
     DeltaMessage,
 )
 from sglserve.entrypoints.openai.serving_utils import (
-    SSE_DONE,
     OpenAIError,
     finish_reason_fields,
     json_response,
     reject_unimplemented,
     sse,
-    sse_error,
+    sse_stream,
     usage_of,
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
 from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
 from sglserve.managers.io_struct import GenerateReqInput
 from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
-from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.managers.tokenizer_manager import TokenizerManager
 from sglserve.parser.reasoning_parser import ReasoningParser
 
 
@@ -109,7 +108,7 @@ async def handle_chat_completions(
     reasoning = None if json_only else _reasoning_parser(tm, req)
     outputs = [ChoiceOutput(reasoning, plan.parser() if plan else None) for _ in range(req.n)]
     if req.stream:
-        return StreamingResponse(_stream(gen, rid, created, model_name, req, outputs), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(_stream(gen, rid, created, model_name, req, outputs)), media_type="text/event-stream")
 
     result = None
     async for result in gen:
@@ -157,33 +156,25 @@ async def _stream(
                                                 usage=usage).model_dump())
 
     metas: Dict[int, Dict[str, Any]] = {}
-    try:
-        for i in range(req.n):
-            yield chunk(i, DeltaMessage(role="assistant", content=""))
-        async for out in gen:
-            index = out.get("index", 0)
-            meta = metas[index] = out["meta_info"]
-            usage = usage_of([meta]) if req.continuous_usage else None
-            reason, matched = finish_reason_fields(meta)
-            choice_out = outputs[index]
-            delta = choice_out.update(out["text"], final=reason is not None)
-            logprobs = None
-            if req.logprobs:
-                n_lp = len(meta.get("output_token_logprobs") or [])
-                if n_lp > choice_out.sent_logprobs:
-                    logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
-                    choice_out.sent_logprobs = n_lp
-            if delta or logprobs:
-                yield chunk(index, DeltaMessage(**delta), usage=usage, logprobs=logprobs)
-            if reason is not None:
-                yield chunk(index, DeltaMessage(), choice_out.finish_reason(reason), matched, usage)
-        if req.include_usage and metas:
-            yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                                   usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
-    except ClientDisconnected:
-        return
-    except ValueError as e:
-        yield sse_error(str(e), 400)
-    except ServerError as e:
-        yield sse_error(str(e), e.status_code)
-    yield SSE_DONE
+    for i in range(req.n):
+        yield chunk(i, DeltaMessage(role="assistant", content=""))
+    async for out in gen:
+        index = out.get("index", 0)
+        meta = metas[index] = out["meta_info"]
+        usage = usage_of([meta]) if req.continuous_usage else None
+        reason, matched = finish_reason_fields(meta)
+        choice_out = outputs[index]
+        delta = choice_out.update(out["text"], final=reason is not None)
+        logprobs = None
+        if req.logprobs:
+            n_lp = len(meta.get("output_token_logprobs") or [])
+            if n_lp > choice_out.sent_logprobs:
+                logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
+                choice_out.sent_logprobs = n_lp
+        if delta or logprobs:
+            yield chunk(index, DeltaMessage(**delta), usage=usage, logprobs=logprobs)
+        if reason is not None:
+            yield chunk(index, DeltaMessage(), choice_out.finish_reason(reason), matched, usage)
+    if req.include_usage and metas:
+        yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
+                                               usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())

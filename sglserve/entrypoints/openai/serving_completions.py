@@ -16,18 +16,17 @@ from sglserve.entrypoints.openai.protocol import (
     CompletionStreamResponse,
 )
 from sglserve.entrypoints.openai.serving_utils import (
-    SSE_DONE,
     OpenAIError,
     finish_reason_fields,
     json_response,
     reject_unimplemented,
     sse,
-    sse_error,
+    sse_stream,
     usage_of,
 )
 from sglserve.managers.io_struct import GenerateReqInput
 from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, completion_logprobs
-from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.managers.tokenizer_manager import TokenizerManager
 
 
 def _prompts(prompt: Union[str, List[str], List[int], List[List[int]]]) -> List[Union[str, List[int]]]:
@@ -74,7 +73,7 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0]
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_stream(gen, rid, created, model_name, req, echo), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(_stream(gen, rid, created, model_name, req, echo)), media_type="text/event-stream")
 
     outs = None
     async for outs in gen:
@@ -104,31 +103,23 @@ async def _stream(gen: AsyncIterator[Any], rid: str, created: int, model_name: s
     sent_chars: Dict[int, int] = {}  # characters of the choice's text already sent (text_offset)
     metas: Dict[int, Dict[str, Any]] = {}
     want_lp = req.logprobs is not None
-    try:
-        async for out in gen:
-            index = out.get("index", 0)
-            meta = metas[index] = out["meta_info"]
-            usage = usage_of([meta]) if req.continuous_usage else None
-            first = index not in sent
-            text = out["text"]
-            delta = ((echo[index // req.n] if echo else "") if first else "") + text[sent.get(index, 0):]
-            sent[index] = len(text)
-            reason, matched = finish_reason_fields(meta)
-            logprobs = None
-            if want_lp:
-                start = sent_lp.get(index, 0)
-                logprobs = completion_logprobs(meta, bool(echo) and first, start, sent_chars.get(index, 0))
-                sent_lp[index] = len(meta.get("output_token_logprobs") or [])
-            sent_chars[index] = sent_chars.get(index, 0) + len(delta)
-            if delta or reason is not None or (logprobs and logprobs["tokens"]):
-                yield chunk(index, delta, reason, matched, usage, logprobs)
-        if req.include_usage and metas:
-            yield sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                               usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
-    except ClientDisconnected:
-        return
-    except ValueError as e:
-        yield sse_error(str(e), 400)
-    except ServerError as e:
-        yield sse_error(str(e), e.status_code)
-    yield SSE_DONE
+    async for out in gen:
+        index = out.get("index", 0)
+        meta = metas[index] = out["meta_info"]
+        usage = usage_of([meta]) if req.continuous_usage else None
+        first = index not in sent
+        text = out["text"]
+        delta = ((echo[index // req.n] if echo else "") if first else "") + text[sent.get(index, 0):]
+        sent[index] = len(text)
+        reason, matched = finish_reason_fields(meta)
+        logprobs = None
+        if want_lp:
+            start = sent_lp.get(index, 0)
+            logprobs = completion_logprobs(meta, bool(echo) and first, start, sent_chars.get(index, 0))
+            sent_lp[index] = len(meta.get("output_token_logprobs") or [])
+        sent_chars[index] = sent_chars.get(index, 0) + len(delta)
+        if delta or reason is not None or (logprobs and logprobs["tokens"]):
+            yield chunk(index, delta, reason, matched, usage, logprobs)
+    if req.include_usage and metas:
+        yield sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
+                                           usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Iterable, Optional, Tuple
 
 import orjson
 from fastapi import Response
@@ -54,6 +54,25 @@ def sse(obj: Any) -> bytes:
 def sse_error(message: str, status_code: int = 400) -> bytes:
     """An error after the stream started (headers already sent): as SGLang streams it."""
     return sse({"error": error_payload(message, status_code)})
+
+
+async def sse_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The one SSE tail every streaming route shares: a request error after the headers went out
+    becomes an error frame, a gone client ends the stream quietly, and the rest ends in [DONE]."""
+    from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError
+
+    try:
+        async for frame in frames:
+            yield frame
+    except ClientDisconnected:
+        return
+    except ValueError as e:
+        yield sse_error(str(e), 400)
+    except ServerError as e:
+        yield sse_error(str(e), e.status_code)
+    finally:
+        await frames.aclose()  # a closed response closes the route's generator (and its request) now, not at GC
+    yield SSE_DONE
 
 
 def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]:
