@@ -146,6 +146,11 @@ class ServerArgs:
             raise ServerArgsError(f"--mem-fraction-static={self.mem_fraction_static} must be in (0, 1)")
         if self.tp_size != 1:
             raise ServerArgsError(f"--tp-size={self.tp_size} is not supported yet: tensor parallelism is not implemented; use --tp-size 1")
+        if self.attention_backend == "flashinfer" and importlib.util.find_spec("flashinfer") is None:
+            raise ServerArgsError(
+                "--attention-backend=flashinfer needs FlashInfer, which is not installed: "
+                "pip install flashinfer-python, or use --attention-backend triton"
+            )
         if self.device == "cpu" and self.attention_backend != "torch_native":
             raise ServerArgsError(
                 f"--attention-backend={self.attention_backend} needs a CUDA device; on --device cpu use torch_native"

@@ -20,7 +20,6 @@ from typing import Any, Awaitable, Callable
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglserve.entrypoints.middleware import ApiKeyMiddleware, MaxPayloadMiddleware, RequestContextMiddleware
@@ -38,7 +37,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     error_response,
     json_response,
     sse,
-    sse_stream,
+    stream_response,
 )
 from sglserve.managers.io_struct import GenerateReqInput
 from sglserve.managers.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
@@ -185,7 +184,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
         obj = GenerateReqInput(**body)
         gen = tm.generate_request(obj, request)
         if obj.stream:
-            return StreamingResponse(sse_stream(_native_frames(gen)), media_type="text/event-stream")
+            return stream_response(_native_frames(gen))
         out = None
         async for out in gen:
             pass

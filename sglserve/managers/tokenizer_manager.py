@@ -17,7 +17,6 @@ import asyncio
 import collections
 import logging
 import time
-import uuid
 import weakref
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 
@@ -35,21 +34,19 @@ from sglserve.managers.io_struct import (
     TokenizedGenerateReqInput,
     finish_abort,
 )
-from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
-from sglserve.managers.logprob_output import LogprobAccumulator, validate_logprob_args
+from sglserve.managers.logprob_output import LogprobAccumulator
 from sglserve.managers.admission import AdmissionControl, Ticket
+from sglserve.managers.input_processor import InputProcessor
 from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
 from sglserve.managers.request_checks import (
     MAX_N,
     NOT_IMPLEMENTED_YET,
-    check_implemented,
     check_shape,
     check_text_size,
     expand_n,
     max_token_chars,
     requested_count,
 )
-from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
 from sglserve.utils.logging_utils import request_context
@@ -78,6 +75,10 @@ class TokenizerManager:
         self.tokenizer = tokenizer
         token_chars = max_token_chars(tokenizer) if tokenizer is not None else None
         self.max_prompt_chars: Optional[int] = None if token_chars is None else self.context_len * token_chars
+        self.input_processor = InputProcessor(
+            tokenizer, self.context_len, self.max_req_input_len, self.vocab_size, self.max_total_num_tokens,
+            server_args.page_size, server_args.grammar_backend, self.max_prompt_chars,
+        )
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
         self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
@@ -135,13 +136,13 @@ class TokenizerManager:
             obj.rid = ctx.rid  # the id the logs and the X-Request-Id header already show
         group = obj.rid if isinstance(obj.rid, str) else None  # what /abort_request may name
         if obj.is_single:
-            tokenized = [self._tokenize_one(obj)]
+            tokenized = [self.input_processor.tokenize(obj)]
         else:
             if obj.batch_size == 0:
                 raise ValueError("The batch of prompts is empty.")
             if isinstance(obj.rid, str):
                 obj.rid = [f"{obj.rid}-{i}" for i in range(obj.batch_size)]
-            tokenized = [self._tokenize_one(obj[i]) for i in range(obj.batch_size)]
+            tokenized = [self.input_processor.tokenize(obj[i]) for i in range(obj.batch_size)]
         single = obj.is_single and tokenized[0].sampling_params.n == 1
         tokenized = expand_n(tokenized)
         rids = [t.rid for t in tokenized]
@@ -157,56 +158,6 @@ class TokenizerManager:
             gen = self._wait_batch(tokenized, request, obj.stream, obj.return_text_in_logprobs, admission, parents)
         weakref.finalize(gen, admission.release_all)  # a stream the server never started
         return gen
-
-    def _tokenize_one(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
-        if (obj.text is None) == (obj.input_ids is None):
-            raise ValueError("Either text or input_ids should be provided (exactly one of them).")
-        validate_logprob_args(obj.return_logprob, obj.top_logprobs_num, obj.logprob_start_len)
-        if isinstance(obj.sampling_params, dict):  # cheap bounds first: no tokenizing a hopeless request
-            max_new = obj.sampling_params.get("max_new_tokens")
-            if isinstance(max_new, int) and max_new >= self.context_len:
-                raise ValueError(f"Requested token count exceeds the model's maximum context length of "
-                                 f"{self.context_len} tokens: max_new_tokens={max_new} leaves no room for the input.")
-        if obj.text is not None:
-            if self.tokenizer is None:
-                raise ValueError("text input needs a tokenizer; the server runs with --skip-tokenizer-init: send input_ids.")
-            check_text_size(len(obj.text), self.max_prompt_chars, self.context_len)
-            input_ids = self.tokenizer.encode(obj.text)
-        else:
-            input_ids = obj.input_ids
-            bad = [t for t in input_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"The input_ids {bad[:8]} are outside the model's vocabulary [0, {self.vocab_size}).")
-        n = len(input_ids)
-        if n == 0:
-            raise ValueError("The input is empty.")
-        if n >= self.context_len:
-            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
-        if n > self.max_req_input_len:
-            raise ValueError(f"The input ({n} tokens) is longer than the maximum allowed input length ({self.max_req_input_len} tokens).")
-        if n > self.max_total_num_tokens - self.server_args.page_size:  # as the scheduler checks it, but before a stream starts
-            raise ValueError(f"The input ({n} tokens) is longer than the KV cache ({self.max_total_num_tokens} tokens).")
-
-        sp = SamplingParams.from_dict(obj.sampling_params)
-        sp.verify(self.vocab_size)
-        check_implemented(sp)
-        key = grammar_key(sp)
-        if key is not None:  # a bad grammar is a 400 here, never a problem for the scheduler
-            if self.server_args.grammar_backend == "none" or self.tokenizer is None:
-                raise ValueError("Constrained decoding (json_schema / regex / ebnf) needs --grammar-backend xgrammar and a tokenizer.")
-            validate_grammar(key)
-        if sp.max_new_tokens is not None and n + sp.max_new_tokens > self.context_len:
-            raise ValueError(
-                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
-                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
-                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
-                f"messages or the completion to fit within the limit."
-            )
-        rid = obj.rid or uuid.uuid4().hex
-        return TokenizedGenerateReqInput(
-            rid, obj.text, list(input_ids), sp, stream=obj.stream, return_logprob=obj.return_logprob,
-            logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
-        )
 
     async def _wait_one(
         self, tokenized: TokenizedGenerateReqInput, request: Any, text_in_logprobs: bool = False,

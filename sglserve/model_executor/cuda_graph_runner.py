@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 
@@ -48,13 +48,15 @@ class CudaGraphRunner:
         logger.info("Captured CUDA graphs for %d batch sizes (max %d) in %.2f s",
                     len(self.batch_sizes), self.max_bs, time.perf_counter() - t0)
 
-    def _static_batch(self, bs: int) -> ForwardBatch:
+    def _static_batch(self, bs: int, seq_lens_cpu: Optional[List[int]] = None) -> ForwardBatch:
+        """extra["cuda_graph"] tells the attention backend to plan into its graph-stable buffers."""
         return ForwardBatch(
             forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
             positions=self.positions[:bs], req_pool_indices=self.req_pool_indices[:bs],
-            seq_lens=self.seq_lens[:bs], out_cache_loc=self.out_cache_loc[:bs], seq_lens_cpu=[1] * bs,
+            seq_lens=self.seq_lens[:bs], out_cache_loc=self.out_cache_loc[:bs],
+            seq_lens_cpu=seq_lens_cpu if seq_lens_cpu is not None else [1] * bs,
             req_to_token_pool=self.mr.req_to_token_pool, token_to_kv_pool=self.mr.token_to_kv_pool,
-            attn_backend=self.mr.attn_backend,
+            attn_backend=self.mr.attn_backend, extra={"cuda_graph": True},
         )
 
     def capture(self) -> None:
@@ -78,8 +80,11 @@ class CudaGraphRunner:
         torch.cuda.synchronize()
 
     def can_run(self, forward_batch: ForwardBatch) -> bool:
-        return forward_batch.forward_mode.is_decode() and forward_batch.batch_size <= self.max_bs \
-            and not forward_batch.return_all_logits
+        if not (forward_batch.forward_mode.is_decode() and forward_batch.batch_size <= self.max_bs
+                and not forward_batch.return_all_logits):
+            return False
+        fits = getattr(self.mr.attn_backend, "can_replay_graph", None)  # backends with bounded graph buffers
+        return fits is None or fits(forward_batch)
 
     def replay(self, forward_batch: ForwardBatch) -> LogitsProcessorOutput:
         raw_bs = forward_batch.batch_size
@@ -95,6 +100,7 @@ class CudaGraphRunner:
         self.req_pool_indices[:raw_bs].copy_(forward_batch.req_pool_indices)
         self.seq_lens[:raw_bs].copy_(forward_batch.seq_lens)
         self.out_cache_loc[:raw_bs].copy_(forward_batch.out_cache_loc)
-        self.mr.attn_backend.init_forward_metadata(self._static_batch(bs))
+        seq_lens_cpu = list(forward_batch.seq_lens_cpu) + [1] * (bs - raw_bs)
+        self.mr.attn_backend.init_forward_metadata(self._static_batch(bs, seq_lens_cpu))
         self.graphs[bs].replay()
         return LogitsProcessorOutput(next_token_logits=self.outputs[bs][:raw_bs])

@@ -11,6 +11,7 @@ import torch
 
 from sglserve.configs.model_config import ModelConfig
 from sglserve.layers.attention import create_attn_backend
+from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.sampler import Sampler, SamplingBatchInfo
 from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
 from sglserve.model_executor.forward_batch import ForwardBatch
@@ -41,6 +42,9 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.init_memory_pool()
+        # One softmax scale for every attention layer lets backends that plan per pass (FlashInfer) use it
+        scalings = {m.scaling for m in self.model.modules() if isinstance(m, RadixAttention)}
+        self.attn_scaling = scalings.pop() if len(scalings) == 1 else None
         self.attn_backend = create_attn_backend(server_args.attention_backend, self)
         self.cuda_graph_runner = None
         if self.device.type == "cuda" and not server_args.disable_cuda_graph:

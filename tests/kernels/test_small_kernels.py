@@ -128,3 +128,22 @@ def test_empty_inputs(device):
     x = torch.empty(0, 64, device=device)
     assert silu_and_mul(x).shape == (0, 32)
     assert rmsnorm(x, torch.ones(64, device=device), 1e-6).shape == (0, 64)
+
+
+@pytest.mark.parametrize("seq_lens,rows", [([1], 1), ([5, 0, 17], 4), ([700, 3, 1029, 64], 6)])
+@pytest.mark.parametrize("r2t_dtype", [torch.int32, torch.int64])
+def test_build_kv_indices(seq_lens, rows, r2t_dtype, device, gen):
+    from sglserve_kernels.kv_indices import build_kv_indices, build_kv_indices_ref
+
+    r2t = torch.randint(0, 1 << 20, (rows, 1100), generator=gen, dtype=torch.int64).to(device, r2t_dtype)
+    rpi = torch.randperm(rows, generator=gen)[: len(seq_lens)].to(device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    indptr = torch.zeros(len(seq_lens) + 1, dtype=torch.int32, device=device)
+    torch.cumsum(lens, 0, out=indptr[1:])
+    total = int(indptr[-1])
+    out = torch.full((total + 8,), -1, dtype=torch.int32, device=device)
+    want = out.clone()
+    build_kv_indices(r2t, rpi, lens, indptr, out)
+    build_kv_indices_ref(r2t, rpi, lens, indptr, want)
+    assert torch.equal(out, want)
+    assert (out[total:] == -1).all()  # nothing written past indptr[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import signal
 import subprocess
@@ -37,6 +38,13 @@ def test_invalid_flags_fail_at_start(args, flag):
     r = run_launcher(args)
     assert r.returncode != 0
     assert flag in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flashinfer") is not None, reason="flashinfer is installed here")
+def test_flashinfer_backend_without_flashinfer_fails_at_start():
+    r = run_launcher(["--attention-backend", "flashinfer"])
+    assert r.returncode != 0
+    assert "--attention-backend=flashinfer" in r.stderr and "pip install flashinfer-python" in r.stderr, r.stderr
 
 
 def test_unambiguous_prefix_flags_work():

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import Request, Response
-from fastapi.responses import StreamingResponse
 
 from sglserve.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -20,11 +19,12 @@ from sglserve.entrypoints.openai.protocol import (
 )
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
+    final_outputs,
     finish_reason_fields,
     json_response,
     reject_unimplemented,
     sse,
-    sse_stream,
+    stream_response,
     usage_of,
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
@@ -108,12 +108,9 @@ async def handle_chat_completions(
     reasoning = None if json_only else _reasoning_parser(tm, req)
     outputs = [ChoiceOutput(reasoning, plan.parser() if plan else None) for _ in range(req.n)]
     if req.stream:
-        return StreamingResponse(sse_stream(_stream(gen, rid, created, model_name, req, outputs)), media_type="text/event-stream")
+        return stream_response(_stream(gen, rid, created, model_name, req, outputs))
 
-    result = None
-    async for result in gen:
-        pass
-    outs = result if isinstance(result, list) else [result]
+    outs = await final_outputs(gen)
     choices = []
     for i, out in enumerate(outs):
         reason, matched = finish_reason_fields(out["meta_info"])

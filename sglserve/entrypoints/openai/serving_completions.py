@@ -6,7 +6,6 @@ import time
 from typing import Any, AsyncIterator, Dict, List, Union
 
 from fastapi import Request, Response
-from fastapi.responses import StreamingResponse
 
 from sglserve.entrypoints.openai.protocol import (
     CompletionRequest,
@@ -17,11 +16,12 @@ from sglserve.entrypoints.openai.protocol import (
 )
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
+    final_outputs,
     finish_reason_fields,
     json_response,
     reject_unimplemented,
     sse,
-    sse_stream,
+    stream_response,
     usage_of,
 )
 from sglserve.managers.io_struct import GenerateReqInput
@@ -73,12 +73,9 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0]
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(sse_stream(_stream(gen, rid, created, model_name, req, echo)), media_type="text/event-stream")
+        return stream_response(_stream(gen, rid, created, model_name, req, echo))
 
-    outs = None
-    async for outs in gen:
-        pass
-    outs = outs if isinstance(outs, list) else [outs]
+    outs = await final_outputs(gen)
     choices = []
     for i, out in enumerate(outs):
         reason, matched = finish_reason_fields(out["meta_info"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Dict, Iterable, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Tuple
 
 import orjson
 from fastapi import Response
+from fastapi.responses import StreamingResponse
 
 from sglserve.entrypoints.openai.protocol import ErrorResponse, PromptTokensDetails, UsageInfo
+from sglserve.managers.req_state import ClientDisconnected, ServerError
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -59,8 +61,6 @@ def sse_error(message: str, status_code: int = 400) -> bytes:
 async def sse_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The one SSE tail every streaming route shares: a request error after the headers went out
     becomes an error frame, a gone client ends the stream quietly, and the rest ends in [DONE]."""
-    from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError
-
     try:
         async for frame in frames:
             yield frame
@@ -73,6 +73,18 @@ async def sse_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     finally:
         await frames.aclose()  # a closed response closes the route's generator (and its request) now, not at GC
     yield SSE_DONE
+
+
+def stream_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(sse_stream(frames), media_type="text/event-stream")
+
+
+async def final_outputs(gen: AsyncIterator[Any]) -> List[Dict[str, Any]]:
+    """Drain a non-streaming generation: its last item, as a list of per-choice outputs."""
+    last = None
+    async for last in gen:
+        pass
+    return last if isinstance(last, list) else [last]
 
 
 def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]:
