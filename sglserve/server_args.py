@@ -59,6 +59,9 @@ class ServerArgs:
     max_running_requests: Optional[int] = None
     max_prefill_tokens: int = 16384
     chunked_prefill_size: Optional[int] = None
+    # While requests decode, a prefill batch holds at most this many new tokens (-1: no bound):
+    # each decoding request then waits at most one short prefill between two tokens (ITL)
+    max_prefill_tokens_while_decoding: Optional[int] = None
     page_size: int = 1
     # Scheduling and cache
     schedule_policy: str = "fcfs"
@@ -115,6 +118,8 @@ class ServerArgs:
             self.mem_fraction_static = 0.88 if self.device == "cuda" else 0.3
         if self.chunked_prefill_size is None:
             self.chunked_prefill_size = 8192 if self.device == "cuda" else 2048
+        if self.max_prefill_tokens_while_decoding is None:
+            self.max_prefill_tokens_while_decoding = 1024 if self.device == "cuda" else -1
         if self.cuda_graph_max_bs is None:
             self.cuda_graph_max_bs = 256
         if self.device == "cpu":
@@ -137,6 +142,11 @@ class ServerArgs:
         if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 and self.chunked_prefill_size < self.page_size:
             raise ServerArgsError(
                 f"--chunked-prefill-size={self.chunked_prefill_size} must be -1 (off) or >= --page-size ({self.page_size})"
+            )
+        bound = self.max_prefill_tokens_while_decoding
+        if bound is not None and bound != -1 and bound < self.page_size:
+            raise ServerArgsError(
+                f"--max-prefill-tokens-while-decoding={bound} must be -1 (no bound) or >= --page-size ({self.page_size})"
             )
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ServerArgsError(f"--request-timeout={self.request_timeout} must be > 0 (seconds)")

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import zmq
@@ -61,6 +61,8 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         self.policy = SchedulePolicy(server_args.schedule_policy, self.tree_cache, server_args.disable_radix_cache)
         self.chunked_prefill_size = None if server_args.chunked_prefill_size == -1 else server_args.chunked_prefill_size
         self.max_prefill_tokens = max(server_args.max_prefill_tokens, self.chunked_prefill_size or 0)
+        bound = server_args.max_prefill_tokens_while_decoding
+        self.max_prefill_tokens_while_decoding = None if bound in (None, -1) else bound
 
         self.waiting_queue: List[Req] = []
         self.enable_overlap = not server_args.disable_overlap_schedule
@@ -91,9 +93,10 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
             self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
             self.output_sink = self.send_to_detokenizer.send_pyobj
         logger.info(
-            "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, max_running_requests=%d, "
-            "context_len=%d, page_size=%d",
+            "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, "
+            "max_prefill_tokens_while_decoding=%s, max_running_requests=%d, context_len=%d, page_size=%d",
             self.max_total_num_tokens, self.chunked_prefill_size, self.max_prefill_tokens,
+            self.max_prefill_tokens_while_decoding,
             self.max_running_requests, self.context_len, self.page_size,
         )
 
@@ -167,6 +170,16 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         mr = self.model_runner
         return ScheduleBatch(reqs, mode, mr.req_to_token_pool, mr.allocator, self.tree_cache, self.server_args.device)
 
+    def prefill_budgets(self, decoding: bool) -> Tuple[int, Optional[int]]:
+        """(max new tokens, chunk size) of the next prefill batch. While requests decode, both are
+        bounded by --max-prefill-tokens-while-decoding: a decoding request waits for one prefill
+        batch between two of its tokens (prefill and decode alternate), so this bound is what
+        caps its inter-token latency; from idle the full sizes apply (nobody waits on a token)."""
+        bound = self.max_prefill_tokens_while_decoding
+        if not decoding or bound is None or self.chunked_prefill_size is None:  # chunking off: no bound
+            return self.max_prefill_tokens, self.chunked_prefill_size
+        return min(self.max_prefill_tokens, bound), min(self.chunked_prefill_size, bound)
+
     def get_new_batch_prefill(self) -> Optional[ScheduleBatch]:
         if not self.waiting_queue and self.chunked_req is None:
             return None
@@ -174,11 +187,12 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         if running_bs >= self.max_running_requests and self.chunked_req is None:
             return None
         reserved = sum(PrefillAdder.reserved_tokens(r, self.new_token_ratio) for r in self.running)
+        input_budget, chunk_budget = self.prefill_budgets(running_bs > 0)
         adder = PrefillAdder(
             self.tree_cache,
             rem_total_tokens=self.model_runner.allocator.available_size() + self.tree_cache.evictable_size() - reserved,
-            rem_input_tokens=self.max_prefill_tokens,
-            rem_chunk_tokens=self.chunked_prefill_size,
+            rem_input_tokens=input_budget,
+            rem_chunk_tokens=chunk_budget,
             page_size=self.page_size,
             new_token_ratio=self.new_token_ratio,
         )

@@ -95,6 +95,8 @@ def alone_outputs(tiny_model_dir):
         dict(max_total_tokens=4096, schedule_policy="lpm"),
         dict(max_total_tokens=4096, disable_radix_cache=True, chunked_prefill_size=8),
         dict(max_total_tokens=4096, max_running_requests=3),
+        # Small prefill batches while others decode (the ITL bound), full ones from idle
+        dict(max_total_tokens=4096, chunked_prefill_size=64, max_prefill_tokens_while_decoding=8),
         # A pool so small that decode must retract requests back to the queue
         dict(max_total_tokens=200, chunked_prefill_size=32),
         dict(max_total_tokens=200, page_size=8, chunked_prefill_size=32),
@@ -189,3 +191,29 @@ def test_cache_report_flag_logs_hit_rate(tiny_model_dir, caplog):
         run_until_idle(quiet)
     quiet_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch")]
     assert quiet_lines and not any("cache hit rate" in line for line in quiet_lines)
+
+
+def test_prefill_bounded_while_decoding(tiny_model_dir, alone_outputs):
+    """--max-prefill-tokens-while-decoding: with requests decoding, no prefill batch computes more
+    than the bound (so their next token waits one short prefill); from idle the chunk size applies."""
+    s = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=64, max_prefill_tokens_while_decoding=8)
+    batches = []  # (new tokens in the prefill batch, requests decoding when it was formed)
+    orig = s.get_new_batch_prefill
+
+    def spy():
+        decoding = len(s.running)
+        batch = orig()
+        if batch is not None:
+            batches.append((sum(r.extend_input_len for r in batch.reqs), decoding))
+        return batch
+
+    s.get_new_batch_prefill = spy
+    for rid, ids, n in workload():
+        submit(s, rid, ids, n)
+    run_until_idle(s)
+    assert s.outputs == alone_outputs
+    while_decoding = [n for n, d in batches if d > 0]
+    from_idle = [n for n, d in batches if d == 0]
+    assert while_decoding and max(while_decoding) <= 8
+    assert from_idle and max(from_idle) > 8
+    assert s.check_memory_integrity()
