@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from sglserve.managers.detokenizer_manager import DetokenizerManager
-from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, TokenizedGenerateReqInput
+from sglserve.managers.input_processor import InputProcessor
+from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, GenerateReqInput
+from sglserve.managers.logprob_output import LogprobAccumulator
+from sglserve.managers.request_checks import max_token_chars
 from sglserve.managers.scheduler import Scheduler
-from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 
@@ -36,6 +38,7 @@ class _ReqResult:
     meta_info: Dict[str, Any] = field(default_factory=dict)
     finished: bool = False
     start: float = field(default_factory=time.perf_counter)
+    logprobs: Optional[LogprobAccumulator] = None  # when the request asked for logprobs
 
     def to_dict(self) -> Dict[str, Any]:
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta_info)}
@@ -50,6 +53,14 @@ class Engine:
         self.scheduler = Scheduler(self.server_args, None)
         self.tokenizer = self.scheduler.tokenizer
         self.detokenizer = DetokenizerManager(self.tokenizer) if self.tokenizer is not None else None
+        # The server's request checks, so a request the server answers with 400 raises ValueError here
+        sched, context_len = self.scheduler, self.scheduler.context_len
+        token_chars = max_token_chars(self.tokenizer) if self.tokenizer is not None else None
+        self.input_processor = InputProcessor(
+            self.tokenizer, context_len, context_len - 1, sched.model_config.vocab_size, sched.max_total_num_tokens,
+            self.server_args.page_size, self.server_args.grammar_backend,
+            None if token_chars is None else context_len * token_chars,
+        )
         self.scheduler.output_sink = self._on_token_ids
         self._results: Dict[str, _ReqResult] = {}
         self._updated: List[str] = []
@@ -74,31 +85,33 @@ class Engine:
                 "completion_tokens": strs.completion_tokens[i], "cached_tokens": strs.cached_tokens[i],
                 "e2e_latency": time.perf_counter() - res.start,
             }
+            if res.logprobs is not None:
+                res.logprobs.add(out, i)
+                res.meta_info.update(res.logprobs.meta(self.tokenizer))
             res.finished = finish is not None
             self._updated.append(rid)
 
     # ---- requests ----------------------------------------------------------------------
 
-    def _submit(self, text: Optional[str], ids: Optional[List[int]], params: Dict[str, Any], stream: bool) -> str:
-        sp = SamplingParams.from_dict(params)
-        sp.verify(self.scheduler.model_config.vocab_size)
-        if ids is None:
-            if self.tokenizer is None:
-                raise ValueError("text prompts need a tokenizer; pass input_ids with skip_tokenizer_init")
-            ids = self.tokenizer.encode(text)
-        rid = uuid.uuid4().hex
-        self._results[rid] = _ReqResult()
-        self.scheduler.handle_generate_request(TokenizedGenerateReqInput(rid, text, list(ids), sp, stream=stream))
-        return rid
+    def _submit(self, obj: GenerateReqInput) -> str:
+        tokenized = self.input_processor.tokenize(obj)  # ValueError: what the server answers with 400
+        res = self._results[tokenized.rid] = _ReqResult()
+        if obj.return_logprob:
+            res.logprobs = LogprobAccumulator(return_text=obj.return_text_in_logprobs)
+        self.scheduler.handle_generate_request(tokenized)
+        return tokenized.rid
 
     def _step(self) -> bool:
         return self.scheduler.step()
 
     def generate(
         self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Ids = None, stream: bool = False,
+        return_logprob: bool = False, logprob_start_len: int = -1, top_logprobs_num: int = 0,
+        return_text_in_logprobs: bool = False,
     ) -> Union[Dict[str, Any], List[Dict[str, Any]], Iterator[Dict[str, Any]]]:
         """One prompt -> one dict; a list -> a list (same order); stream=True -> an iterator of
-        updates (each the request's cumulative text so far, plus "index" for batches)."""
+        updates (each the request's cumulative text so far, plus "index" for batches).
+        Logprob arguments and meta_info fields as in /generate (sglang.Engine's names)."""
         if (prompt is None) == (input_ids is None):
             raise ValueError("pass exactly one of prompt and input_ids")
         single = isinstance(prompt, str) or (input_ids is not None and input_ids and isinstance(input_ids[0], int))
@@ -108,7 +121,23 @@ class Engine:
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}] * n
         if len(params) != n:
             raise ValueError(f"got {len(params)} sampling_params for {n} prompts")
-        rids = [self._submit(texts[i] if texts else None, idss[i] if idss else None, params[i], stream) for i in range(n)]
+        lp = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                  top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs)
+        objs = [GenerateReqInput(text=texts[i] if texts else None, input_ids=idss[i] if idss else None,
+                                 sampling_params=dict(params[i] or {}), rid=uuid.uuid4().hex, stream=stream, **lp)
+                for i in range(n)]
+        rids = []
+        try:
+            for obj in objs:
+                rids.append(self._submit(obj))
+        except BaseException:  # a bad prompt in a batch: the ones already queued are withdrawn
+            for rid in rids:
+                self.scheduler.abort_request(rid)
+            while any(not self._results[r].finished for r in rids) and self._step():
+                pass
+            for rid in rids:
+                self._results.pop(rid, None)
+            raise
         if stream:
             return self._stream(rids, single)
         self._run_until_done(rids)

@@ -53,12 +53,29 @@ def test_engine_matches_http_greedy(server):
     params = {"temperature": 0, "max_new_tokens": 12}
     http = [requests.post(server.base_url + "/generate", json={"text": p, "sampling_params": params}, timeout=120).json()
             for p in prompts]
+    lp_args = {"return_logprob": True, "top_logprobs_num": 2, "logprob_start_len": 0, "return_text_in_logprobs": True}
+    http_lp = requests.post(server.base_url + "/generate", json={"text": prompts[0], "sampling_params": params, **lp_args},
+                            timeout=120).json()
     engine = sglserve.Engine(max_total_tokens=4096)
     try:
         outs = engine.generate(prompts, params)
         streamed = list(engine.generate(prompts[0], params, stream=True))
+        engine_lp = engine.generate(prompts[0], params, **lp_args)
+        with pytest.raises(ValueError, match="context length"):  # what the server answers with 400
+            engine.generate("word " * 10000, params)
+        with pytest.raises(ValueError):  # a bad prompt in a batch withdraws the whole batch
+            engine.generate([prompts[0], "word " * 10000], params)
+        assert engine.scheduler.check_memory_integrity() and not engine.scheduler.waiting_queue
     finally:
         engine.shutdown()
+    for key in ("output_token_logprobs", "input_token_logprobs", "output_top_logprobs"):
+        got, want = engine_lp["meta_info"][key], http_lp["meta_info"][key]
+        assert len(got) == len(want) > 0, key
+        flat_got = [e for entry in got for e in (entry if key.endswith("top_logprobs") else [entry])]
+        flat_want = [e for entry in want for e in (entry if key.endswith("top_logprobs") else [entry])]
+        assert [list(e[1:]) for e in flat_got] == [list(e[1:]) for e in flat_want], key  # token ids and texts
+        for a, b in zip(flat_got, flat_want):
+            assert (a[0] is None and b[0] is None) or abs(a[0] - b[0]) < 1e-4, key
     assert [o["text"] for o in outs] == [h["text"] for h in http]
     assert [o["output_ids"] for o in outs] == [h["output_ids"] for h in http]
     assert streamed[-1]["text"] == outs[0]["text"]
