@@ -128,6 +128,17 @@ def _continuous_batching(model, rows, args) -> Dict[str, Any]:
     # The manager's own warmup (graph capture at the largest sizes) runs before the clock
     # starts; on the CPU it only costs time.
     kw = dict(generation_config=gen, block=True, timeout=5, warmup=args.device.startswith("cuda"))
+    if not args.device.startswith("cuda"):
+        # The manager sizes its cache from "free device memory": on a CPU that is the host's RAM
+        # (a 64-prompt smoke run took 14 GB). Give it what the workload needs instead.
+        try:
+            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+            page = ContinuousBatchingConfig().page_size or 256
+            blocks = sum(-(-(len(r.prompt) + r.output_len) // page) for r in rows) + 2
+            kw["continuous_batching_config"] = ContinuousBatchingConfig(num_blocks=blocks)
+        except (ImportError, TypeError):
+            pass
     kw = {k: v for k, v in kw.items() if k in params}
     try:
         from transformers.generation.continuous_batching import ContinuousBatchingManager

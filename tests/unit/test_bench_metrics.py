@@ -329,3 +329,24 @@ def test_hf_peer_smoke_on_cpu_writes_one_batch_keys(tmp_path):
     row = json.loads(out.read_text().splitlines()[-1])
     assert row["backend"] == "hf_transformers" and row["output_len"] == 4
     assert 0 < row["prefill_latency"] < row["total_latency"] and row["median_decode_latency"] > 0
+
+
+def test_hf_peer_throughput_on_cpu_bounds_its_cache(tmp_path):
+    """The peer's continuous-batching run on a toy config: every output token counted, and on a CPU
+    the manager's cache is sized for the workload, not from the host's free RAM."""
+    import resource
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "w2_hf.jsonl"
+    cmd = [sys.executable, os.path.join(repo, "benchmarks", "peers", "hf_transformers.py"), "throughput",
+           "--model-path", os.path.join(repo, "benchmarks", "configs", "Qwen3-0.6B"), "--tiny", "--device", "cpu",
+           "--num-prompts", "4", "--random-input-len", "16", "--random-output-len", "4", "--random-range-ratio", "1",
+           "--result-file", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["successful_requests"] == 4 and row["total_output_tokens"] == 16, row
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2  # KiB -> GiB
+    assert peak_gb < 4, f"peer peaked at {peak_gb:.1f} GiB"
