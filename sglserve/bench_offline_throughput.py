@@ -10,6 +10,7 @@ Like sglang.bench_offline_throughput. Example (W2):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--measure-gpu-busy", action="store_true",
                         help="CUDA events around every forward: report the share of wall time the GPU computed")
     args = parser.parse_args()
-    kwargs = {k: v for k, v in vars(ServerArgs.from_cli_args(args)).items() if k != "model_path"}
+    # The flags as given (None = unset), so the Engine's own defaults apply to what was not set
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerArgs) if f.name != "model_path"}
     kwargs["skip_tokenizer_init"] = args.dataset_name != "sharegpt" or args.skip_tokenizer_init
     engine = Engine(args.model_path, **kwargs)
     vocab = engine.scheduler.model_config.vocab_size

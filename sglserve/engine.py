@@ -47,7 +47,8 @@ class _ReqResult:
 class Engine:
     def __init__(self, model_path: Optional[str] = None, log_level: str = "error", **kwargs: Any) -> None:
         # Offline batches have no reader waiting between tokens: full-size prefills for throughput
-        kwargs.setdefault("max_prefill_tokens_while_decoding", -1)
+        if kwargs.get("max_prefill_tokens_while_decoding") is None:
+            kwargs["max_prefill_tokens_while_decoding"] = -1
         self.server_args = ServerArgs(model_path=model_path, log_level=log_level, **kwargs)
         configure_logger(self.server_args)
         self.scheduler = Scheduler(self.server_args, None)
