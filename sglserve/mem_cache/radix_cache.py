@@ -114,18 +114,25 @@ class RadixCache(BasePrefixCache):
         if self.disable or not key:
             return MatchResult(self._empty_indices(), self.root_node)
         node, values = self.root_node, []
+        for node, _ in self._walk(key, tick):
+            values.append(node.value)
+        indices = torch.cat(values) if values else self._empty_indices()
+        return MatchResult(indices, node)
+
+    def _walk(self, key: List[int], tick: int) -> Iterator[Tuple[TreeNode, int]]:
+        """Follow `key` down from the root, splitting a node it only partly matches, so every node
+        yielded is matched whole; yields (node, tokens of key it covers) and stamps it as used."""
+        node = self.root_node
         while key:
             child = node.children.get(self._child_key(key))
             if child is None:
-                break
+                return
             plen = self._match_len(child.key, key)
             if plen < len(child.key):
                 child = self._split(child, plen)
             child.last_access = tick
-            values.append(child.value)
+            yield child, plen
             node, key = child, key[plen:]
-        indices = torch.cat(values) if values else self._empty_indices()
-        return MatchResult(indices, node)
 
     def insert(self, key: List[int], value: torch.Tensor) -> int:
         """Add key -> value; returns the already-cached prefix length (caller frees those slots).
@@ -142,16 +149,9 @@ class RadixCache(BasePrefixCache):
         tick = self._tick()
         key, value = list(key), value.to(torch.int64)
         node, prefix_len = self.root_node, 0
-        while key:
-            child = node.children.get(self._child_key(key))
-            if child is None:
-                break
-            plen = self._match_len(child.key, key)
-            if plen < len(child.key):
-                child = self._split(child, plen)
-            child.last_access = tick
+        for node, plen in self._walk(key, tick):
             prefix_len += plen
-            node, key, value = child, key[plen:], value[plen:]
+        key, value = key[prefix_len:], value[prefix_len:]
         if key:
             leaf = TreeNode(next(self._node_ids), key, value.clone(), node, tick)
             node.children[self._child_key(key)] = leaf
