@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Tuple
 
 import torch
 
 if TYPE_CHECKING:
     from sglserve.layers.radix_attention import RadixAttention
     from sglserve.model_executor.forward_batch import ForwardBatch
+
+
+def rank_attention_shape(model_runner: Any) -> Tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of one tensor-parallel rank, as the backends size for."""
+    mc = model_runner.model_config
+    tp = getattr(model_runner.server_args, "tp_size", 1) or 1
+    return mc.num_attention_heads // tp, max(1, mc.num_key_value_heads // tp), mc.head_dim
 
 
 class AttentionBackend(ABC):

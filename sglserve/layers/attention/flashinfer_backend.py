@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 
-from sglserve.layers.attention.base import AttentionBackend
+from sglserve.layers.attention.base import AttentionBackend, rank_attention_shape
 from sglserve_kernels.kv_indices import build_kv_indices
 from sglserve_kernels.kv_store import store_kv_cache
 
@@ -61,11 +61,7 @@ class FlashInferAttnBackend(AttentionBackend):
     def __init__(self, model_runner: Any) -> None:
         self.flashinfer = import_flashinfer()
         self.model_runner = model_runner
-        mc = model_runner.model_config
-        tp = getattr(model_runner.server_args, "tp_size", 1) or 1
-        self.num_heads = mc.num_attention_heads // tp
-        self.num_kv_heads = max(1, mc.num_key_value_heads // tp)
-        self.head_dim = mc.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = rank_attention_shape(model_runner)
         self.device = torch.device(model_runner.device)
         self.sm_scale = float(getattr(model_runner, "attn_scaling", None) or self.head_dim ** -0.5)
         # Tensor-core decode pays off once a KV head serves several query heads (GQA)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sglserve.layers.attention.base import AttentionBackend
+from sglserve.layers.attention.base import AttentionBackend, rank_attention_shape
 from sglserve_kernels.attn_decode import (
     DEFAULT_MAX_KV_SPLITS,
     decode_attention_fwd,
@@ -63,11 +63,7 @@ class TritonAttnBackend(AttentionBackend):
 
     def __init__(self, model_runner: Any, max_kv_splits: int = DEFAULT_MAX_KV_SPLITS) -> None:
         self.model_runner = model_runner
-        mc = model_runner.model_config
-        tp = getattr(model_runner.server_args, "tp_size", 1) or 1
-        self.num_heads = mc.num_attention_heads // tp
-        self.num_kv_heads = max(1, mc.num_key_value_heads // tp)
-        self.head_dim = mc.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = rank_attention_shape(model_runner)
         self.device = torch.device(model_runner.device)
         self.max_kv_splits = max_kv_splits
         self.num_sms = num_sms(self.device.index or 0) if self.device.type == "cuda" else num_sms()
