@@ -2,18 +2,76 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
+from typing import Optional
 
+import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 
 def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load the tokenizer; the chat template comes with it (tokenizer.chat_template).
 
     A .gguf file carries its vocabulary and chat template in its metadata; transformers
-    reads them with `gguf_file=` relative to the file's folder.
+    reads them with `gguf_file=` relative to the file's folder. Building a fast tokenizer from
+    that metadata takes seconds (7 s for SmolLM2 on one core) and every server process needs
+    one, so the result is saved once as a tokenizer folder and loaded from there afterwards.
     """
     if str(tokenizer_path).endswith(".gguf"):
-        folder, name = os.path.split(os.path.abspath(tokenizer_path))
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+        return _gguf_tokenizer(os.path.abspath(tokenizer_path), trust_remote_code)
     return AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+
+
+def tokenizer_cache_root() -> Optional[str]:
+    """Where converted tokenizers are kept: $SGLSERVE_CACHE_DIR, else ~/.cache/sglserve ("" or
+    "none" in the variable turns the cache off)."""
+    root = os.environ.get("SGLSERVE_CACHE_DIR")
+    if root is not None:
+        return None if root.strip().lower() in ("", "none") else root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sglserve")
+
+
+def _cache_key(path: str) -> str:
+    """Changes when the file does (size, mtime) or the converter does (transformers' version)."""
+    st = os.stat(path)
+    raw = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{transformers.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _gguf_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    root = tokenizer_cache_root()
+    cached = os.path.join(root, "gguf-tokenizers", _cache_key(path)) if root else None
+    if cached and os.path.isdir(cached):
+        try:
+            return AutoTokenizer.from_pretrained(cached, trust_remote_code=trust_remote_code)
+        except Exception as e:  # a damaged cache entry: convert again
+            logger.warning("Ignoring the cached tokenizer %s: %s", cached, e)
+            shutil.rmtree(cached, ignore_errors=True)
+    folder, name = os.path.split(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    if cached:
+        _save_atomically(tokenizer, cached)
+    return tokenizer
+
+
+def _save_atomically(tokenizer: PreTrainedTokenizerBase, dest: str) -> None:
+    """Write into a temp folder beside dest, then rename: a concurrent reader sees all or nothing,
+    and of two processes converting at once the second rename simply loses."""
+    parent = os.path.dirname(dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:  # a read-only home, a full disk: the cache is only an optimisation
+        logger.warning("Could not cache the converted tokenizer in %s: %s", parent, e)

