@@ -27,11 +27,14 @@ from sglserve.entrypoints.openai.protocol import (
     AbortRequestInput,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     ModelCard,
     ModelList,
+    TokenizeRequest,
 )
 from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
 from sglserve.entrypoints.openai.serving_completions import handle_completions
+from sglserve.entrypoints.openai.serving_tokenize import handle_detokenize, handle_tokenize
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
     error_response,
@@ -201,6 +204,20 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     @guarded
     async def completions(req: CompletionRequest, raw_request: Request) -> Response:
         return await handle_completions(tm, model_name, req, raw_request)
+
+    @app.post("/tokenize")
+    @guarded
+    async def tokenize(req: TokenizeRequest) -> Response:
+        return json_response(handle_tokenize(tm, req).model_dump())
+
+    @app.post("/detokenize")
+    @guarded
+    async def detokenize(req: DetokenizeRequest) -> Response:
+        return json_response(handle_detokenize(tm, req).model_dump())
+
+    @app.get("/version")
+    async def version() -> Response:
+        return json_response({"version": app.version})
 
     def model_card() -> ModelCard:
         return ModelCard(id=model_name, root=server_args.model_path, max_model_len=tm.context_len)

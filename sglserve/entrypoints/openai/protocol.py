@@ -340,3 +340,37 @@ class AbortRequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rid: str = ""
     abort_all: bool = False
+
+
+# ---- tokenizer routes (vLLM's /tokenize and /detokenize) -------------------------------------
+
+
+class TokenizeRequest(BaseModel):
+    """Either `prompt` (tokenized as a completion prompt) or `messages` (rendered with the chat
+    template first, as /v1/chat/completions would)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    add_special_tokens: bool = True
+    messages: Optional[List[ChatCompletionMessageParam]] = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
+    tools: Optional[List[Tool]] = None
+
+
+class TokenizeResponse(BaseModel):
+    tokens: List[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Optional[str] = None
+    tokens: List[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -35,7 +35,8 @@ from sglserve.managers.tokenizer_manager import TokenizerManager
 from sglserve.parser.reasoning_parser import ReasoningParser
 
 
-def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optional[ToolPlan] = None) -> List[int]:
+def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optional[ToolPlan] = None,
+                         add_generation_prompt: bool = True) -> List[int]:
     """Render the messages (and tools, see chat_tools.py) with the chat template; tokenize them."""
     if tokenizer is None:
         raise OpenAIError("Chat completions need a tokenizer; the server runs with --skip-tokenizer-init.")
@@ -68,7 +69,8 @@ def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optio
                           param="continue_final_message")
     try:
         out = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=not cont, continue_final_message=cont, tokenize=True, **extra,
+            messages, add_generation_prompt=add_generation_prompt and not cont, continue_final_message=cont,
+            tokenize=True, **extra,
         )
     except Exception as e:  # jinja TemplateError (raise_exception in the template), bad kwargs
         raise OpenAIError(f"Failed to apply the chat template: {e}") from e
