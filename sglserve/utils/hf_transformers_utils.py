@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Any, Optional
 
 import transformers
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
@@ -61,15 +61,22 @@ def _load_cached(loader, cached: Optional[str], trust_remote_code: bool):
     return None
 
 
-def _gguf_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
-    cached = _gguf_cache_dir(path, "tokenizer")
+def _gguf_converted(loader: Any, path: str, kind: str, trust_remote_code: bool) -> Any:
+    """loader (AutoTokenizer / AutoConfig) built from the GGUF's metadata: from the cache folder
+    when it is there, else converted and saved there."""
+    cached = _gguf_cache_dir(path, kind)
     folder, name = os.path.split(path)
-    tokenizer = _load_cached(AutoTokenizer, cached, trust_remote_code)
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    obj = _load_cached(loader, cached, trust_remote_code)
+    if obj is None:
+        obj = loader.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
         if cached:
-            _save_atomically(tokenizer, cached)
-    tokenizer.name_or_path = folder  # as a direct load names it, not the cache folder
+            _save_atomically(obj, cached)
+    return obj
+
+
+def _gguf_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    tokenizer = _gguf_converted(AutoTokenizer, path, "tokenizer", trust_remote_code)
+    tokenizer.name_or_path = os.path.dirname(path)  # as a direct load names it, not the cache folder
     return tokenizer
 
 
@@ -77,14 +84,8 @@ def get_gguf_config(path: str, trust_remote_code: bool = False) -> PretrainedCon
     """The model config in a .gguf's metadata (transformers parses the whole metadata block for
     it: 3.7 s for SmolLM2), converted once and cached like the tokenizer."""
     path = os.path.abspath(path)
-    cached = _gguf_cache_dir(path, "config")
-    folder, name = os.path.split(path)
-    config = _load_cached(AutoConfig, cached, trust_remote_code)
-    if config is None:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-        if cached:
-            _save_atomically(config, cached)
-    config._name_or_path = folder  # as a direct load names it, not the cache folder
+    config = _gguf_converted(AutoConfig, path, "config", trust_remote_code)
+    config._name_or_path = os.path.dirname(path)  # as a direct load names it, not the cache folder
     return config
 
 
