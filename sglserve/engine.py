@@ -21,7 +21,6 @@ from sglserve.managers.detokenizer_manager import DetokenizerManager
 from sglserve.managers.input_processor import InputProcessor
 from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, GenerateReqInput
 from sglserve.managers.logprob_output import LogprobAccumulator
-from sglserve.managers.request_checks import max_token_chars
 from sglserve.managers.scheduler import Scheduler
 from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
@@ -55,13 +54,8 @@ class Engine:
         self.tokenizer = self.scheduler.tokenizer
         self.detokenizer = DetokenizerManager(self.tokenizer) if self.tokenizer is not None else None
         # The server's request checks, so a request the server answers with 400 raises ValueError here
-        sched, context_len = self.scheduler, self.scheduler.context_len
-        token_chars = max_token_chars(self.tokenizer) if self.tokenizer is not None else None
-        self.input_processor = InputProcessor(
-            self.tokenizer, context_len, context_len - 1, sched.model_config.vocab_size, sched.max_total_num_tokens,
-            self.server_args.page_size, self.server_args.grammar_backend,
-            None if token_chars is None else context_len * token_chars,
-        )
+        self.input_processor = InputProcessor.create(self.tokenizer, self.scheduler.ready_info(),
+                                                     self.server_args.page_size, self.server_args.grammar_backend)
         self.scheduler.output_sink = self._on_token_ids
         self._results: Dict[str, _ReqResult] = {}
         self._updated: List[str] = []
@@ -132,12 +126,7 @@ class Engine:
             for obj in objs:
                 rids.append(self._submit(obj))
         except BaseException:  # a bad prompt in a batch: the ones already queued are withdrawn
-            for rid in rids:
-                self.scheduler.abort_request(rid)
-            while any(not self._results[r].finished for r in rids) and self._step():
-                pass
-            for rid in rids:
-                self._results.pop(rid, None)
+            self._withdraw(rids)
             raise
         if stream:
             return self._stream(rids, single)
@@ -166,13 +155,17 @@ class Engine:
                 if not self._step():
                     raise RuntimeError("scheduler went idle with unfinished requests")
         finally:  # an abandoned iterator aborts what is left
-            for rid in rids:
-                if not self._results[rid].finished:
-                    self.scheduler.abort_request(rid)
-            while any(not self._results[r].finished for r in rids) and self._step():
-                pass
-            for rid in rids:
-                self._results.pop(rid, None)
+            self._withdraw(rids)
+
+    def _withdraw(self, rids: List[str]) -> None:
+        """Abort the unfinished ones, step until the scheduler has let them go, forget all."""
+        for rid in rids:
+            if not self._results[rid].finished:
+                self.scheduler.abort_request(rid)
+        while any(not self._results[r].finished for r in rids) and self._step():
+            pass
+        for rid in rids:
+            self._results.pop(rid, None)
 
     def get_server_info(self) -> Dict[str, Any]:
         load = self.scheduler.get_load()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.managers.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.managers.logprob_output import validate_logprob_args
-from sglserve.managers.request_checks import check_implemented, check_text_size
+from sglserve.managers.request_checks import check_implemented, check_text_size, max_token_chars
 from sglserve.sampling.sampling_params import SamplingParams
 
 
@@ -26,6 +26,16 @@ class InputProcessor:
     page_size: int
     grammar_backend: str
     max_prompt_chars: Optional[int]  # a text longer than this cannot fit the context whatever it tokenizes to
+
+    @classmethod
+    def create(cls, tokenizer: Any, scheduler_info: Dict[str, Any], page_size: int, grammar_backend: str
+               ) -> "InputProcessor":
+        """From the scheduler's ready info (Scheduler.ready_info), as the server and the Engine both build it."""
+        context_len = scheduler_info["context_len"]
+        token_chars = max_token_chars(tokenizer) if tokenizer is not None else None
+        return cls(tokenizer, context_len, scheduler_info.get("max_req_input_len", context_len - 1),
+                   scheduler_info["vocab_size"], scheduler_info["max_total_num_tokens"], page_size, grammar_backend,
+                   None if token_chars is None else context_len * token_chars)
 
     def tokenize(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
         """One request -> ids + parsed sampling params, or ValueError (a 400) naming what is wrong."""

@@ -44,7 +44,6 @@ from sglserve.managers.request_checks import (
     check_shape,
     check_text_size,
     expand_n,
-    max_token_chars,
     requested_count,
 )
 from sglserve.server_args import PortArgs, ServerArgs
@@ -73,12 +72,9 @@ class TokenizerManager:
 
             tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.trust_remote_code)
         self.tokenizer = tokenizer
-        token_chars = max_token_chars(tokenizer) if tokenizer is not None else None
-        self.max_prompt_chars: Optional[int] = None if token_chars is None else self.context_len * token_chars
-        self.input_processor = InputProcessor(
-            tokenizer, self.context_len, self.max_req_input_len, self.vocab_size, self.max_total_num_tokens,
-            server_args.page_size, server_args.grammar_backend, self.max_prompt_chars,
-        )
+        self.input_processor = InputProcessor.create(tokenizer, scheduler_info, server_args.page_size,
+                                                     server_args.grammar_backend)
+        self.max_prompt_chars: Optional[int] = self.input_processor.max_prompt_chars
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
         self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
