@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.managers.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.managers.logprob_output import validate_logprob_args
-from sglserve.managers.request_checks import check_implemented, check_text_size, max_token_chars
+from sglserve.managers.request_checks import check_implemented, check_text_size, max_token_chars, out_of_vocab
 from sglserve.sampling.sampling_params import SamplingParams
 
 
@@ -54,9 +54,9 @@ class InputProcessor:
             input_ids = self.tokenizer.encode(obj.text)
         else:
             input_ids = obj.input_ids
-            bad = [t for t in input_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"The input_ids {bad[:8]} are outside the model's vocabulary [0, {self.vocab_size}).")
+            error = out_of_vocab(input_ids, self.vocab_size, "input_ids")
+            if error:
+                raise ValueError(error)
         n = len(input_ids)
         if n == 0:
             raise ValueError("The input is empty.")

@@ -94,3 +94,9 @@ def check_text_size(num_chars: int, max_chars: Optional[int], context_len: int) 
         raise ValueError(
             f"The input ({num_chars} characters) is longer than the model's context length ({context_len} tokens)."
         )
+
+
+def out_of_vocab(ids: List[int], vocab_size: int, name: str) -> Optional[str]:
+    """The 400 message for token ids outside [0, vocab_size), or None when all are inside."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    return f"The {name} {bad[:8]} are outside the model's vocabulary [0, {vocab_size})." if bad else None

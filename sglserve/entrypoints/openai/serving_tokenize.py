@@ -14,6 +14,7 @@ from sglserve.entrypoints.openai.protocol import (
 )
 from sglserve.entrypoints.openai.serving_chat import build_chat_input_ids
 from sglserve.entrypoints.openai.serving_utils import OpenAIError
+from sglserve.managers.request_checks import out_of_vocab
 from sglserve.managers.tokenizer_manager import TokenizerManager
 
 
@@ -43,8 +44,7 @@ def handle_tokenize(tm: TokenizerManager, req: TokenizeRequest) -> TokenizeRespo
 
 def handle_detokenize(tm: TokenizerManager, req: DetokenizeRequest) -> DetokenizeResponse:
     tokenizer = _tokenizer(tm)
-    bad = [t for t in req.tokens if not 0 <= t < tm.vocab_size]
-    if bad:
-        raise OpenAIError(f"The tokens {bad[:8]} are outside the model's vocabulary [0, {tm.vocab_size}).",
-                          param="tokens")
+    error = out_of_vocab(req.tokens, tm.vocab_size, "tokens")
+    if error:
+        raise OpenAIError(error, param="tokens")
     return DetokenizeResponse(prompt=tokenizer.decode(req.tokens))
