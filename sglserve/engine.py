@@ -17,11 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
 
-from sglserve.managers.detokenizer_manager import DetokenizerManager
-from sglserve.managers.input_processor import InputProcessor
-from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, GenerateReqInput
-from sglserve.managers.logprob_output import LogprobAccumulator
-from sglserve.managers.scheduler import Scheduler
+from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
+from sglserve.tokenizer.input_processor import InputProcessor
+from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, GenerateReqInput
+from sglserve.tokenizer.logprob_output import LogprobAccumulator
+from sglserve.scheduler.scheduler import Scheduler
 from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 

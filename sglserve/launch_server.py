@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from sglserve.managers.io_struct import ReadyMsg
+from sglserve.io_struct import ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, prepare_server_args
 from sglserve.utils.logging_utils import configure_logger
 
@@ -55,13 +55,13 @@ class Subprocesses:
 def _scheduler_main(*args) -> None:
     # Imported in the child only: the launcher must not pay torch/transformers imports before
     # it spawns, or start-up runs them twice in a row instead of in parallel
-    from sglserve.managers.scheduler import run_scheduler_process
+    from sglserve.scheduler.scheduler import run_scheduler_process
 
     run_scheduler_process(*args)
 
 
 def _detokenizer_main(*args) -> None:
-    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
 
     run_detokenizer_process(*args)
 
@@ -137,7 +137,7 @@ def uvicorn_config(server_args: ServerArgs, app):
 
 def run_server(server_args: ServerArgs) -> int:
     from sglserve.entrypoints.http_server import create_app
-    from sglserve.managers.tokenizer_manager import TokenizerManager
+    from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 
     subs = launch_subprocesses(server_args)
     state: dict = {}

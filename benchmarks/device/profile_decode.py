@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.managers.schedule_batch import Req, ScheduleBatch
+from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.mem_cache.chunk_cache import ChunkCache
 from sglserve.model_executor.forward_batch import ForwardMode
 from sglserve.model_executor.model_runner import ModelRunner

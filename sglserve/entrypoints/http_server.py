@@ -42,8 +42,8 @@ from sglserve.entrypoints.openai.serving_utils import (
     sse,
     stream_response,
 )
-from sglserve.managers.io_struct import GenerateReqInput
-from sglserve.managers.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
+from sglserve.io_struct import GenerateReqInput
+from sglserve.tokenizer.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
 from sglserve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Ownership of KV slots (the one rule every method follows):
 - A request's matched prefix (`req.prefix_indices[:floor_page(len)]`) is the tree's; the
   request only keeps it alive by holding a lock on `req.last_node`.
 
-Request fields read here (see `sglserve.managers.schedule_batch.Req`): origin_input_ids,
+Request fields read here (see `sglserve.scheduler.schedule_batch.Req`): origin_input_ids,
 output_ids, fill_ids, req_pool_idx, prefix_indices, last_node.
 """
 

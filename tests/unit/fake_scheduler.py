@@ -9,8 +9,8 @@ from typing import Dict, List, Optional
 
 import zmq
 
-from sglserve.managers.detokenizer_manager import DetokenizerManager
-from sglserve.managers.io_struct import (
+from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
+from sglserve.io_struct import (
     AbortReq,
     BatchTokenIDOut,
     FlushCacheReq,

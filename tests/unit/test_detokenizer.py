@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import pytest
 
-from sglserve.managers.detokenizer_manager import DetokenizerManager
-from sglserve.managers.io_struct import BatchTokenIDOut, finish_length, finish_stop
+from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
+from sglserve.io_struct import BatchTokenIDOut, finish_length, finish_stop
 
 
 def _gguf_path() -> Optional[str]:
@@ -174,7 +174,7 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
 
     import zmq
 
-    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
     from sglserve.server_args import PortArgs, ServerArgs
 
     port_args = PortArgs.create()
@@ -210,7 +210,7 @@ def test_detokenizer_process_reports_start_failure():
     import multiprocessing as mp
     import shutil
 
-    from sglserve.managers.detokenizer_manager import run_detokenizer_process
+    from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
     from sglserve.server_args import PortArgs, ServerArgs
 
     if _gguf_path() is None:

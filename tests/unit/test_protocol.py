@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sglserve.entrypoints.http_server import create_app
-from sglserve.managers import tokenizer_manager as tm_module
-from sglserve.managers.io_struct import AbortReq, GenerateReqInput, TokenizedGenerateReqInput
-from sglserve.managers.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
+from sglserve.tokenizer import tokenizer_manager as tm_module
+from sglserve.io_struct import AbortReq, GenerateReqInput, TokenizedGenerateReqInput
+from sglserve.tokenizer.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
 from sglserve.server_args import PortArgs, ServerArgs, default_model_path
 from tests.unit.fake_scheduler import EOS, REPLY, FakeScheduler
 

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from sglserve.managers.admission import AdmissionControl
-from sglserve.managers.detokenizer_manager import DetokenizerManager
-from sglserve.managers.io_struct import BatchTokenIDOut
-from sglserve.managers.req_state import Overloaded, ReqState
+from sglserve.tokenizer.admission import AdmissionControl
+from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
+from sglserve.io_struct import BatchTokenIDOut
+from sglserve.tokenizer.req_state import Overloaded, ReqState
 from sglserve.server_args import ServerArgs, ServerArgsError, default_model_path
 from sglserve.utils.aio import merge_streams
 from sglserve.utils.logging_utils import RequestContext, RequestIdFilter, request_context
@@ -138,7 +138,7 @@ def test_log_lines_carry_the_request_id():
 def test_metrics_collector_names_and_values():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from sglserve.managers.io_struct import GetLoadReqOutput
+    from sglserve.io_struct import GetLoadReqOutput
     from sglserve.metrics.collector import MetricsCollector
 
     m = MetricsCollector("tiny")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sglserve.layers.sampler import Sampler, SamplingBatchInfo
-from sglserve.managers.io_struct import TokenizedGenerateReqInput
+from sglserve.io_struct import TokenizedGenerateReqInput
 from sglserve.sampling.penalties import build_logit_adjust
 from sglserve.sampling.sampling_params import SamplingParams
 from tests.unit.test_scheduler import CollectingScheduler, make, run_until_idle, tiny_model_dir  # noqa: F401
@@ -151,7 +151,7 @@ def test_seeded_sampling_is_reproducible():
 
 
 def test_grammar_queue_and_mask():
-    from sglserve.managers.grammar_manager import GrammarManager
+    from sglserve.scheduler.grammar_manager import GrammarManager
     from sglserve.server_args import default_model_path
     from sglserve.utils.hf_transformers_utils import get_tokenizer
 

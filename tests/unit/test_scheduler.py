@@ -12,8 +12,8 @@ from typing import Dict, List
 import pytest
 import torch
 
-from sglserve.managers.io_struct import TokenizedGenerateReqInput
-from sglserve.managers.scheduler import Scheduler
+from sglserve.io_struct import TokenizedGenerateReqInput
+from sglserve.scheduler.scheduler import Scheduler
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.server_args import ServerArgs
 
@@ -106,7 +106,7 @@ def alone_outputs(tiny_model_dir):
     ],
 )
 def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, monkeypatch):
-    import sglserve.managers.scheduler as sched
+    import sglserve.scheduler.scheduler as sched
 
     if kw["max_total_tokens"] == 200:
         # Admission expects few future tokens, so decode runs out of KV and must retract
@@ -177,7 +177,7 @@ def test_too_long_prompt_rejected_not_crashed(tiny_model_dir):
 def test_cache_report_flag_logs_hit_rate(tiny_model_dir, caplog):
     s = make(tiny_model_dir, max_total_tokens=4096, enable_cache_report=True)
     prompt = list(range(1, 40))
-    with caplog.at_level("INFO", logger="sglserve.managers.scheduler"):
+    with caplog.at_level("INFO", logger="sglserve.scheduler.scheduler"):
         submit(s, "a", prompt, 2)
         run_until_idle(s)
         submit(s, "b", prompt, 2)
@@ -186,7 +186,7 @@ def test_cache_report_flag_logs_hit_rate(tiny_model_dir, caplog):
     assert lines[-1].endswith(f"cache hit rate: {100 * 38 / 78:.2f}%")
     quiet = make(tiny_model_dir, max_total_tokens=4096)
     caplog.clear()
-    with caplog.at_level("INFO", logger="sglserve.managers.scheduler"):
+    with caplog.at_level("INFO", logger="sglserve.scheduler.scheduler"):
         submit(quiet, "c", prompt, 2)
         run_until_idle(quiet)
     quiet_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch")]

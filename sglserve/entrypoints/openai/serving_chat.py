@@ -29,9 +29,9 @@ from sglserve.entrypoints.openai.serving_utils import (
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
 from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
-from sglserve.managers.io_struct import GenerateReqInput
-from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
-from sglserve.managers.tokenizer_manager import TokenizerManager
+from sglserve.io_struct import GenerateReqInput
+from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
+from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 from sglserve.parser.reasoning_parser import ReasoningParser
 
 

@@ -24,9 +24,9 @@ from sglserve.entrypoints.openai.serving_utils import (
     stream_response,
     usage_of,
 )
-from sglserve.managers.io_struct import GenerateReqInput
-from sglserve.managers.logprob_output import MAX_TOP_LOGPROBS, completion_logprobs
-from sglserve.managers.tokenizer_manager import TokenizerManager
+from sglserve.io_struct import GenerateReqInput
+from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, completion_logprobs
+from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 
 
 def _prompts(prompt: Union[str, List[str], List[int], List[List[int]]]) -> List[Union[str, List[int]]]:

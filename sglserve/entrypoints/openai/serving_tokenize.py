@@ -14,8 +14,8 @@ from sglserve.entrypoints.openai.protocol import (
 )
 from sglserve.entrypoints.openai.serving_chat import build_chat_input_ids
 from sglserve.entrypoints.openai.serving_utils import OpenAIError
-from sglserve.managers.request_checks import out_of_vocab
-from sglserve.managers.tokenizer_manager import TokenizerManager
+from sglserve.tokenizer.request_checks import out_of_vocab
+from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 
 
 def _tokenizer(tm: TokenizerManager):

@@ -9,7 +9,7 @@ from fastapi import Response
 from fastapi.responses import StreamingResponse
 
 from sglserve.entrypoints.openai.protocol import ErrorResponse, PromptTokensDetails, UsageInfo
-from sglserve.managers.req_state import ClientDisconnected, ServerError
+from sglserve.tokenizer.req_state import ClientDisconnected, ServerError
 
 ERROR_TYPES = {
     400: "BadRequestError",

@@ -14,7 +14,9 @@ import os
 
 
 def _install() -> None:
-    from sglserve.managers import detokenizer_manager, schedule_batch, scheduler, tokenizer_manager
+    from sglserve.detokenizer import detokenizer_manager
+    from sglserve.scheduler import schedule_batch, scheduler
+    from sglserve.tokenizer import tokenizer_manager
 
     def marked(rids, marker):
         return any(str(r).startswith(marker) for r in rids)

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from typing import Any, Dict, List, Optional
 
-from sglserve.managers.logprob_output import LogprobAccumulator
+from sglserve.tokenizer.logprob_output import LogprobAccumulator
 
 
 class ServerError(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-from sglserve.managers.io_struct import GenerateReqInput, TokenizedGenerateReqInput
+from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.sampling.sampling_params import SamplingParams
 
 

@@ -8,7 +8,7 @@ import logging
 
 import zmq
 
-from sglserve.managers.io_struct import (
+from sglserve.io_struct import (
     AbortReq,
     BatchTokenIDOut,
     FlushCacheReq,
@@ -17,10 +17,10 @@ from sglserve.managers.io_struct import (
     finish_abort,
     finish_length,
 )
-from sglserve.managers.logprobs import LogprobState
-from sglserve.managers.schedule_batch import Req
+from sglserve.scheduler.logprobs import LogprobState
+from sglserve.scheduler.schedule_batch import Req
 
-logger = logging.getLogger("sglserve.managers.scheduler")  # same logger name as the loop: one log stream
+logger = logging.getLogger("sglserve.scheduler.scheduler")  # same logger name as the loop: one log stream
 
 
 class SchedulerInputMixin:

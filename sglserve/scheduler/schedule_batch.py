@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 import torch
 
-from sglserve.managers.io_struct import finish_abort, finish_length, finish_stop
-from sglserve.managers.logprobs import LogprobState
+from sglserve.io_struct import finish_abort, finish_length, finish_stop
+from sglserve.scheduler.logprobs import LogprobState
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.sampling.sampling_params import SamplingParams
 
@@ -58,7 +58,7 @@ class Req:
         self.kv_len = 0  # tokens whose KV is allocated for this request
         self.arrival_time = time.perf_counter()
         self.num_retractions = 0
-        # Constrained decoding (managers/grammar_manager.py): the xgrammar matcher once compiled
+        # Constrained decoding (scheduler/grammar_manager.py): the xgrammar matcher once compiled
         self.grammar: Any = None
         self.grammar_key: Any = None
         self.grammar_future: Any = None

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
-from sglserve.managers.io_struct import GenerateReqInput, TokenizedGenerateReqInput
-from sglserve.managers.logprob_output import validate_logprob_args
-from sglserve.managers.request_checks import check_implemented, check_text_size, max_token_chars, out_of_vocab
+from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
+from sglserve.tokenizer.logprob_output import validate_logprob_args
+from sglserve.tokenizer.request_checks import check_implemented, check_text_size, max_token_chars, out_of_vocab
 from sglserve.sampling.sampling_params import SamplingParams
 
 

@@ -18,15 +18,15 @@ import torch
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.managers.io_struct import BatchTokenIDOut, ReadyMsg, finish_abort
-from sglserve.managers import logprobs
-from sglserve.managers.grammar_manager import GrammarManager
-from sglserve.managers.overlap import LaunchedBatch, overlap_safe, same_reqs
-from sglserve.managers.schedule_batch import Req, ScheduleBatch
-from sglserve.managers.scheduler_control import SchedulerControlMixin
-from sglserve.managers.scheduler_input import SchedulerInputMixin
-from sglserve.managers.scheduler_output import SchedulerOutputMixin
-from sglserve.managers.schedule_policy import PrefillAdder, SchedulePolicy
+from sglserve.io_struct import BatchTokenIDOut, ReadyMsg, finish_abort
+from sglserve.scheduler import logprobs
+from sglserve.scheduler.grammar_manager import GrammarManager
+from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
+from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
+from sglserve.scheduler.scheduler_control import SchedulerControlMixin
+from sglserve.scheduler.scheduler_input import SchedulerInputMixin
+from sglserve.scheduler.scheduler_output import SchedulerOutputMixin
+from sglserve.scheduler.schedule_policy import PrefillAdder, SchedulePolicy
 from sglserve.mem_cache.chunk_cache import ChunkCache
 from sglserve.mem_cache.radix_cache import RadixCache
 from sglserve.model_executor.forward_batch import ForwardMode

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 import zmq
 import zmq.asyncio
 
-from sglserve.managers.io_struct import (
+from sglserve.io_struct import (
     AbortReq,
     BatchStrOut,
     FlushCacheReq,
@@ -34,11 +34,11 @@ from sglserve.managers.io_struct import (
     TokenizedGenerateReqInput,
     finish_abort,
 )
-from sglserve.managers.logprob_output import LogprobAccumulator
-from sglserve.managers.admission import AdmissionControl, Ticket
-from sglserve.managers.input_processor import InputProcessor
-from sglserve.managers.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
-from sglserve.managers.request_checks import (
+from sglserve.tokenizer.logprob_output import LogprobAccumulator
+from sglserve.tokenizer.admission import AdmissionControl, Ticket
+from sglserve.tokenizer.input_processor import InputProcessor
+from sglserve.tokenizer.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
+from sglserve.tokenizer.request_checks import (
     MAX_N,
     NOT_IMPLEMENTED_YET,
     check_shape,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from sglserve.managers.req_state import Overloaded
+from sglserve.tokenizer.req_state import Overloaded
 
 
 class AdmissionControl:

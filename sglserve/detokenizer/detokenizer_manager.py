@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from sglserve.managers.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg, finish_abort
+from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg, finish_abort
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import setup_child_process

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from sglserve.managers.schedule_batch import Req
+from sglserve.scheduler.schedule_batch import Req
 
 # Expected future tokens of a request are clipped so one huge max_new_tokens cannot block admission
 CLIP_MAX_NEW_TOKENS = 4096

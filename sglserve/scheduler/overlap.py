@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import torch
 
 if TYPE_CHECKING:
-    from sglserve.managers.schedule_batch import Req, ScheduleBatch
+    from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 
 
 @dataclass

@@ -8,12 +8,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Dict, List
 
-from sglserve.managers.io_struct import FlushCacheReqOutput, GetLoadReqOutput
+from sglserve.io_struct import FlushCacheReqOutput, GetLoadReqOutput
 
 if TYPE_CHECKING:
-    from sglserve.managers.schedule_batch import Req
+    from sglserve.scheduler.schedule_batch import Req
 
-logger = logging.getLogger("sglserve.managers.scheduler")  # same logger name as the loop: one log stream
+logger = logging.getLogger("sglserve.scheduler.scheduler")  # same logger name as the loop: one log stream
 
 
 class SchedulerControlMixin:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, List
 
-from sglserve.managers import logprobs
-from sglserve.managers.io_struct import BatchTokenIDOut, finish_abort, finish_stop
+from sglserve.scheduler import logprobs
+from sglserve.io_struct import BatchTokenIDOut, finish_abort, finish_stop
 
 if TYPE_CHECKING:
-    from sglserve.managers.schedule_batch import Req, ScheduleBatch
+    from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 
-logger = logging.getLogger("sglserve.managers.scheduler")  # same logger name as the loop: one log stream
+logger = logging.getLogger("sglserve.scheduler.scheduler")  # same logger name as the loop: one log stream
 
 
 class SchedulerOutputMixin:

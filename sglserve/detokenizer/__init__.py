@@ -1,0 +1,1 @@
+"""detokenizer side of sglserve (see docs/architecture.md)."""

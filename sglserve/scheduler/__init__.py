@@ -1,0 +1,1 @@
+"""scheduler side of sglserve (see docs/architecture.md)."""

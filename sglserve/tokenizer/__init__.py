@@ -1,0 +1,1 @@
+"""tokenizer side of sglserve (see docs/architecture.md)."""
