@@ -56,7 +56,7 @@ class Engine:
         # The server's request checks, so a request the server answers with 400 raises ValueError here
         self.input_processor = InputProcessor.create(self.tokenizer, self.scheduler.ready_info(),
                                                      self.server_args.page_size, self.server_args.grammar_backend)
-        self.scheduler.output_sink = self._on_token_ids
+        self.scheduler.output_sender.sink = self._on_token_ids
         self._results: Dict[str, _ReqResult] = {}
         self._updated: List[str] = []
 

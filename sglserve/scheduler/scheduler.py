@@ -12,15 +12,16 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.io_struct import BatchTokenIDOut, ReadyMsg, finish_abort
+from sglserve.io_struct import ReadyMsg, finish_abort
 from sglserve.scheduler import logprobs
 from sglserve.scheduler.grammar_manager import GrammarManager
+from sglserve.scheduler.output_sender import OutputSender
 from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
 from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.scheduler.scheduler_control import SchedulerControlMixin
@@ -81,8 +82,7 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         self.total_cached_tokens = 0
         self._idle_checked = True
 
-        # Where BatchTokenIDOut goes: the detokenizer socket, or an in-process sink (Engine)
-        self.output_sink: Optional[Callable[[BatchTokenIDOut], None]] = None
+        self.output_sender = OutputSender()
         if port_args is not None:
             ctx = zmq.Context(2)
             self.recv_from_tokenizer = ctx.socket(zmq.PULL)
@@ -91,7 +91,7 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
             self.send_to_detokenizer.connect(port_args.detokenizer_ipc_name)
             self.send_to_tokenizer = ctx.socket(zmq.PUSH)
             self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
-            self.output_sink = self.send_to_detokenizer.send_pyobj
+            self.output_sender.sink = self.send_to_detokenizer.send_pyobj
         logger.info(
             "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, "
             "max_prefill_tokens_while_decoding=%s, max_running_requests=%d, context_len=%d, page_size=%d",

@@ -10,7 +10,6 @@ import zmq
 
 from sglserve.io_struct import (
     AbortReq,
-    BatchTokenIDOut,
     FlushCacheReq,
     GetLoadReq,
     TokenizedGenerateReqInput,
@@ -51,10 +50,7 @@ class SchedulerInputMixin:
     def fail_new_request(self, recv: TokenizedGenerateReqInput, e: Exception) -> None:
         logger.exception("Error admitting request %s; failing it", recv.rid)
         self.waiting_queue = [r for r in self.waiting_queue if r.rid != recv.rid]
-        reason = finish_abort(f"Internal error admitting the request: {type(e).__name__}: {e}", status_code=500)
-        if self.output_sink is not None:
-            self.output_sink(BatchTokenIDOut([recv.rid], [reason], [[]], [True], [True], [False],
-                                             [len(recv.input_ids)], [0], [0], stop_strs=[[]]))
+        self.output_sender.send_admission_failure(recv, f"Internal error admitting the request: {type(e).__name__}: {e}")
 
     def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
         sp = recv.sampling_params

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, List
 
-from sglserve.scheduler import logprobs
-from sglserve.io_struct import BatchTokenIDOut, finish_abort, finish_stop
+from sglserve.io_struct import finish_abort, finish_stop
 
 if TYPE_CHECKING:
     from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
@@ -63,28 +62,4 @@ class SchedulerOutputMixin:
             self.log_decode_stats()
 
     def stream_output(self, reqs: List[Req]) -> None:
-        out = BatchTokenIDOut([], [], [], [], [], [], [], [], [])
-        news = []  # per request: new logprob entries (output, output_top, input, input_top)
-        for req in reqs:
-            if not req.finished() and not req.stream:
-                continue
-            sp = req.sampling_params
-            out.rids.append(req.rid)
-            out.finished_reasons.append(req.finished_reason)
-            out.decode_ids.append(req.output_ids[req.sent_len:])
-            req.sent_len = len(req.output_ids)
-            out.skip_special_tokens.append(sp.skip_special_tokens)
-            out.spaces_between_special_tokens.append(sp.spaces_between_special_tokens)
-            out.no_stop_trim.append(sp.no_stop_trim)
-            out.prompt_tokens.append(len(req.origin_input_ids))
-            out.completion_tokens.append(len(req.output_ids))
-            out.cached_tokens.append(req.cached_tokens)
-            if hasattr(out, "stop_strs"):
-                out.stop_strs.append(list(sp.stop_strs))
-            news.append(logprobs.take_new(req))
-        if any(n[0] is not None for n in news):
-            out.output_token_logprobs, out.output_top_logprobs, out.input_token_logprobs, out.input_top_logprobs = (
-                [list(col) for col in zip(*news)]
-            )
-        if out.rids and self.output_sink is not None:
-            self.output_sink(out)
+        self.output_sender.send(reqs)
