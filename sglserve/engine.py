@@ -43,11 +43,14 @@ class _ReqResult:
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta_info)}
 
 
+OFFLINE_STEP_BUDGET = 16384  # tokens per step (the server's --chunked-prefill-size); vLLM's LLM class uses as much
+
+
 class Engine:
     def __init__(self, model_path: Optional[str] = None, log_level: str = "error", **kwargs: Any) -> None:
-        # Offline batches have no reader waiting between tokens: full-size prefills for throughput
-        if kwargs.get("max_prefill_tokens_while_decoding") is None:
-            kwargs["max_prefill_tokens_while_decoding"] = -1
+        # Offline batches have no reader waiting between tokens: a larger step budget for throughput
+        if kwargs.get("chunked_prefill_size") is None:
+            kwargs["chunked_prefill_size"] = OFFLINE_STEP_BUDGET
         self.server_args = ServerArgs(model_path=model_path, log_level=log_level, **kwargs)
         configure_logger(self.server_args)
         self.scheduler = Scheduler(self.server_args, None)

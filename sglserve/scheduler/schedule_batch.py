@@ -6,6 +6,7 @@ rows and KV slots, writes them into req_to_token, and lists the tokens to comput
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
@@ -139,6 +140,7 @@ class ScheduleBatch:
     prefix_lens: List[int] = field(default_factory=list)
     seq_lens: List[int] = field(default_factory=list)
     return_all_logits: bool = False
+    num_decoding: int = 0  # mixed step: the last reqs decode one token each
 
     def batch_size(self) -> int:
         return len(self.reqs)
@@ -160,8 +162,14 @@ class ScheduleBatch:
         table[row_idx.to(table.device), col_idx.to(table.device)] = slots.to(table.device, torch.int32)
 
     def prepare_for_extend(self) -> ForwardBatch:
-        """Rows and KV slots for each request's extend_input_len new tokens after its prefix."""
-        need_rows = [r for r in self.reqs if r.req_pool_idx is None]
+        """Rows and KV slots for each request's extend_input_len new tokens after its prefix.
+
+        In a mixed step the last `num_decoding` requests are running ones that ride along with
+        one token each (their last sampled id after their kv_len tokens): one forward serves
+        prefill and decode, so decoding requests never wait for a prefill batch."""
+        n_prefill = len(self.reqs) - self.num_decoding
+        prefills, decodes = self.reqs[:n_prefill], self.reqs[n_prefill:]
+        need_rows = [r for r in prefills if r.req_pool_idx is None]
         rows = self.req_to_token_pool.alloc(len(need_rows))
         if rows is None:
             raise RuntimeError("req_to_token pool is full")
@@ -174,18 +182,22 @@ class ScheduleBatch:
                 [r.req_pool_idx for r in with_prefix], [0] * len(with_prefix),
                 [len(r.prefix_indices) for r in with_prefix], torch.cat([r.prefix_indices for r in with_prefix]),
             )
-        self.prefix_lens = [len(r.prefix_indices) for r in self.reqs]
-        self.seq_lens = [p + r.extend_input_len for p, r in zip(self.prefix_lens, self.reqs)]
-        last_locs = [int(r.prefix_indices[-1]) if len(r.prefix_indices) else -1 for r in self.reqs]
+        self.prefix_lens = [len(r.prefix_indices) for r in prefills] + [r.kv_len for r in decodes]
+        self.seq_lens = [p + r.extend_input_len for p, r in zip(self.prefix_lens, prefills)]
+        self.seq_lens += [p + 1 for p in self.prefix_lens[n_prefill:]]
+        last_locs = [int(r.prefix_indices[-1]) if len(r.prefix_indices) else -1 for r in prefills]
+        last_locs += [r.last_loc for r in decodes]
         out_cache_loc = self._alloc(self.prefix_lens, self.seq_lens, last_locs)
         self._write_req_to_token([r.req_pool_idx for r in self.reqs], self.prefix_lens, self.seq_lens, out_cache_loc)
         input_ids: List[int] = []
-        offset = 0
-        for r, p, s in zip(self.reqs, self.prefix_lens, self.seq_lens):
+        for r, p, s in zip(prefills, self.prefix_lens, self.seq_lens):
             input_ids.extend(r.fill_ids[p:s])
-            offset += s - p
+        input_ids.extend(r.output_ids[-1] for r in decodes)
+        ends = list(itertools.accumulate(s - p for p, s in zip(self.prefix_lens, self.seq_lens)))
+        locs = out_cache_loc.tolist()  # host tensor: no device sync
+        for r, s, end in zip(self.reqs, self.seq_lens, ends):
             r.kv_len = s
-            r.last_loc = int(out_cache_loc[offset - 1])
+            r.last_loc = locs[end - 1]
         return ForwardBatch.build(
             ForwardMode.EXTEND, input_ids, [r.req_pool_idx for r in self.reqs], self.prefix_lens,
             self.seq_lens, out_cache_loc, self.device, self.return_all_logits,

@@ -1,19 +1,43 @@
-"""Admission: which waiting requests join the next prefill batch, within token budgets.
+"""Admission: which waiting requests join the next step, within token budgets.
 
 `SchedulePolicy` orders the queue (fcfs, or lpm: longest cached prefix first);
 `PrefillAdder` admits requests while the KV pool (free + evictable, minus what running
-requests are expected to still need) and the prefill token budgets allow.
+requests are expected to still need) and the step's token budget allow.
+
+Admission is optimistic, as SGLang's: a request is expected to use
+min(max_new_tokens left, clip) x new_token_ratio more tokens, where the clip is
+SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION (default 4096). A wrong guess is paid by retraction,
+not by an idle pool; and when nothing runs, the head request is admitted whenever its
+prompt fits, so a request whose estimate exceeds the pool still runs instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from sglserve.scheduler.schedule_batch import Req
 
 # Expected future tokens of a request are clipped so one huge max_new_tokens cannot block admission
-CLIP_MAX_NEW_TOKENS = 4096
+CLIP_ENV = "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"
+DEFAULT_CLIP_MAX_NEW_TOKENS = 4096
+
+
+def clip_max_new_tokens() -> int:
+    """SGLang's variable, read when a scheduler starts; a bad value is a start-up error."""
+    raw = os.environ.get(CLIP_ENV)
+    if raw is None:
+        return DEFAULT_CLIP_MAX_NEW_TOKENS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{CLIP_ENV}={raw!r} must be a non-negative integer (tokens)")
+    return value
+
+
 # Above this queue length lpm's prefix matching costs more than it saves
 LPM_MAX_QUEUE = 128
 
@@ -43,18 +67,19 @@ class PrefillAdder:
     rem_chunk_tokens: Optional[int]  # chunked_prefill_size budget (None: no chunking)
     page_size: int
     new_token_ratio: float
+    clip: int = DEFAULT_CLIP_MAX_NEW_TOKENS
+    # Nothing runs: the first request is taken if its prompt fits, whatever its estimate
+    must_progress: bool = False
     can_run: List[Req] = field(default_factory=list)
     new_chunked_req: Optional[Req] = None
 
-    @staticmethod
-    def reserved_tokens(req: Req, new_token_ratio: float) -> int:
-        left = max(req.max_new_tokens - len(req.output_ids), 0)
-        return int(min(left, CLIP_MAX_NEW_TOKENS) * new_token_ratio)
+    def reserved_tokens(self, req: Req) -> int:
+        return reserved_tokens(req, self.new_token_ratio, self.clip)
 
     def _take(self, req: Req, extend_len: int) -> None:
         # The matched prefix stops being evictable once locked, so it leaves the budget too
         self.rem_total_tokens += self.tree_cache.inc_lock_ref(req.last_node)
-        self.rem_total_tokens -= extend_len + self.reserved_tokens(req, self.new_token_ratio)
+        self.rem_total_tokens -= extend_len + self.reserved_tokens(req)
         self.rem_input_tokens -= extend_len
         if self.rem_chunk_tokens is not None:
             self.rem_chunk_tokens -= extend_len
@@ -96,7 +121,9 @@ class PrefillAdder:
 
     def add_one_req(self, req: Req) -> bool:
         """Returns False when admission should stop here (fcfs keeps order)."""
-        total_need = req.extend_input_len + self.reserved_tokens(req, self.new_token_ratio)
+        total_need = req.extend_input_len + self.reserved_tokens(req)
+        if self.must_progress and not self.can_run:
+            total_need = req.extend_input_len
         if total_need + self._unlocked_prefix_tokens(req) > self.rem_total_tokens:
             return False
         budget = self._chunk_budget()
@@ -114,3 +141,9 @@ class PrefillAdder:
         self._take(req, chunk)
         self.new_chunked_req = req
         return False
+
+
+def reserved_tokens(req: Req, new_token_ratio: float, clip: int) -> int:
+    """KV tokens a running or admitted request is still expected to take."""
+    left = max(req.max_new_tokens - len(req.output_ids), 0)
+    return int(min(left, clip) * new_token_ratio)

@@ -1,7 +1,10 @@
 """Scheduler process: continuous batching over the radix cache and the paged KV pool.
 
-One loop: drain requests from the HTTP process, pick a prefill batch if admission allows
-(else decode the running set), run it, sample, and send new tokens to the detokenizer.
+One step = one forward over a token budget (--chunked-prefill-size): the decode token of every
+running request plus prefill chunks of waiting ones. Decode-only steps replay CUDA graphs and
+overlap with the host; mixed steps run eagerly. The scheduler composes parts that each own
+their state: PrefillPlanner (waiting queue), RunningBatch (running set, retraction),
+KVAccounting (pools, prefix cache), BatchRunner (device), OutputSender (outbox), SchedulerStats.
 """
 
 from __future__ import annotations
@@ -10,29 +13,36 @@ import faulthandler
 import logging
 import os
 import sys
-import time
 import traceback
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
-import torch
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.io_struct import ReadyMsg, finish_abort
-from sglserve.scheduler import logprobs
-from sglserve.scheduler.grammar_manager import GrammarManager
-from sglserve.scheduler.output_sender import OutputSender
-from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
-from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
-from sglserve.scheduler.scheduler_control import SchedulerControlMixin
-from sglserve.scheduler.scheduler_input import SchedulerInputMixin
-from sglserve.scheduler.scheduler_output import SchedulerOutputMixin
-from sglserve.scheduler.schedule_policy import PrefillAdder, SchedulePolicy
-from sglserve.mem_cache.chunk_cache import ChunkCache
-from sglserve.mem_cache.radix_cache import RadixCache
+from sglserve.io_struct import (
+    AbortReq,
+    FlushCacheReq,
+    FlushCacheReqOutput,
+    GetLoadReq,
+    GetLoadReqOutput,
+    ReadyMsg,
+    TokenizedGenerateReqInput,
+    finish_abort,
+    finish_stop,
+)
 from sglserve.model_executor.forward_batch import ForwardMode
 from sglserve.model_executor.model_runner import ModelRunner
-from sglserve.sampling.penalties import build_logit_adjust
+from sglserve.scheduler.batch_runner import BatchRunner
+from sglserve.scheduler.grammar_manager import GrammarManager
+from sglserve.scheduler.kv_accounting import KVAccounting
+from sglserve.scheduler.output_sender import OutputSender
+from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
+from sglserve.scheduler.prefill_planner import PrefillPlanner
+from sglserve.scheduler.request_intake import RequestIntake
+from sglserve.scheduler.running_batch import RunningBatch
+from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
+from sglserve.scheduler.schedule_policy import SchedulePolicy, clip_max_new_tokens
+from sglserve.scheduler.stats import SchedulerStats
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
@@ -40,49 +50,39 @@ from sglserve.utils.process import setup_child_process
 
 logger = logging.getLogger(__name__)
 
-INIT_NEW_TOKEN_RATIO = 0.7
-MIN_NEW_TOKEN_RATIO = 0.1
-NEW_TOKEN_RATIO_DECAY = 0.001
 
-
-class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin):
+class Scheduler:
     def __init__(self, server_args: ServerArgs, port_args: Optional[PortArgs]) -> None:
-        self.server_args = server_args
+        self.server_args = sa = server_args
         self.model_config = ModelConfig.from_server_args(server_args)
-        self.tokenizer = None if server_args.skip_tokenizer_init else get_tokenizer(server_args.tokenizer_path)
+        self.tokenizer = None if sa.skip_tokenizer_init else get_tokenizer(sa.tokenizer_path)
         self.eos_token_ids = self._eos_token_ids()
-        self.model_runner = ModelRunner(self.model_config, server_args)
-        mr = self.model_runner
-        self.max_total_num_tokens = mr.max_total_num_tokens
+        self.model_runner = mr = ModelRunner(self.model_config, server_args)
         self.context_len = mr.context_len
+        self.max_total_num_tokens = mr.max_total_num_tokens
         self.max_running_requests = mr.max_running_requests
-        self.page_size = server_args.page_size
-        cache_cls = ChunkCache if server_args.disable_radix_cache else RadixCache
-        self.tree_cache = cache_cls(mr.req_to_token_pool, mr.allocator, self.page_size)
-        self.policy = SchedulePolicy(server_args.schedule_policy, self.tree_cache, server_args.disable_radix_cache)
-        self.chunked_prefill_size = None if server_args.chunked_prefill_size == -1 else server_args.chunked_prefill_size
-        self.max_prefill_tokens = max(server_args.max_prefill_tokens, self.chunked_prefill_size or 0)
-        bound = server_args.max_prefill_tokens_while_decoding
-        self.max_prefill_tokens_while_decoding = None if bound in (None, -1) else bound
+        # The step's token budget: decode tokens + prefill chunks (None: unbounded)
+        self.step_budget = None if sa.chunked_prefill_size == -1 else sa.chunked_prefill_size
+        clip = clip_max_new_tokens()
 
-        self.waiting_queue: List[Req] = []
-        self.enable_overlap = not server_args.disable_overlap_schedule
-        self._last_was_prefill = False
+        self.kv = KVAccounting(mr, sa.page_size, sa.disable_radix_cache, sa.device)
+        self.tree_cache = self.kv.tree_cache
+        policy = SchedulePolicy(sa.schedule_policy, self.tree_cache, sa.disable_radix_cache)
+        max_prefill = max(sa.max_prefill_tokens, self.step_budget or 0)
+        self.planner = PrefillPlanner(self.kv, policy, max_prefill, self.max_running_requests, clip)
+        self.running = RunningBatch(self.kv, clip)
+        self.grammar_manager = GrammarManager(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids,
+                                              sa.grammar_backend)
+        self.output_sender = OutputSender()
+        self.stats = SchedulerStats(self.kv, sa.decode_log_interval, sa.enable_cache_report)
+        self.intake = RequestIntake(self.context_len, self.max_total_num_tokens, sa.page_size, self.eos_token_ids,
+                                    sa.disable_radix_cache, self.planner, self.running, self.grammar_manager,
+                                    lambda reqs: self.stream_output(reqs))
+        self.batch_runner = BatchRunner(mr, self.grammar_manager, self.eos_token_ids, self.model_config.vocab_size)
+        self.enable_overlap = not sa.disable_overlap_schedule
         self._pending: Optional[LaunchedBatch] = None
-        self.grammar_manager = GrammarManager(
-            self.tokenizer, self.model_config.vocab_size, self.eos_token_ids, server_args.grammar_backend
-        )
-        self.running: List[Req] = []
-        self.chunked_req: Optional[Req] = None
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
-        self.forward_ct = 0
-        self.num_generated_tokens = 0
-        self.last_decode_log = time.perf_counter()
-        self.total_prompt_tokens = 0
-        self.total_cached_tokens = 0
         self._idle_checked = True
 
-        self.output_sender = OutputSender()
         if port_args is not None:
             ctx = zmq.Context(2)
             self.recv_from_tokenizer = ctx.socket(zmq.PULL)
@@ -93,11 +93,10 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
             self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
             self.output_sender.sink = self.send_to_detokenizer.send_pyobj
         logger.info(
-            "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, "
-            "max_prefill_tokens_while_decoding=%s, max_running_requests=%d, context_len=%d, page_size=%d",
-            self.max_total_num_tokens, self.chunked_prefill_size, self.max_prefill_tokens,
-            self.max_prefill_tokens_while_decoding,
-            self.max_running_requests, self.context_len, self.page_size,
+            "max_total_num_tokens=%d, step token budget (chunked_prefill_size)=%s, max_prefill_tokens=%d, "
+            "max_running_requests=%d, context_len=%d, page_size=%d, clip_max_new_tokens=%d",
+            self.max_total_num_tokens, self.step_budget, max_prefill, self.max_running_requests,
+            self.context_len, sa.page_size, clip,
         )
 
     def _eos_token_ids(self) -> set:
@@ -126,7 +125,7 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
             "max_running_requests": self.max_running_requests,
         }
 
-    # ---- event loop --------------------------------------------------------------------
+    # ---- input and control ---------------------------------------------------------------
 
     def event_loop(self) -> None:
         parent = os.getppid()
@@ -143,128 +142,89 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
                 sys.exit(1)
             self.recv_from_tokenizer.poll(timeout=5 if len(self.grammar_manager) else 1000)
 
-    # ---- batch selection -----------------------------------------------------------------
+    def recv_requests(self) -> list:
+        msgs = []
+        while True:
+            try:
+                msgs.append(self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK))
+            except zmq.ZMQError:
+                return msgs
 
-    def move_ready_grammar_requests(self) -> None:
-        ready, failed = self.grammar_manager.pop_ready()
-        self.waiting_queue.extend(ready)
-        for req, error in failed:
-            req.finished_reason = finish_abort(error, status_code=400)
-            self.stream_output([req])
+    def process_input_requests(self, msgs: list) -> None:
+        for msg in msgs:
+            if isinstance(msg, TokenizedGenerateReqInput):
+                try:
+                    self.handle_generate_request(msg)
+                except Exception as e:  # one bad request fails alone, the server goes on
+                    logger.exception("Error admitting request %s; failing it", msg.rid)
+                    self.planner.take(msg.rid)
+                    self.output_sender.send_admission_failure(
+                        msg, f"Internal error admitting the request: {type(e).__name__}: {e}")
+            elif isinstance(msg, AbortReq):
+                self.abort_request(msg.rid)
+            elif isinstance(msg, FlushCacheReq):
+                self.send_to_tokenizer.send_pyobj(self.flush_cache())
+            elif isinstance(msg, GetLoadReq):
+                self.send_to_tokenizer.send_pyobj(self.get_load())
+            else:
+                logger.error("Unknown message type %s", type(msg).__name__)
+
+    def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
+        self.intake.add(recv)
+
+    def abort_request(self, rid: str) -> None:
+        self.intake.abort(rid, self.tree_cache)
+
+    def stream_output(self, reqs: List[Req]) -> None:
+        self.output_sender.send(reqs)
+
+    def flush_cache(self) -> FlushCacheReqOutput:
+        if len(self.planner) or self.running.reqs or len(self.grammar_manager):
+            return FlushCacheReqOutput(False, "Cache not flushed: there are running or waiting requests.")
+        self.kv.flush()
+        return FlushCacheReqOutput(True, "Cache flushed.")
+
+    def get_load(self) -> GetLoadReqOutput:
+        return self.stats.load(len(self.running), len(self.planner.waiting) + len(self.grammar_manager))
+
+    def check_memory_integrity(self) -> bool:
+        return self.kv.check_idle()
+
+    # ---- one step --------------------------------------------------------------------------
 
     def get_next_batch_to_run(self) -> Optional[ScheduleBatch]:
-        self.move_ready_grammar_requests()
-        # After a prefill, running requests decode once before the next prefill: a burst of
-        # arrivals then delays each decoding request by one prefill batch, not by all of them
-        if not (self.running and self._last_was_prefill):
-            prefill = self.get_new_batch_prefill()
-            if prefill is not None:
-                self._last_was_prefill = True
-                return prefill
-        self._last_was_prefill = False
-        if self.running:
-            return self.update_running_batch()
+        """Decode every running request; fill the rest of the step's budget with prefill chunks."""
+        ready, failed = self.grammar_manager.pop_ready()
+        self.planner.extend(ready)
+        for req, error in failed:
+            req.finished_reason = finish_abort(error, status_code=400)
+        if failed:
+            self.stream_output([req for req, _ in failed])
+        self.running.make_room(self.planner, lambda req: self.stream_output([req]))
+        decoding = self.running.reqs
+        prefill: List[Req] = []
+        if len(self.planner):
+            budget = None
+            if self.step_budget is not None:  # a quarter of it always goes to prefill: no starvation
+                budget = max(self.step_budget - len(decoding), self.step_budget // 4)
+            kv_room = self.kv.room() - self.kv.decode_tokens_needed(decoding) - self.running.reserved_tokens()
+            prefill = self.planner.plan(budget, kv_room, len(decoding), self.running.new_token_ratio)
+        if prefill:
+            self.stats.on_admitted(prefill)
+            self.stats.log_prefill(prefill, len(decoding), len(self.planner.waiting))
+            return self.kv.new_batch(prefill + decoding, ForwardMode.EXTEND, num_decoding=len(decoding))
+        if decoding:
+            self.running.decay()
+            return self.kv.new_batch(list(decoding), ForwardMode.DECODE)
         return None
-
-    def _new_batch(self, reqs: List[Req], mode: ForwardMode) -> ScheduleBatch:
-        mr = self.model_runner
-        return ScheduleBatch(reqs, mode, mr.req_to_token_pool, mr.allocator, self.tree_cache, self.server_args.device)
-
-    def prefill_budgets(self, decoding: bool) -> Tuple[int, Optional[int]]:
-        """(max new tokens, chunk size) of the next prefill batch. While requests decode, both are
-        bounded by --max-prefill-tokens-while-decoding: a decoding request waits for one prefill
-        batch between two of its tokens (prefill and decode alternate), so this bound is what
-        caps its inter-token latency; from idle the full sizes apply (nobody waits on a token)."""
-        bound = self.max_prefill_tokens_while_decoding
-        if not decoding or bound is None or self.chunked_prefill_size is None:  # chunking off: no bound
-            return self.max_prefill_tokens, self.chunked_prefill_size
-        return min(self.max_prefill_tokens, bound), min(self.chunked_prefill_size, bound)
-
-    def get_new_batch_prefill(self) -> Optional[ScheduleBatch]:
-        if not self.waiting_queue and self.chunked_req is None:
-            return None
-        running_bs = len(self.running)
-        if running_bs >= self.max_running_requests and self.chunked_req is None:
-            return None
-        reserved = sum(PrefillAdder.reserved_tokens(r, self.new_token_ratio) for r in self.running)
-        input_budget, chunk_budget = self.prefill_budgets(running_bs > 0)
-        adder = PrefillAdder(
-            self.tree_cache,
-            rem_total_tokens=self.model_runner.allocator.available_size() + self.tree_cache.evictable_size() - reserved,
-            rem_input_tokens=input_budget,
-            rem_chunk_tokens=chunk_budget,
-            page_size=self.page_size,
-            new_token_ratio=self.new_token_ratio,
-        )
-        if self.chunked_req is not None:
-            self.chunked_req = adder.add_chunked_req(self.chunked_req)
-        self.policy.calc_priority(self.waiting_queue)
-        # n > 1: one copy of a prompt prefills first; the others wait a round and hit its KV
-        busy_groups = {r.prefix_group for r in adder.can_run if r.prefix_group is not None}
-        for req in list(self.waiting_queue):
-            if self.chunked_req is not None or adder.new_chunked_req is not None:
-                break
-            if req.prefix_group is not None and req.prefix_group in busy_groups:
-                continue
-            if running_bs + len(adder.can_run) >= self.max_running_requests:
-                break
-            if self.model_runner.req_to_token_pool.available_size() <= len(adder.can_run):
-                break
-            req.init_next_round_input(self.tree_cache)
-            if not adder.add_one_req(req):
-                if adder.new_chunked_req is req:
-                    self.waiting_queue.remove(req)
-                break
-            self.waiting_queue.remove(req)
-            if req.prefix_group is not None and len(req.prefix_indices) + self.page_size < len(req.origin_input_ids) - 1:
-                busy_groups.add(req.prefix_group)  # it computes the prompt: its group waits for its KV
-        if adder.new_chunked_req is not None:
-            self.chunked_req = adder.new_chunked_req
-        if not adder.can_run:
-            return None
-        for req in adder.can_run:
-            if req._first_admission:
-                req.cached_tokens = len(req.prefix_indices)
-                req._first_admission = False
-                self.total_prompt_tokens += len(req.origin_input_ids)
-                self.total_cached_tokens += req.cached_tokens
-        self.log_prefill_stats(adder.can_run)
-        return self._new_batch(adder.can_run, ForwardMode.EXTEND)
-
-    def update_running_batch(self) -> Optional[ScheduleBatch]:
-        """Decode the running set; retract the newest requests if the KV pool cannot fit a step."""
-        batch = self._new_batch(self.running, ForwardMode.DECODE)
-        while batch.decode_tokens_needed() > self.model_runner.allocator.available_size() + self.tree_cache.evictable_size():
-            if len(self.running) == 1:
-                req = self.running.pop()
-                req.finished_reason = finish_abort(
-                    f"The request needs more KV cache than the server has ({self.max_total_num_tokens} tokens).", 400
-                )
-                self.tree_cache.cache_finished_req(req, is_insert=False)
-                self.stream_output([req])
-                return None
-            victim = max(self.running, key=lambda r: r.arrival_time)
-            self.running.remove(victim)
-            self.tree_cache.cache_finished_req(victim)
-            victim.reset_for_retract()
-            self.waiting_queue.insert(0, victim)
-            self.new_token_ratio = INIT_NEW_TOKEN_RATIO
-            logger.warning("KV cache is full: retracted request %s (%d running left).", victim.rid, len(self.running))
-            batch = self._new_batch(self.running, ForwardMode.DECODE)
-        self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
-        return batch
-
-    # ---- running a batch ------------------------------------------------------------------
-
-    def run_and_process(self, batch: ScheduleBatch) -> None:
-        self.resolve(self.launch(batch))
 
     def step(self) -> bool:
         """One scheduling iteration; False when there was nothing to run or resolve."""
         pending, self._pending = self._pending, None
         if pending is not None and self._can_overlap(pending):
-            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
-            self._pending = self.launch(self._new_batch(self.running, ForwardMode.DECODE), pending.next_ids)
+            self.running.decay()
+            batch = self.kv.new_batch(list(self.running.reqs), ForwardMode.DECODE)
+            self._pending = self.batch_runner.launch(batch, pending.next_ids)
             self.resolve(pending)
             return True
         if pending is not None:
@@ -272,76 +232,67 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         batch = self.get_next_batch_to_run()
         if batch is None:
             return pending is not None
-        launched = self.launch(batch)
+        launched = self.batch_runner.launch(batch)
         if self.enable_overlap and batch.forward_mode.is_decode():
             self._pending = launched
         else:
             self.resolve(launched)
         return True
 
-    def _can_overlap(self, pending: LaunchedBatch) -> bool:
-        if not pending.batch.forward_mode.is_decode() or self.waiting_queue or self.chunked_req is not None:
-            return False
-        if len(self.grammar_manager) or not same_reqs(self.running, pending.batch.reqs):
-            return False
-        if not all(overlap_safe(r) for r in self.running):
-            return False
-        batch = self._new_batch(self.running, ForwardMode.DECODE)
-        return batch.decode_tokens_needed() <= self.model_runner.allocator.available_size()
+    def run_and_process(self, batch: ScheduleBatch) -> None:
+        self.resolve(self.batch_runner.launch(batch))
 
-    def launch(self, batch: ScheduleBatch, input_ids: Optional[torch.Tensor] = None) -> LaunchedBatch:
-        """Prepare, forward and sample on the device; nothing waits for the device here."""
-        reqs = batch.reqs
-        if batch.forward_mode.is_extend():
-            batch.return_all_logits = logprobs.wants_input_logprobs(reqs)
-            fb = batch.prepare_for_extend()
-            sample_rows = [i for i, r in enumerate(reqs) if not r.is_chunked]
-        else:
-            fb = batch.prepare_for_decode()
-            sample_rows = list(range(len(reqs)))
-        if input_ids is not None:  # overlapped decode: last step's ids, still on the device
-            fb.input_ids = input_ids
-        sample_reqs = [reqs[i] for i in sample_rows]
-        sampling_info = self.model_runner.make_sampling_info(
-            [r.sampling_params for r in sample_reqs], [len(r.output_ids) for r in sample_reqs]
-        )
-        self.add_sampling_extras(sample_reqs, sampling_info)
-        out = self.model_runner.forward(fb)
-        logits = out.next_token_logits
-        if len(sample_rows) != len(reqs):
-            logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=logits.device)]
-        logprob_state = logprobs.output_logprobs_begin(sample_reqs, logits) if sample_rows else None
-        next_ids = self.model_runner.sample(logits, sampling_info) if sample_rows else None
-        self.forward_ct += 1
-        return LaunchedBatch.start_copy(next_ids, batch=batch, sample_rows=sample_rows, sample_reqs=sample_reqs,
-                                        logprob_state=logprob_state, out=out)
+    def _can_overlap(self, pending: LaunchedBatch) -> bool:
+        if not pending.batch.forward_mode.is_decode() or len(self.planner) or len(self.grammar_manager):
+            return False
+        if not same_reqs(self.running.reqs, pending.batch.reqs):
+            return False
+        if not all(overlap_safe(r) for r in self.running.reqs):
+            return False
+        return self.kv.decode_tokens_needed(self.running.reqs) <= self.kv.allocator.available_size()
 
     def resolve(self, launched: LaunchedBatch) -> None:
-        """Read the sampled ids (the one host sync per step) and process them."""
-        next_ids = launched.host_token_ids()
-        batch, sample_rows, sample_reqs = launched.batch, launched.sample_rows, launched.sample_reqs
-        logprobs.output_logprobs_end(sample_reqs, launched.logprob_state, next_ids)
-        if batch.return_all_logits:
-            logprobs.record_input_logprobs(batch.reqs, batch.prefix_lens, batch.seq_lens, launched.out.all_logits)
-        if any(r.finished() for r in batch.reqs):
-            # Overlap ran these one step past their finish: drop that step for them
-            keep = [i for i, r in enumerate(batch.reqs) if not r.finished()]
-            pos = {i: k for k, i in enumerate(sample_rows)}
-            next_ids = [next_ids[pos[i]] for i in keep if i in pos]
-            sample_rows = [j for j, i in enumerate(keep) if i in pos]
-            batch.reqs = [batch.reqs[i] for i in keep]
+        batch, sample_rows, next_ids = self.batch_runner.resolve(launched)
         self.process_batch_result(batch, sample_rows, next_ids)
 
-    def add_sampling_extras(self, reqs: List[Req], info) -> None:
-        """Penalties / logit_bias / min_tokens and grammar masks for the rows that need them."""
-        if not reqs:
-            return
-        device = self.model_runner.device
-        info.adjust = build_logit_adjust(
-            [r.sampling_params for r in reqs], [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
-            self.eos_token_ids, self.model_config.vocab_size, device,
-        )
-        info.vocab_mask = self.grammar_manager.vocab_mask(reqs, device)
+    def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
+        """Append each sampled token, settle finishes, cache prompts that completed, and send news."""
+        reqs = batch.reqs
+        for i, tok in zip(sample_rows, next_ids):
+            req = reqs[i]
+            try:
+                req.output_ids.append(tok)
+                if req.grammar is not None:
+                    error = self.grammar_manager.accept(req, tok)
+                    if error is not None:  # the mask allowed nothing: the constraint cannot be met
+                        req.finished_reason = finish_abort(error, status_code=400)
+                    elif req.grammar.is_terminated():  # the grammar accepted a stop token
+                        req.finished_reason = finish_stop(tok)
+                req.check_finished(self.tokenizer, self.context_len)
+            except Exception as e:  # a bug with one request fails that request only
+                logger.exception("Error processing the output of request %s; failing it", req.rid)
+                req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
+        n_prefill = len(reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
+        joined, news = [], []
+        for i, req in enumerate(reqs):
+            if i < n_prefill:
+                if req.is_chunked:
+                    if req.to_abort is None:
+                        self.tree_cache.cache_unfinished_req(req)
+                        continue
+                    req.finished_reason = finish_abort(req.to_abort)
+                    self.planner.chunked_req = None
+                elif req.finished_reason is None:
+                    # Let later requests hit this prompt while it decodes
+                    req.fill_ids = req.origin_input_ids + req.output_ids[:-1]
+                    self.tree_cache.cache_unfinished_req(req)
+                    joined.append(req)
+            if req.finished_reason is not None:
+                self.tree_cache.cache_finished_req(req, is_insert=req.finished_reason["type"] != "abort")
+            news.append(req)
+        self.running.drop_finished(joined)
+        self.stream_output(news)
+        self.stats.on_step(len(next_ids), len(self.running), len(self.planner.waiting))
 
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:

@@ -65,7 +65,7 @@ def test_engine_matches_http_greedy(server):
             engine.generate("word " * 10000, params)
         with pytest.raises(ValueError):  # a bad prompt in a batch withdraws the whole batch
             engine.generate([prompts[0], "word " * 10000], params)
-        assert engine.scheduler.check_memory_integrity() and not engine.scheduler.waiting_queue
+        assert engine.scheduler.check_memory_integrity() and not engine.scheduler.planner.waiting
     finally:
         engine.shutdown()
     for key in ("output_token_logprobs", "input_token_logprobs", "output_top_logprobs"):

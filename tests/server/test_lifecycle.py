@@ -32,7 +32,7 @@ def run_launcher(args, timeout=120):
         (["--device", "cpu", "--attention-backend", "triton"], "--attention-backend"),
         (["--model-path", "/nonexistent/model"], "--model-path"),
         (["--load-format", "pickle"], "--load-format"),
-        (["--max-prefill-tokens-while-decoding", "0"], "--max-prefill-tokens-while-decoding"),
+        (["--max-num-batched-tokens", "0", "--page-size", "4"], "--chunked-prefill-size"),
     ],
 )
 def test_invalid_flags_fail_at_start(args, flag):

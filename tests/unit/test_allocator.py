@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Dict, List
+from typing import List
 
 import pytest
 import torch

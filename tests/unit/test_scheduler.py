@@ -95,8 +95,8 @@ def alone_outputs(tiny_model_dir):
         dict(max_total_tokens=4096, schedule_policy="lpm"),
         dict(max_total_tokens=4096, disable_radix_cache=True, chunked_prefill_size=8),
         dict(max_total_tokens=4096, max_running_requests=3),
-        # Small prefill batches while others decode (the ITL bound), full ones from idle
-        dict(max_total_tokens=4096, chunked_prefill_size=64, max_prefill_tokens_while_decoding=8),
+        # A small step budget: most steps mix decode tokens with prefill chunks
+        dict(max_total_tokens=4096, chunked_prefill_size=8),
         # A pool so small that decode must retract requests back to the queue
         dict(max_total_tokens=200, chunked_prefill_size=32),
         dict(max_total_tokens=200, page_size=8, chunked_prefill_size=32),
@@ -106,12 +106,12 @@ def alone_outputs(tiny_model_dir):
     ],
 )
 def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, monkeypatch):
-    import sglserve.scheduler.scheduler as sched
+    import sglserve.scheduler.running_batch as rb
 
     if kw["max_total_tokens"] == 200:
         # Admission expects few future tokens, so decode runs out of KV and must retract
-        monkeypatch.setattr(sched, "INIT_NEW_TOKEN_RATIO", 0.01)
-        monkeypatch.setattr(sched, "MIN_NEW_TOKEN_RATIO", 0.01)
+        monkeypatch.setattr(rb, "INIT_NEW_TOKEN_RATIO", 0.01)
+        monkeypatch.setattr(rb, "MIN_NEW_TOKEN_RATIO", 0.01)
     kw = dict(kw)
     overlap = kw.pop("overlap", False)
     s = make(tiny_model_dir, **kw)
@@ -120,15 +120,14 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
     orig_can = s._can_overlap
     s._can_overlap = lambda p: overlapped.append(orig_can(p)) or overlapped[-1]
     retracted = []
-    orig = s.update_running_batch
+    orig = s.running.make_room
 
-    def spy():
-        before = len(s.waiting_queue)
-        out = orig()
-        retracted.append(len(s.waiting_queue) - before)
-        return out
+    def spy(planner, fail):
+        before = len(planner.waiting)
+        orig(planner, fail)
+        retracted.append(len(planner.waiting) - before)
 
-    s.update_running_batch = spy
+    s.running.make_room = spy
     for rid, ids, n in workload():
         submit(s, rid, ids, n)
     run_until_idle(s)
@@ -193,27 +192,71 @@ def test_cache_report_flag_logs_hit_rate(tiny_model_dir, caplog):
     assert quiet_lines and not any("cache hit rate" in line for line in quiet_lines)
 
 
-def test_prefill_bounded_while_decoding(tiny_model_dir, alone_outputs):
-    """--max-prefill-tokens-while-decoding: with requests decoding, no prefill batch computes more
-    than the bound (so their next token waits one short prefill); from idle the chunk size applies."""
-    s = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=64, max_prefill_tokens_while_decoding=8)
-    batches = []  # (new tokens in the prefill batch, requests decoding when it was formed)
-    orig = s.get_new_batch_prefill
+def test_mixed_steps_stay_within_budget_and_equal_alone(tiny_model_dir, alone_outputs):
+    """One forward per step over the token budget: running requests' decode tokens ride along
+    with prefill chunks, no step exceeds the budget (but for the prefill floor), and every
+    request's greedy output equals what it gives alone (fp32)."""
+    s = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=32)
+    steps = []  # (prefill tokens, decode tokens) per forward
+    orig = s.batch_runner.launch
 
-    def spy():
-        decoding = len(s.running)
-        batch = orig()
-        if batch is not None:
-            batches.append((sum(r.extend_input_len for r in batch.reqs), decoding))
-        return batch
+    def spy(batch, input_ids=None):
+        n_prefill = len(batch.reqs) - batch.num_decoding
+        if batch.forward_mode.is_extend():
+            steps.append((sum(r.extend_input_len for r in batch.reqs[:n_prefill]), batch.num_decoding))
+        else:
+            steps.append((0, len(batch.reqs)))
+        return orig(batch, input_ids)
 
-    s.get_new_batch_prefill = spy
+    s.batch_runner.launch = spy
     for rid, ids, n in workload():
         submit(s, rid, ids, n)
     run_until_idle(s)
     assert s.outputs == alone_outputs
-    while_decoding = [n for n, d in batches if d > 0]
-    from_idle = [n for n, d in batches if d == 0]
-    assert while_decoding and max(while_decoding) <= 8
-    assert from_idle and max(from_idle) > 8
+    mixed = [(p, d) for p, d in steps if p and d]
+    assert len(mixed) >= 3, steps
+    assert all(p <= max(32 - d, 32 // 4) for p, d in steps), steps
     assert s.check_memory_integrity()
+
+
+def _submit_open_ended(s: Scheduler, n: int) -> None:
+    """Requests without max_new_tokens: up to the context length, as a chat without max_tokens."""
+    rng = random.Random(3)
+    for i in range(n):
+        sp = SamplingParams(temperature=0, ignore_eos=True)
+        sp.verify()
+        s.handle_generate_request(TokenizedGenerateReqInput(f"open{i}", None, [rng.randrange(128) for _ in range(20)], sp))
+
+
+def test_open_ended_requests_run_together_with_clip(tiny_model_dir, monkeypatch):
+    """SGLang's SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION: each request is expected to take at most
+    the clip more tokens, so four requests without max_new_tokens run side by side in a pool far
+    smaller than their context; retraction settles a wrong guess; nobody waits forever."""
+    monkeypatch.setenv("SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION", "16")
+    s = make(tiny_model_dir, max_total_tokens=320)
+    _submit_open_ended(s, 4)
+    most_running = 0
+    for _ in range(20000):
+        busy = s.step()
+        most_running = max(most_running, len(s.running))
+        if not busy:
+            break
+    assert most_running == 4
+    assert set(s.finish) == {f"open{i}" for i in range(4)}
+    assert s.check_memory_integrity()
+
+
+def test_open_ended_requests_never_hang_without_clip(tiny_model_dir):
+    """Without the variable each request expects min(context, 4096) x 0.7 more tokens, more than
+    the whole pool: the head request still runs whenever nothing else does, so every request ends."""
+    s = make(tiny_model_dir, max_total_tokens=320)
+    _submit_open_ended(s, 4)
+    run_until_idle(s, max_steps=20000)
+    assert set(s.finish) == {f"open{i}" for i in range(4)}
+    assert s.check_memory_integrity()
+
+
+def test_bad_clip_variable_fails_at_start(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION", "lots")
+    with pytest.raises(ValueError, match="SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"):
+        make(tiny_model_dir, max_total_tokens=320)

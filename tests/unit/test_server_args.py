@@ -19,9 +19,10 @@ def test_every_flag_is_described_in_help():
         assert "--" + f.name.replace("_", "-") in text
 
 
-def test_cpu_defaults_and_prefill_bound_flag():
+def test_cpu_defaults_and_step_budget_alias():
     args = prepare_server_args(["--device", "cpu"])
     assert args.attention_backend == "torch_native" and args.disable_cuda_graph and args.disable_overlap_schedule
-    assert args.max_prefill_tokens_while_decoding == -1  # no bound on CPU unless asked
-    assert prepare_server_args(["--device", "cpu", "--max-prefill-tokens-while-decoding", "256"]
-                               ).max_prefill_tokens_while_decoding == 256
+    assert args.chunked_prefill_size == 2048
+    # vLLM's name for the step's token budget sets the same field
+    assert prepare_server_args(["--device", "cpu", "--max-num-batched-tokens", "256"]).chunked_prefill_size == 256
+    assert prepare_server_args(["--device", "cpu", "--chunked-prefill-size", "512"]).chunked_prefill_size == 512

@@ -42,7 +42,7 @@ def _install() -> None:
     orig_next = scheduler.Scheduler.get_next_batch_to_run
 
     def get_next_batch_to_run(self):
-        if marked([r.rid for r in self.waiting_queue], "CRASH-SCHED"):
+        if marked([r.rid for r in self.planner.waiting], "CRASH-SCHED"):
             raise RuntimeError("injected scheduler crash")
         return orig_next(self)
 
