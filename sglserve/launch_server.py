@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from sglserve.io_struct import ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, prepare_server_args
 from sglserve.utils.logging_utils import configure_logger
+from sglserve.utils.process import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def run_server(server_args: ServerArgs) -> int:
         app = create_app(server_args, tokenizer_manager)
         server = _make_server(uvicorn_config(server_args, app), tokenizer_manager, server_args.shutdown_grace_period)
         threading.Thread(target=_watch_children, args=(subs, server, state), daemon=True).start()
+        freeze_startup_objects()
         logger.info("The server is fired up and ready to roll! http://%s:%d", server_args.host, server_args.port)
         server.run()
     finally:

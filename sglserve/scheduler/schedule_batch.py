@@ -41,6 +41,10 @@ class Req:
         self.sampling_params = sampling_params
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos_token_ids
+        # A token outside these, before max_new_tokens, cannot finish a request without stop
+        # strings or a grammar: the per-step check skips check_finished for it
+        sp = sampling_params
+        self.finish_token_ids = frozenset(sp.stop_token_ids or ()) | frozenset(() if sp.ignore_eos else eos_token_ids)
         self.stream = stream
         self.output_ids: List[int] = []
         # Tokens whose KV must exist after the next extend (input + output, maybe cut by chunking)
@@ -73,6 +77,12 @@ class Req:
 
     def finished(self) -> bool:
         return self.finished_reason is not None
+
+    def may_finish_on(self, token: int) -> bool:
+        """False when appending `token` (already in output_ids) surely leaves the request running:
+        the hot loop's cheap test before the full check_finished."""
+        return (token in self.finish_token_ids or len(self.output_ids) >= self.max_new_tokens
+                or self.to_abort is not None or self.grammar is not None or bool(self.sampling_params.stop_strs))
 
     def init_next_round_input(self, tree_cache) -> None:
         """Match the longest cached prefix of input+output; the rest must be computed."""

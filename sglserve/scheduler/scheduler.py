@@ -46,7 +46,7 @@ from sglserve.scheduler.stats import SchedulerStats
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import setup_child_process
+from sglserve.utils.process import freeze_startup_objects, setup_child_process
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +260,10 @@ class Scheduler:
         reqs = batch.reqs
         for i, tok in zip(sample_rows, next_ids):
             req = reqs[i]
+            req.output_ids.append(tok)
+            if not req.may_finish_on(tok):
+                continue
             try:
-                req.output_ids.append(tok)
                 if req.grammar is not None:
                     error = self.grammar_manager.accept(req, tok)
                     if error is not None:  # the mask allowed nothing: the constraint cannot be met
@@ -306,6 +308,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
         logger.error("Scheduler failed to start:\n%s", traceback.format_exc())
         ready_writer.send(ReadyMsg("scheduler", error=f"{type(e).__name__}: {e}"))
         sys.exit(1)
+    freeze_startup_objects()
     ready_writer.send(ReadyMsg("scheduler", scheduler.ready_info()))
     try:
         scheduler.event_loop()

@@ -14,7 +14,8 @@ import requests
 from tests.helpers import start_server
 
 FLAGS = ["--max-total-tokens", "1536", "--context-length", "8192"]
-PROMPTS = ["Tell me about the sea.", "Describe a forest.", "What is a city like at night?", "Write about the moon."]
+# Questions with short answers: no max_tokens, yet each ends soon after min_tokens
+PROMPTS = ["What is the capital of France?", "What is 2 + 2?", "Name a primary color.", "Say hello in Spanish."]
 
 
 def _chat_all(base_url: str, min_tokens: int) -> list:
@@ -50,13 +51,13 @@ def test_open_ended_chats_share_a_small_pool(tmp_path_factory, clip):
     env = {"SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": clip} if clip else {}
     server = start_server(tmp_path_factory, FLAGS, name=f"admission{clip}", env=env)
     try:
-        threads, results = _chat_all(server.base_url, min_tokens=48)
+        threads, results = _chat_all(server.base_url, min_tokens=32)
         most = _most_running(server.base_url, threads)
         for t in threads:
             t.join()
         for r in results:
             assert not isinstance(r, Exception), r
-            assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 48
+            assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 32
         if clip:
             assert most == 4, f"with the clip all four should run at once; saw at most {most}"
         info = requests.get(server.base_url + "/get_server_info", timeout=30).json()
