@@ -1,0 +1,169 @@
+"""The scheduler and the detokenizer in-process with the free forward: host µs per step and per request.
+
+Only the scheduler's public entry points are used (constructor, handle_generate_request, step,
+output_sender.sink, model_runner), so the lead's refactors do not break this. Phase timers wrap
+a few more attributes when they exist (make_sampling_info, add_sampling_extras,
+process_batch_result, output_sender.send); a missing one just folds into "schedule+prepare".
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import statistics
+import time
+from collections import defaultdict
+from typing import Any, Callable, Dict, List, Sequence
+
+import hp_stubs
+
+PICKLE = pickle.DEFAULT_PROTOCOL  # what zmq's send_pyobj / recv_pyobj use between the processes
+
+
+def _wrap(obj: Any, name: str, acc: Dict[str, float], key: str) -> bool:
+    """Accumulate the time spent in obj.name into acc[key]; False when obj has no such attribute."""
+    fn = getattr(obj, name, None)
+    if fn is None:
+        return False
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            acc[key] += time.perf_counter() - t0
+
+    setattr(obj, name, timed)
+    return True
+
+
+def build_scheduler(model_dir: str, tokenizer_path: str, n: int, input_len: int, max_new: int, overlap: bool):
+    from sglserve.scheduler.scheduler import Scheduler
+    from sglserve.server_args import ServerArgs
+
+    context = input_len + max_new + 8
+    args = ServerArgs(
+        model_path=model_dir, tokenizer_path=tokenizer_path, load_format="dummy", device="cpu", random_seed=0,
+        max_running_requests=n, max_total_tokens=n * context + 4096, context_length=context,
+        chunked_prefill_size=max(8192, n * input_len), max_prefill_tokens=max(8192, n * input_len),
+    )
+    sched = Scheduler(args, None)
+    if overlap and hasattr(sched, "enable_overlap"):
+        sched.enable_overlap = True  # the GPU's mode; ServerArgs turns it off on CPU
+    return sched
+
+
+def submit(sched: Any, n: int, input_len: int, max_new: int, table: Sequence[int]) -> None:
+    from sglserve.io_struct import TokenizedGenerateReqInput
+    from sglserve.sampling.sampling_params import SamplingParams
+
+    rng = random.Random(0)
+    for i in range(n):
+        start = rng.randrange(len(table) - input_len)
+        sp = SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)
+        sp.verify()
+        sched.handle_generate_request(
+            TokenizedGenerateReqInput(f"hp-{i}", None, list(table[start:start + input_len]), sp, stream=True)
+        )
+
+
+def _med(xs: List[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, Any]:
+    """Admit all n, decode `warmup` steps, then time `steps` decode steps phase by phase."""
+    acc: Dict[str, float] = defaultdict(float)
+    msgs: List[bytes] = []
+    sizes: List[int] = []
+
+    def sink(msg: Any) -> None:
+        t0 = time.perf_counter()
+        msgs.append(pickle.dumps(msg, protocol=PICKLE))
+        sizes.append(len(msg.rids))
+        acc["outbox_pickle"] += time.perf_counter() - t0
+
+    sched.output_sender.sink = sink
+    _wrap(sched.model_runner, "make_sampling_info", acc, "sampling")
+    _wrap(sched, "add_sampling_extras", acc, "sampling")
+    _wrap(sched, "process_batch_result", acc, "process")
+    _wrap(sched.output_sender, "send", acc, "outbox")
+
+    def one_step() -> Dict[str, float]:
+        acc.clear()
+        stub0 = hp_stubs.CLOCK.seconds
+        t0 = time.perf_counter()
+        busy = sched.step()
+        wall = time.perf_counter() - t0
+        if not busy:
+            raise RuntimeError("the scheduler went idle: requests finished early (max_new_tokens too small?)")
+        stub = hp_stubs.CLOCK.seconds - stub0
+        host = wall - stub
+        outbox = acc["outbox"] - acc["outbox_pickle"]
+        process = acc["process"] - acc["outbox"]
+        return {"host": host, "stub": stub, "sampling": acc["sampling"], "process": process,
+                "outbox_build": outbox, "outbox_pickle": acc["outbox_pickle"],
+                "schedule_prepare": host - acc["sampling"] - acc["process"]}
+
+    admit_host, admit_steps = 0.0, 0
+    while not (sizes and sizes[-1] == n):  # every request has its first token: all are decoding
+        admit_host += one_step()["host"]
+        admit_steps += 1
+        if admit_steps > 10 * n + 100:
+            raise RuntimeError(f"admission did not finish: last message had {sizes[-1] if sizes else 0} of {n}")
+    for _ in range(warmup):
+        one_step()
+    first_measured = len(msgs)
+    rows = [one_step() for _ in range(steps)]
+    bad = [s for s in sizes[first_measured:] if s != n]
+    if bad:
+        raise RuntimeError(f"a measured step sent {bad[0]} updates, not {n}: requests finished or stalled")
+    phases = {k: _med([r[k] for r in rows]) * 1e6 for k in rows[0]}
+    return {
+        "admission_steps": admit_steps, "admission_host_us_per_req": admit_host / n * 1e6,
+        "step_us": phases, "per_req_us": {k: v / n for k, v in phases.items()},
+        "msg_bytes": _med([len(m) for m in msgs[first_measured:]]),
+        "_msgs": msgs, "_first_measured": first_measured,
+    }
+
+
+def measure_detokenizer(tokenizer: Any, msgs: List[bytes], first_measured: int, n: int) -> Dict[str, Any]:
+    """Replay the scheduler's messages through the real DetokenizerManager, as its process would:
+    unpickle, detokenize, pickle the BatchStrOut for the HTTP process. Only decode steps count."""
+    from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
+
+    dm = DetokenizerManager(tokenizer)
+    rows: List[Dict[str, float]] = []
+    chars = 0
+    for i, raw in enumerate(msgs):
+        t0 = time.perf_counter()
+        msg = pickle.loads(raw)
+        t1 = time.perf_counter()
+        out = dm.handle_batch_token_id_out(msg)
+        t2 = time.perf_counter()
+        pickle.dumps(out, protocol=PICKLE)
+        t3 = time.perf_counter()
+        if i >= first_measured:
+            rows.append({"unpickle": t1 - t0, "detokenize": t2 - t1, "pickle": t3 - t2, "total": t3 - t0})
+            chars += sum(len(t) for t in out.output_strs) if hasattr(out, "output_strs") else 0
+    phases = {k: _med([r[k] for r in rows]) * 1e6 for k in rows[0]}
+    return {"step_us": phases, "per_req_us": {k: v / n for k, v in phases.items()},
+            "chars_per_step": chars / max(len(rows), 1)}
+
+
+def run_one(n: int, model_dir: str, tokenizer_path: str, tokenizer: Any, table: Sequence[int],
+            input_len: int, warmup: int, steps: int, overlap: bool, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    max_new = warmup + steps + 4  # one or two extra for overlap's look-ahead step
+    t0 = time.perf_counter()
+    sched = build_scheduler(model_dir, tokenizer_path, n, input_len, max_new, overlap)
+    hp_stubs.install_on_instance(sched.model_runner, table)
+    submit(sched, n, input_len, max_new, table)
+    res = measure_scheduler(sched, n, warmup, steps)
+    msgs, first = res.pop("_msgs"), res.pop("_first_measured")
+    res["overlap"] = bool(getattr(sched, "enable_overlap", False))
+    del sched
+    res["detokenizer"] = measure_detokenizer(tokenizer, msgs, first, n)
+    res.update(n=n, input_len=input_len, warmup=warmup, steps=steps, wall_s=time.perf_counter() - t0)
+    log(f"[host_path] N={n}: scheduler {res['step_us']['host']:.0f} us/step, "
+        f"detokenizer {res['detokenizer']['step_us']['total']:.0f} us/step ({res['wall_s']:.1f} s)")
+    return res
