@@ -8,6 +8,7 @@ process_batch_result, output_sender.send); a missing one just folds into "schedu
 
 from __future__ import annotations
 
+import gc
 import pickle
 import random
 import statistics
@@ -17,6 +18,9 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import hp_stubs
 
+# CPU time of this thread, not wall time: the machine is shared, and a step descheduled by another
+# process would count that wait as host work. Wall time is reported separately (wall_s).
+clock = time.thread_time
 PICKLE = pickle.DEFAULT_PROTOCOL  # what zmq's send_pyobj / recv_pyobj use between the processes
 
 
@@ -27,11 +31,11 @@ def _wrap(obj: Any, name: str, acc: Dict[str, float], key: str) -> bool:
         return False
 
     def timed(*a, **kw):
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             return fn(*a, **kw)
         finally:
-            acc[key] += time.perf_counter() - t0
+            acc[key] += clock() - t0
 
     setattr(obj, name, timed)
     return True
@@ -71,6 +75,21 @@ def _med(xs: List[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector: with thousands of live Reqs a full collection
+    is a pause of its own (a step that costs many times the median), which medians hide."""
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._t0 = 0.0, 0, 0.0
+
+    def __call__(self, phase: str, info: Dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = clock()
+        else:
+            self.seconds += clock() - self._t0
+            self.full += info.get("generation") == 2
+
+
 def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, Any]:
     """Admit all n, decode `warmup` steps, then time `steps` decode steps phase by phase."""
     acc: Dict[str, float] = defaultdict(float)
@@ -78,10 +97,10 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
     sizes: List[int] = []
 
     def sink(msg: Any) -> None:
-        t0 = time.perf_counter()
+        t0 = clock()
         msgs.append(pickle.dumps(msg, protocol=PICKLE))
         sizes.append(len(msg.rids))
-        acc["outbox_pickle"] += time.perf_counter() - t0
+        acc["outbox_pickle"] += clock() - t0
 
     sched.output_sender.sink = sink
     _wrap(sched.model_runner, "make_sampling_info", acc, "sampling")
@@ -92,13 +111,13 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
     def one_step() -> Dict[str, float]:
         acc.clear()
         stub0 = hp_stubs.CLOCK.seconds
-        t0 = time.perf_counter()
+        t0 = clock()
         busy = sched.step()
-        wall = time.perf_counter() - t0
+        spent = clock() - t0
         if not busy:
             raise RuntimeError("the scheduler went idle: requests finished early (max_new_tokens too small?)")
         stub = hp_stubs.CLOCK.seconds - stub0
-        host = wall - stub
+        host = spent - stub
         outbox = acc["outbox"] - acc["outbox_pickle"]
         process = acc["process"] - acc["outbox"]
         return {"host": host, "stub": stub, "sampling": acc["sampling"], "process": process,
@@ -114,7 +133,12 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
     for _ in range(warmup):
         one_step()
     first_measured = len(msgs)
-    rows = [one_step() for _ in range(steps)]
+    gc_clock = GcClock()
+    gc.callbacks.append(gc_clock)
+    try:
+        rows = [one_step() for _ in range(steps)]
+    finally:
+        gc.callbacks.remove(gc_clock)
     bad = [s for s in sizes[first_measured:] if s != n]
     if bad:
         raise RuntimeError(f"a measured step sent {bad[0]} updates, not {n}: requests finished or stalled")
@@ -122,6 +146,8 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
     return {
         "admission_steps": admit_steps, "admission_host_us_per_req": admit_host / n * 1e6,
         "step_us": phases, "per_req_us": {k: v / n for k, v in phases.items()},
+        "max_step_host_us": max(r["host"] for r in rows) * 1e6,
+        "gc_us_per_step": gc_clock.seconds / steps * 1e6, "gc_full_collections": gc_clock.full,
         "msg_bytes": _med([len(m) for m in msgs[first_measured:]]),
         "_msgs": msgs, "_first_measured": first_measured,
     }
@@ -136,13 +162,13 @@ def measure_detokenizer(tokenizer: Any, msgs: List[bytes], first_measured: int, 
     rows: List[Dict[str, float]] = []
     chars = 0
     for i, raw in enumerate(msgs):
-        t0 = time.perf_counter()
+        t0 = clock()
         msg = pickle.loads(raw)
-        t1 = time.perf_counter()
+        t1 = clock()
         out = dm.handle_batch_token_id_out(msg)
-        t2 = time.perf_counter()
+        t2 = clock()
         pickle.dumps(out, protocol=PICKLE)
-        t3 = time.perf_counter()
+        t3 = clock()
         if i >= first_measured:
             rows.append({"unpickle": t1 - t0, "detokenize": t2 - t1, "pickle": t3 - t2, "total": t3 - t0})
             chars += sum(len(t) for t in out.output_strs) if hasattr(out, "output_strs") else 0

@@ -11,7 +11,8 @@ text tokens. Their time is measured and subtracted: every µs reported is host w
 
 Per N, in-process (inproc.py): N streamed requests (input 32 tokens, ignore_eos, fixed
 max_new_tokens) are admitted, decode a few warm-up steps, then `steps` decode steps are timed;
-medians per step. Scheduler phases: schedule_prepare (batch selection, ScheduleBatch +
+medians per step of this thread's CPU time (time.thread_time: a shared machine's
+waits are not host work). Scheduler phases: schedule_prepare (batch selection, ScheduleBatch +
 ForwardBatch, KV allocation), sampling (sampling-info and extras), process (append tokens,
 finish checks, cache), outbox_build (the BatchTokenIDOut), outbox_pickle (what send_pyobj does).
 Detokenizer: the same messages replayed through DetokenizerManager with the SmolLM2 tokenizer
@@ -39,7 +40,7 @@ sys.path.insert(0, HERE)
 import hp_stubs  # noqa: E402
 import inproc  # noqa: E402
 
-DEFAULT_STEPS = {256: 60, 1024: 24, 4096: 8}
+DEFAULT_STEPS = {256: 120, 1024: 60, 4096: 30}
 DEFAULT_HTTP_OUT = {256: 64, 1024: 32, 4096: 16}
 
 
@@ -63,12 +64,13 @@ def print_table(results: Dict[str, Any]) -> None:
     rows = results["inproc"]
     print("\nscheduler host µs per decode step (median) / µs per running request")
     print(f"{'N':>6} | {'host':>16} | {'sched+prep':>10} | {'sampling':>9} | {'process':>9} | {'outbox':>9} "
-          f"| {'pickle':>8} | {'admit/req':>9}")
+          f"| {'pickle':>8} | {'admit/req':>9} | {'max step':>8} | {'GC/step':>7}")
     for r in rows:
         s, n = r["step_us"], r["n"]
         print(f"{n:>6} | {s['host']:>9.0f} {s['host'] / n:>6.2f} | {s['schedule_prepare']:>10.0f} | "
               f"{s['sampling']:>9.0f} | {s['process']:>9.0f} | {s['outbox_build']:>9.0f} | "
-              f"{s['outbox_pickle']:>8.0f} | {r['admission_host_us_per_req']:>9.1f}")
+              f"{s['outbox_pickle']:>8.0f} | {r['admission_host_us_per_req']:>9.1f} | {r['max_step_host_us']:>8.0f} | "
+              f"{r['gc_us_per_step']:>7.0f}")
     print("\ndetokenizer µs per decode step (median) / µs per request")
     print(f"{'N':>6} | {'total':>16} | {'unpickle':>9} | {'detokenize':>10} | {'pickle':>8} | chars/step")
     for r in rows:
@@ -89,7 +91,7 @@ def print_table(results: Dict[str, Any]) -> None:
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", help="running requests (default 256 1024 4096; QUICK=1: 16)")
-    ap.add_argument("--steps", type=int, help="timed decode steps per N (default: 60/24/8 for 256/1024/4096)")
+    ap.add_argument("--steps", type=int, help="timed decode steps per N (default: 120/60/30 for 256/1024/4096)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--input-len", type=int, default=32)
     ap.add_argument("--overlap", action="store_true", help="overlap scheduling in-process (the GPU's mode)")
