@@ -188,6 +188,7 @@ def run_one(n: int, model_dir: str, tokenizer_path: str, tokenizer: Any, table: 
     msgs, first = res.pop("_msgs"), res.pop("_first_measured")
     res["overlap"] = bool(getattr(sched, "enable_overlap", False))
     del sched
+    gc.collect()  # the scheduler holds cycles: free it before the next N so its objects do not slow later GCs
     res["detokenizer"] = measure_detokenizer(tokenizer, msgs, first, n)
     res.update(n=n, input_len=input_len, warmup=warmup, steps=steps, wall_s=time.perf_counter() - t0)
     log(f"[host_path] N={n}: scheduler {res['step_us']['host']:.0f} us/step, "
