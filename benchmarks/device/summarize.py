@@ -34,10 +34,11 @@ def main(folder: str) -> None:
         for r in rows(os.path.join(folder, f"{name}.jsonl")) if os.path.exists(os.path.join(folder, f"{name}.jsonl")) else []:
             if name == "w1":
                 print(f"W1: median decode {fmt(r.get('median_decode_latency_s', 0) * 1e3, 2)} ms, "
-                      f"{fmt(r.get('median_decode_throughput'), 1)} tok/s")
+                      f"{fmt(r.get('median_decode_throughput_tok_s'), 1)} tok/s")
             else:
+                busy = r.get("gpu_busy_fraction")
                 print(f"{name.upper()}: {fmt(r.get('output_throughput'))} out tok/s, GPU busy "
-                      f"{fmt((r.get('gpu_busy_fraction') or 0) * 100, 1)} %")
+                      f"{fmt(None if busy is None else busy * 100, 1)} %")
     for path in sorted(glob.glob(os.path.join(folder, "*.jsonl"))):
         if os.path.basename(path) in ("w1.jsonl", "w2.jsonl", "w5.jsonl"):
             continue
