@@ -80,12 +80,13 @@ def print_table(results: Dict[str, Any]) -> None:
     if results.get("http"):
         print("\nHTTP /generate streaming, stubbed forward (client on the same CPU)")
         print(f"{'N':>6} | {'out tok/s':>9} | {'TTFT med ms':>11} | {'ITL med ms':>10} | {'ITL p99 ms':>10} "
-              f"| cores http/sched/detok/client")
+              f"| cores http/sched/detok/client | CPU µs/token http/sched/detok/client")
         for r in results["http"]:
             c = {**r["server_cpu"]["cores_during_load"], "client": r["server_cpu"]["client_cores_during_load"]}
             print(f"{r['n']:>6} | {r['output_throughput']:>9.0f} | {r['median_ttft_ms']:>11.0f} | "
                   f"{r['median_itl_ms']:>10.1f} | {r['p99_itl_ms']:>10.1f} | "
-                  f"{c.get('http', 0):.2f}/{c.get('scheduler', 0):.2f}/{c.get('detokenizer', 0):.2f}/{c['client']:.2f}")
+                  f"{c.get('http', 0):.2f}/{c.get('scheduler', 0):.2f}/{c.get('detokenizer', 0):.2f}/{c['client']:.2f} | "
+                  + "/".join(f"{r['server_cpu']['us_per_token'].get(k, 0):.0f}" for k in ("http", "scheduler", "detokenizer", "client")))
 
 
 def main(argv: List[str] = None) -> int:

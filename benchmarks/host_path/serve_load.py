@@ -94,4 +94,8 @@ def run_load(server: Server, tokenizer_path: str, n: int, input_len: int, output
     dur = row.get("duration") or cpu["wall_s"]
     cpu["cores_during_load"] = {k: round(v / dur, 3) for k, v in cpu["cpu_s"].items()}
     cpu["client_cores_during_load"] = round(client_cpu / dur, 3)
+    # CPU µs per delivered token: unlike tok/s, barely moved by other load on a shared machine
+    toks = max(row.get("total_output_tokens") or 0, 1)
+    cpu["us_per_token"] = {**{k: round(v / toks * 1e6, 1) for k, v in cpu["cpu_s"].items()},
+                           "client": round(client_cpu / toks * 1e6, 1)}
     return {**{k: row.get(k) for k in keep}, "server_cpu": cpu}
