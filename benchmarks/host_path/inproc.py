@@ -41,16 +41,20 @@ def _wrap(obj: Any, name: str, acc: Dict[str, float], key: str) -> bool:
     return True
 
 
-def build_scheduler(model_dir: str, tokenizer_path: str, n: int, input_len: int, max_new: int, overlap: bool):
+def build_scheduler(model_dir: str, tokenizer_path: str, n: int, input_len: int, max_new: int, overlap: bool,
+                    **admission: Any):
+    """Default admission takes all n in one prefill (the decode steps are what is timed);
+    `admission` overrides it (e.g. the server's chunked_prefill_size / max_prefill_tokens_while_decoding)."""
     from sglserve.scheduler.scheduler import Scheduler
     from sglserve.server_args import ServerArgs
 
     context = input_len + max_new + 8
-    args = ServerArgs(
-        model_path=model_dir, tokenizer_path=tokenizer_path, load_format="dummy", device="cpu", random_seed=0,
-        max_running_requests=n, max_total_tokens=n * context + 4096, context_length=context,
-        chunked_prefill_size=max(8192, n * input_len), max_prefill_tokens=max(8192, n * input_len),
-    )
+    budget = max(8192, n * input_len)
+    args = ServerArgs(**{
+        "model_path": model_dir, "tokenizer_path": tokenizer_path, "load_format": "dummy", "device": "cpu",
+        "random_seed": 0, "max_running_requests": n, "max_total_tokens": n * context + 4096, "context_length": context,
+        **(admission or {"chunked_prefill_size": budget, "max_prefill_tokens": budget}),
+    })
     sched = Scheduler(args, None)
     if overlap and hasattr(sched, "enable_overlap"):
         sched.enable_overlap = True  # the GPU's mode; ServerArgs turns it off on CPU
@@ -194,3 +198,32 @@ def run_one(n: int, model_dir: str, tokenizer_path: str, tokenizer: Any, table: 
     log(f"[host_path] N={n}: scheduler {res['step_us']['host']:.0f} us/step, "
         f"detokenizer {res['detokenizer']['step_us']['total']:.0f} us/step ({res['wall_s']:.1f} s)")
     return res
+
+
+def run_whole(n: int, model_dir: str, tokenizer_path: str, table: Sequence[int], input_len: int, output_len: int,
+              overlap: bool, admission: Dict[str, Any]) -> Dict[str, Any]:
+    """The whole life of n requests of output_len tokens, submitted at once, with the server's
+    admission flags: what the scheduler process would spend on the HTTP run, minus receiving."""
+    sched = build_scheduler(model_dir, tokenizer_path, n, input_len, output_len, overlap, **admission)
+    hp_stubs.install_on_instance(sched.model_runner, table)
+    done = [0, 0]  # finished requests, tokens sent
+
+    def sink(msg: Any) -> None:
+        pickle.dumps(msg, protocol=PICKLE)
+        done[0] += sum(r is not None for r in msg.finished_reasons)
+        done[1] += sum(len(ids) for ids in msg.decode_ids)
+
+    sched.output_sender.sink = sink
+    submit(sched, n, input_len, output_len, table)
+    stub0, t0, steps = hp_stubs.CLOCK.seconds, clock(), 0
+    while done[0] < n:
+        if not sched.step():
+            raise RuntimeError(f"the scheduler went idle with {done[0]} of {n} requests finished")
+        steps += 1
+    host = clock() - t0 - (hp_stubs.CLOCK.seconds - stub0)
+    if done[1] != n * output_len:
+        raise RuntimeError(f"{done[1]} tokens sent, not {n * output_len}")
+    del sched
+    gc.collect()
+    return {"n": n, "output_len": output_len, "admission": admission, "steps": steps, "host_s": host,
+            "us_per_token": host / (n * output_len) * 1e6}

@@ -17,6 +17,8 @@ ForwardBatch, KV allocation), sampling (sampling-info and extras), process (appe
 finish checks, cache), outbox_build (the BatchTokenIDOut), outbox_pickle (what send_pyobj does).
 Detokenizer: the same messages replayed through DetokenizerManager with the SmolLM2 tokenizer
 (unpickle, detokenize, pickle of the BatchStrOut).
+Whole run (inproc.run_whole): the same N requests with the HTTP part's output length and the
+server's admission flags, submitted at once and run to the end: scheduler CPU µs per token.
 HTTP (serve_load.py): one real server (launch_server, --device cpu, stubbed forward through
 site/sitecustomize.py) and bench_serving with N prompts at once; delivered output tok/s, and the
 cores each server process used. The client shares the CPU with the server: on 2 cores that caps
@@ -60,6 +62,17 @@ def _git_commit() -> str:
         return ""
 
 
+def _admission_flags(server_args: str) -> Dict[str, int]:
+    """The admission flags of --server-args as ServerArgs fields, so the in-process whole run
+    admits as the HTTP server does."""
+    words, out = server_args.split(), {}
+    for flag, field in (("--chunked-prefill-size", "chunked_prefill_size"), ("--max-prefill-tokens", "max_prefill_tokens"),
+                        ("--max-prefill-tokens-while-decoding", "max_prefill_tokens_while_decoding")):
+        if flag in words:
+            out[field] = int(words[words.index(flag) + 1])
+    return out
+
+
 def print_table(results: Dict[str, Any]) -> None:
     rows = results["inproc"]
     print("\nscheduler host µs per decode step (median) / µs per running request")
@@ -77,6 +90,11 @@ def print_table(results: Dict[str, Any]) -> None:
         d, n = r["detokenizer"]["step_us"], r["n"]
         print(f"{n:>6} | {d['total']:>9.0f} {d['total'] / n:>6.2f} | {d['unpickle']:>9.0f} | "
               f"{d['detokenize']:>10.0f} | {d['pickle']:>8.0f} | {r['detokenizer']['chars_per_step']:.0f}")
+    if results.get("whole"):
+        print("\nscheduler in-process, whole run (admission with the server's flags + decode + finish)")
+        print(f"{'N':>6} | {'out/req':>7} | {'steps':>6} | {'host ms':>8} | µs/token")
+        for r in results["whole"]:
+            print(f"{r['n']:>6} | {r['output_len']:>7} | {r['steps']:>6} | {r['host_s'] * 1e3:>8.0f} | {r['us_per_token']:.1f}")
     if results.get("http"):
         print("\nHTTP /generate streaming, stubbed forward (client on the same CPU)")
         print(f"{'N':>6} | {'out tok/s':>9} | {'TTFT med ms':>11} | {'ITL med ms':>10} | {'ITL p99 ms':>10} "
@@ -123,11 +141,14 @@ def main(argv: List[str] = None) -> int:
         steps = args.steps or (3 if quick else DEFAULT_STEPS.get(n, max(8, 16384 // n)))
         results["inproc"].append(inproc.run_one(n, model_dir, tok_path, tokenizer, table, args.input_len,
                                                 1 if quick else args.warmup, steps, args.overlap))
+    out_len = {n: args.http_output_len or (8 if quick else DEFAULT_HTTP_OUT.get(n, 32)) for n in ns}
+    admission = _admission_flags(args.server_args)
+    results["whole"] = [inproc.run_whole(n, model_dir, tok_path, table, args.input_len, out_len[n], args.overlap,
+                                         admission) for n in ns]
     if not args.no_http:
         import serve_load
 
         log_dir = args.log_dir or work
-        out_len = {n: args.http_output_len or (8 if quick else DEFAULT_HTTP_OUT.get(n, 32)) for n in ns}
         context = args.input_len + max(out_len.values()) + 64
         server = serve_load.Server(model_dir, tok_path, table, _free_port(), max(ns), context,
                                    args.server_args.split(), os.path.join(log_dir, "host_path_server.log"))
