@@ -70,6 +70,21 @@ def test_graphs_overlap_on_off_and_batch_invariance(setup):
     print(f"batch 64 vs batch 32: {same}/{len(prompts)} sequences identical over {N_TOKENS} tokens")
 
 
+def test_mixed_steps_equal_unmixed_fp32(setup):
+    """A small step budget makes running requests decode inside extend forwards (the Triton
+    extend kernel with one-token rows) beside prefill chunks; fp32 greedy output must equal the
+    run whose steps never mix."""
+    path, prompts = setup
+    unmixed, _ = run(path, prompts, dtype="float32")
+    eng = Engine(path, device="cuda", dtype="float32", skip_tokenizer_init=not path.endswith(".gguf"),
+                 mem_fraction_static=0.5, chunked_prefill_size=96)
+    params = {"temperature": 0, "max_new_tokens": N_TOKENS, "ignore_eos": True}
+    mixed = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
+    eng.shutdown()
+    same = sum(a == b for a, b in zip(mixed, unmixed))
+    assert same == len(prompts), f"mixed vs unmixed steps: {same}/{len(prompts)} sequences identical"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_top1_agreement_with_transformers(setup, dtype):
     """Teacher-forced: transformers' argmax at every position we generated. Random weights have
