@@ -12,10 +12,7 @@ from sglserve.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
-    ChatCompletionResponseStreamChoice,
-    ChatCompletionStreamResponse,
     ChatMessage,
-    DeltaMessage,
 )
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -28,6 +25,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     usage_of,
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
+from sglserve.entrypoints.openai.stream_chunks import chat_chunk, chat_delta, usage_chunk
 from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
 from sglserve.io_struct import GenerateReqInput
 from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
@@ -148,15 +146,12 @@ async def _stream(
     gen: AsyncIterator[Dict[str, Any]], rid: str, created: int, model_name: str, req: ChatCompletionRequest,
     outputs: List[ChoiceOutput],
 ) -> AsyncIterator[bytes]:
-    def chunk(index: int, delta: DeltaMessage, reason=None, matched=None, usage=None, logprobs=None) -> bytes:
-        choice = ChatCompletionResponseStreamChoice(index=index, delta=delta, finish_reason=reason, matched_stop=matched,
-                                                    logprobs=logprobs)
-        return sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[choice],
-                                                usage=usage).model_dump())
+    def chunk(index: int, delta: Dict[str, Any], reason=None, matched=None, usage=None, logprobs=None) -> bytes:
+        return sse(chat_chunk(rid, created, model_name, index, delta, reason, matched, usage, logprobs))
 
     metas: Dict[int, Dict[str, Any]] = {}
     for i in range(req.n):
-        yield chunk(i, DeltaMessage(role="assistant", content=""))
+        yield chunk(i, chat_delta(role="assistant", content=""))
     async for out in gen:
         index = out.get("index", 0)
         meta = metas[index] = out["meta_info"]
@@ -171,9 +166,9 @@ async def _stream(
                 logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
                 choice_out.sent_logprobs = n_lp
         if delta or logprobs:
-            yield chunk(index, DeltaMessage(**delta), usage=usage, logprobs=logprobs)
+            yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
-            yield chunk(index, DeltaMessage(), choice_out.finish_reason(reason), matched, usage)
+            yield chunk(index, {}, choice_out.finish_reason(reason), matched, usage)
     if req.include_usage and metas:
-        yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                               usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
+        yield sse(usage_chunk("chat.completion.chunk", rid, created, model_name,
+                              usage_of([metas[i] for i in sorted(metas)], req.n)))
