@@ -4,8 +4,9 @@ process that answers one token per step to every request (no model, no detokeniz
 
 Two phases per route, so each cost is seen alone:
   burst   N requests arrive at once; the backend only collects them. Reports the time from a
-          request's arrival to its receipt by the backend (tokenization + validation + send)
-          and the event loop's worst stall (a 1 ms ticker's lateness) meanwhile.
+          request's arrival to its receipt by the backend (tokenization + validation + send),
+          the process's CPU and the event-loop thread's CPU per request, and the loop's worst
+          stall (a 1 ms ticker's lateness) meanwhile.
   stream  the backend then emits --tokens steps, one token per request per step, every
           --step-ms. Reports the HTTP process's CPU per streamed SSE chunk (receive loop +
           chunk building + JSON + SSE framing + ASGI send).
@@ -138,10 +139,10 @@ async def run_route(route: str, args: argparse.Namespace, tokenizer: Any) -> Dic
     lags: List[float] = []
     stop = asyncio.Event()
     tick = asyncio.ensure_future(ticker(lags, stop))
-    cpu0, t0 = time.process_time(), time.time()
+    cpu0, loop0, t0 = time.process_time(), time.thread_time(), time.time()
     tasks = [asyncio.ensure_future(c.run()) for c in calls]
     arrived = await asyncio.get_running_loop().run_in_executor(None, times.get)
-    cpu1 = time.process_time()
+    cpu1, loop1 = time.process_time(), time.thread_time()
     burst_lags = list(lags)
     await asyncio.gather(*tasks)
     cpu2 = time.process_time()
@@ -154,6 +155,7 @@ async def run_route(route: str, args: argparse.Namespace, tokenizer: Any) -> Dic
     waits = sorted(arrived[f"r{i}"] - t0 for i in range(args.requests))
     chunks = sum(c.chunks for c in calls)
     return {"burst_cpu_us_per_req": (cpu1 - cpu0) / args.requests * 1e6,
+            "burst_loop_cpu_us_per_req": (loop1 - loop0) / args.requests * 1e6,
             "arrival_to_sched_p50_ms": statistics.median(waits) * 1e3, "arrival_to_sched_max_ms": waits[-1] * 1e3,
             "burst_loop_stall_max_ms": max(burst_lags, default=0) * 1e3,
             "stream_cpu_us_per_chunk": (cpu2 - cpu1) / chunks * 1e6, "chunks": chunks,

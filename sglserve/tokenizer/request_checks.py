@@ -1,12 +1,12 @@
-"""Cheap checks of a generation request, done before (or instead of) tokenizing it."""
+"""The rules InputProcessor applies to a request (cheap checks, before or instead of tokenizing it),
+and the n > 1 fan-out and count of a request's sequences."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
-from sglserve.sampling.sampling_params import SamplingParams
 
 
 def check_shape(obj: GenerateReqInput) -> None:
@@ -36,18 +36,7 @@ def check_shape(obj: GenerateReqInput) -> None:
             raise ValueError(f"{name} must be a boolean.")
 
 
-NOT_IMPLEMENTED_YET: Dict[str, Any] = {
-    # SamplingParams field -> test that it is in use. Remove an entry when the scheduler does it.
-}
-
-
-def check_implemented(sp: SamplingParams) -> None:
-    for name, in_use in NOT_IMPLEMENTED_YET.items():
-        if in_use(sp):
-            raise ValueError(f"{name} is not supported yet (got {getattr(sp, name)!r}).")
-
-
-MAX_N = 128
+MAX_N = 128  # the most sequences (n) one prompt may ask for
 
 
 def expand_n(tokenized: List[TokenizedGenerateReqInput]) -> List[TokenizedGenerateReqInput]:
@@ -59,8 +48,6 @@ def expand_n(tokenized: List[TokenizedGenerateReqInput]) -> List[TokenizedGenera
         if n == 1:
             out.append(t)
             continue
-        if n > MAX_N:
-            raise ValueError(f"n must be at most {MAX_N}, got {n}.")
         for i in range(n):
             sp = t.sampling_params
             sp = dataclasses.replace(sp, n=1, seed=None if sp.seed is None else sp.seed + i)

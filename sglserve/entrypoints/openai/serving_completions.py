@@ -67,7 +67,7 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
         logprob_start_len=0 if (want_lp and req.echo) else -1,  # echo: the prompt's logprobs too
         return_text_in_logprobs=True,
     )
-    gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
+    gen = await tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
     echo = _echo_texts(tm, prompts) if req.echo else None  # after: the token ids are validated now
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0]
     created = int(time.time())
