@@ -25,10 +25,13 @@ class BatchEncoder:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sglserve-tokenize")
         self._pending: List[Tuple[bool, str, asyncio.Future]] = []
         self._busy = False  # a batch is in the worker (or about to be): new texts wait for the next one
+        self._loop: Any = None  # the event loop the pending futures and the batch in flight belong to
 
     async def encode(self, texts: List[str], add_special_tokens: bool = True) -> List[List[int]]:
         """The token ids of each text, as tokenizer.encode(text, add_special_tokens=...) gives them."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (the old one closed with a batch in flight): start afresh
+            self._loop, self._pending, self._busy = loop, [], False
         futures = [loop.create_future() for _ in texts]
         self._pending.extend((add_special_tokens, t, f) for t, f in zip(texts, futures))
         if not self._busy:

@@ -67,3 +67,14 @@ def test_error_and_cancellation_stay_with_their_batch(tokenizer):
     (bad, gone), fine = asyncio.run(main())
     assert isinstance(bad, RuntimeError) and isinstance(gone, asyncio.CancelledError)
     assert fine == [tokenizer.encode("fine")]
+
+
+def test_a_new_event_loop_is_not_stuck_behind_a_closed_one(tokenizer):
+    enc = BatchEncoder(tokenizer)
+
+    async def abandon():  # the loop ends with a batch still in the worker
+        asyncio.ensure_future(enc.encode(["left behind"]))
+        await asyncio.sleep(0)
+
+    asyncio.run(abandon())
+    assert asyncio.run(asyncio.wait_for(enc.encode(["next"]), 5)) == [tokenizer.encode("next")]
