@@ -13,7 +13,6 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   store_kv_cache(k_buffer, v_buffer, loc, k, v)
   decode_attention(...), decode_attention_fwd(...), decode_kv_splits(...)
   extend_attention(...), extend_attention_fwd(...)
-  sample(logits, temperatures, top_ps, top_ks, min_ps, greedy_mask, generator=None)  (torch only)
 """
 
 from __future__ import annotations
@@ -39,10 +38,6 @@ _EXPORTS = {
     "extend_attention": "attn_extend",
     "extend_attention_fwd": "attn_extend",
     "extend_attention_ref": "attn_extend",
-    "sample": "sampling",
-    "sample_ref": "sampling",
-    "sampling_probs": "sampling",
-    "sampling_probs_ref": "sampling",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -265,7 +265,6 @@ class PortArgs:
     tokenizer_ipc_name: str = ""
     scheduler_input_ipc_name: str = ""
     detokenizer_ipc_name: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> "PortArgs":

@@ -110,7 +110,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
             rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
         )
         async def run() -> None:
-            async for _ in tm.generate_request(obj, request):
+            async for _ in await tm.generate_request(obj, request):
                 pass
 
         try:
@@ -185,7 +185,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
         if not isinstance(body.get("stream", False), bool):
             raise OpenAIError("stream must be a boolean.", param="stream")
         obj = GenerateReqInput(**body)
-        gen = tm.generate_request(obj, request)
+        gen = await tm.generate_request(obj, request)
         if obj.stream:
             return stream_response(_native_frames(gen))
         out = None
@@ -208,7 +208,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     @app.post("/tokenize")
     @guarded
     async def tokenize(req: TokenizeRequest) -> Response:
-        return json_response(handle_tokenize(tm, req).model_dump())
+        return json_response((await handle_tokenize(tm, req)).model_dump())
 
     @app.post("/detokenize")
     @guarded

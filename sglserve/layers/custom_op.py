@@ -5,51 +5,28 @@ kernels are tested against). `forward` switches to `forward_cuda(kernel, ...)` o
 the input lives on a CUDA device *and* a kernel named `kernel_name` is available, so the
 CPU server never imports Triton and a missing kernel is never an error.
 
-Kernels come from two places, looked up in this order:
-  1. `register_kernel(name, fn)` (tests, or a kernel package that registers itself);
-  2. an attribute `name` of the optional package `sglserve_kernels` (the `kernels/`
-     folder, see pyproject.toml), imported lazily on the first CUDA call.
-The signature each op expects of its kernel is written in the op's docstring.
+A kernel is the attribute `name` of the optional package `sglserve_kernels` (the `kernels/`
+folder, see pyproject.toml), imported lazily on the first CUDA call. The signature each op
+expects of its kernel is written in the op's docstring.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Callable, ClassVar, Dict, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-_REGISTRY: Dict[str, Callable[..., Any]] = {}
 _kernels_module: Any = None  # None: not tried yet; False: not installed
-_disabled = False
-
-
-def register_kernel(name: str, fn: Optional[Callable[..., Any]]) -> None:
-    """Register (or with fn=None, remove) the kernel ops named `name` dispatch to on CUDA."""
-    if fn is None:
-        _REGISTRY.pop(name, None)
-    else:
-        _REGISTRY[name] = fn
-
-
-def set_kernels_enabled(enabled: bool) -> None:
-    """Force every op onto its native path (e.g. to compare kernels against the reference)."""
-    global _disabled
-    _disabled = not enabled
 
 
 def get_kernel(name: str) -> Optional[Callable[..., Any]]:
-    """The kernel registered under `name`, else `sglserve_kernels.<name>`, else None."""
+    """`sglserve_kernels.<name>`, or None (not installed, or no such kernel)."""
     global _kernels_module
-    if _disabled:
-        return None
-    fn = _REGISTRY.get(name)
-    if fn is not None:
-        return fn
     if _kernels_module is None:
         try:
             _kernels_module = importlib.import_module("sglserve_kernels")

@@ -4,6 +4,18 @@ Greedy rows take the argmax of their own logits only, so greedy output does not 
 what else is in the batch. Rows with a seed draw from their own generator, seeded by
 (seed, output position), so the same seed gives the same output. Before any of that the
 logits get the request's penalties / logit_bias / min_tokens masks and its grammar mask.
+
+The draw itself (`sample`) is plain torch, no Triton, so it also runs on the CPU and inside
+CUDA graphs: nothing in it reads a value back to the host (.item(), .tolist(), boolean-mask
+indexing, nonzero). It is the exponential race argmax(p / E), E ~ Exp(1), which samples
+from p exactly and takes a torch.Generator. Next to it, as for every kernel, a reference
+written from the definitions (`sampling_probs_ref`, `sample_ref`; tests/kernels/test_sampling.py).
+
+Filter conventions (as SGLang's):
+  top_k <= 0 or >= vocab: off;  top_p >= 1: off;  min_p <= 0: off.
+  top-p keeps a token while the mass strictly before it (in descending order) is <= top_p,
+  so the most likely token always stays. min-p keeps tokens with p >= min_p * p_max.
+  All three apply to the temperature-scaled softmax, then the kept set is renormalised.
 """
 
 from __future__ import annotations
@@ -60,32 +72,14 @@ class SamplingBatchInfo:
         )
 
 
-def top_k_top_p_min_p_filter(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-    """Zeroes probabilities outside each row's top-k / top-p / min-p set (renormalized later)."""
-    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
-    if info.need_top_k:
-        ranks = torch.arange(probs.shape[-1], device=probs.device)[None, :]
-        sorted_probs = sorted_probs.masked_fill(ranks >= info.top_ks[:, None], 0.0)
-    if info.need_top_p:
-        cum = sorted_probs.cumsum(dim=-1)
-        # keep a token if the mass before it is below top_p (the first token always stays)
-        sorted_probs = sorted_probs.masked_fill((cum - sorted_probs) > info.top_ps[:, None], 0.0)
-    if info.need_min_p:
-        threshold = sorted_probs[:, :1] * info.min_ps[:, None]
-        sorted_probs = sorted_probs.masked_fill(sorted_probs < threshold, 0.0)
-    return torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
-
-
 class Sampler:
     def __call__(self, logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
         logits = self.process_logits(logits, info)
-        greedy_ids = torch.argmax(logits, dim=-1)
         if info.is_all_greedy:
-            return greedy_ids
-        probs = torch.softmax(logits / info.temperatures, dim=-1)
-        probs = top_k_top_p_min_p_filter(probs, info)
-        sampled = self._multinomial(probs, info.seeds)
-        return torch.where(info.greedy, greedy_ids, sampled)
+            return torch.argmax(logits, dim=-1)
+        return sample(logits, info.temperatures, info.top_ps if info.need_top_p else None,
+                      info.top_ks if info.need_top_k else None, info.min_ps if info.need_min_p else None,
+                      info.greedy, seeds=info.seeds)
 
     @staticmethod
     def process_logits(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
@@ -99,12 +93,107 @@ class Sampler:
             apply_vocab_mask(logits, info.vocab_mask)
         return logits
 
-    @staticmethod
-    def _multinomial(probs: torch.Tensor, seeds: List[Optional[int]]) -> torch.Tensor:
-        # Exponential-race sampling (argmax p / E) avoids a host sync and accepts per-row generators
-        noise = torch.empty_like(probs).exponential_()
-        for i, seed in enumerate(seeds):
-            if seed is not None:
-                g = torch.Generator(device=probs.device).manual_seed(seed)
-                noise[i] = torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=g)
-        return torch.argmax(probs / noise, dim=-1)
+
+def filter_probs(probs: torch.Tensor, top_ps: Optional[torch.Tensor], top_ks: Optional[torch.Tensor],
+                 min_ps: Optional[torch.Tensor]) -> torch.Tensor:
+    """probs [bs, V] -> probs with the tokens outside each row's kept set zeroed (not renormalised).
+    A filter given as None is off for every row (the Sampler knows that on the host)."""
+    vocab = probs.shape[-1]
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+    drop = torch.zeros_like(sorted_probs, dtype=torch.bool)
+    if top_ks is not None:
+        ranks = torch.arange(vocab, device=probs.device)[None, :]
+        k = top_ks.to(torch.int64)
+        k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
+        drop |= ranks >= k[:, None]
+    if top_ps is not None:
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop |= mass_before > top_ps.to(probs.dtype)[:, None]
+    if min_ps is not None:
+        drop |= sorted_probs < sorted_probs[:, :1] * min_ps.to(probs.dtype)[:, None]
+    drop[:, 0] = False
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
+
+
+def sampling_probs(
+    logits: torch.Tensor,
+    temperatures: torch.Tensor,
+    top_ps: Optional[torch.Tensor],
+    top_ks: Optional[torch.Tensor],
+    min_ps: Optional[torch.Tensor],
+    need_filter: bool = True,
+) -> torch.Tensor:
+    """The distribution sample() draws from for non-greedy rows (unnormalised after filtering)."""
+    t = temperatures.reshape(-1, 1).to(torch.float32).clamp_min(1e-6)
+    probs = torch.softmax(logits.float() / t, dim=-1)
+    if not need_filter or (top_ps is None and top_ks is None and min_ps is None):
+        return probs
+    return filter_probs(probs, top_ps, top_ks, min_ps)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperatures: torch.Tensor,
+    top_ps: Optional[torch.Tensor],
+    top_ks: Optional[torch.Tensor],
+    min_ps: Optional[torch.Tensor],
+    greedy_mask: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    need_filter: bool = True,
+    seeds: Optional[List[Optional[int]]] = None,
+) -> torch.Tensor:
+    """Next token ids [bs] int64 from logits [bs, V].
+
+    temperatures [bs] or [bs, 1]; top_ps, min_ps [bs] float; top_ks [bs] int (None: that filter
+    is off); greedy_mask [bs] bool (argmax rows: their temperature is ignored). need_filter=False
+    (a host-side fact the caller knows from the sampling params) skips the sort when no row uses
+    top-k/top-p/min-p. The exponential noise comes from `generator` when given; a row with a
+    seed in `seeds` draws its noise from a generator of its own seeded so.
+    """
+    logits = logits.float()
+    greedy_ids = torch.argmax(logits, dim=-1)
+    temps = torch.where(greedy_mask.reshape(-1, 1), torch.ones_like(temperatures.reshape(-1, 1).float()),
+                        temperatures.reshape(-1, 1).float())
+    probs = sampling_probs(logits, temps, top_ps, top_ks, min_ps, need_filter)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    for i, seed in enumerate(seeds or ()):
+        if seed is not None:
+            g = torch.Generator(device=probs.device).manual_seed(seed)
+            noise[i] = torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=g)
+    sampled = torch.argmax(probs / noise, dim=-1)
+    return torch.where(greedy_mask, greedy_ids, sampled)
+
+
+def sampling_probs_ref(logits, temperatures, top_ps, top_ks, min_ps) -> torch.Tensor:
+    """Row-by-row reference of sampling_probs (renormalised), written from the definitions.
+
+    Walks each row's tokens from most to least likely and stops at the first one a filter
+    drops: every filter is monotone along that order, so the kept set is a prefix.
+    """
+    out = torch.zeros(logits.shape, dtype=torch.float32)
+    vocab = logits.shape[-1]
+    for i in range(logits.shape[0]):
+        p = torch.softmax(logits[i].detach().cpu().double() / max(float(temperatures.reshape(-1)[i]), 1e-6), -1)
+        order = torch.argsort(p, descending=True).tolist()
+        k = int(top_ks[i])
+        k = vocab if k <= 0 or k > vocab else k
+        top_p, min_p, p_max = float(top_ps[i]), float(min_ps[i]), float(p[order[0]])
+        keep = torch.zeros(vocab, dtype=torch.bool)
+        mass = 0.0
+        for rank, tok in enumerate(order):
+            p_tok = float(p[tok])
+            if rank > 0 and (rank >= k or mass > top_p or p_tok < min_p * p_max):
+                break  # the most likely token always stays
+            keep[tok] = True
+            mass += p_tok
+        q = torch.where(keep, p, torch.zeros_like(p))
+        out[i] = (q / q.sum()).float()
+    return out.to(logits.device)
+
+
+def sample_ref(logits, temperatures, top_ps, top_ks, min_ps, greedy_mask, generator=None) -> torch.Tensor:
+    """Reference draw: torch.multinomial over sampling_probs_ref; argmax for greedy rows."""
+    probs = sampling_probs_ref(logits, temperatures, top_ps, top_ks, min_ps)
+    ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.where(greedy_mask.to(ids.device), logits.argmax(-1), ids)

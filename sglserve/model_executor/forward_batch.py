@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 class ForwardMode(IntEnum):
     EXTEND = 1  # prefill, chunked prefill, or prefill after a radix hit
     DECODE = 2  # one new token per request
-    IDLE = 3
 
     def is_extend(self) -> bool:
         return self == ForwardMode.EXTEND

@@ -41,7 +41,8 @@ class SamplingParams:
     stop_str_max_len: int = 0
 
     @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "SamplingParams":
+    def from_dict(cls, d: Optional[dict], vocab_size: Optional[int] = None) -> "SamplingParams":
+        """Parse and verify (token ids against vocab_size when given) a request's sampling_params."""
         d = dict(d or {})
         known = {k for k in cls.__dataclass_fields__ if k not in ("stop_strs", "stop_str_max_len")}
         unknown = set(d) - known
@@ -51,7 +52,7 @@ class SamplingParams:
             obj = cls(**d)
         except TypeError as e:  # pragma: no cover - dataclass guards the names above
             raise SamplingParamsError(str(e)) from e
-        obj.verify()
+        obj.verify(vocab_size)
         return obj
 
     @property

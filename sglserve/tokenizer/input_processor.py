@@ -1,19 +1,22 @@
-"""Turns one GenerateReqInput into a TokenizedGenerateReqInput for the scheduler: the checks
-that make a bad request a 400 in the HTTP process (cheap bounds before tokenizing, vocabulary,
-context and KV limits, sampling params, grammars), so nothing the scheduler receives can fail
-its admission for a reason the client could have been told up front."""
+"""Turns one GenerateReqInput into a TokenizedGenerateReqInput for the scheduler: the one place a
+request is validated (its shape, cheap bounds before tokenizing, vocabulary, context and KV
+limits, sampling params, grammars), for the server and the Engine alike, so nothing the
+scheduler receives can fail its admission for a reason the client could have been told up front.
+
+Validation is split around tokenization so that the server can tokenize off its event loop
+(BatchEncoder) between `check` and `finish`; `tokenize` does all three inline (the Engine)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
-from sglserve.tokenizer.logprob_output import validate_logprob_args
-from sglserve.tokenizer.request_checks import check_implemented, check_text_size, max_token_chars, out_of_vocab
 from sglserve.sampling.sampling_params import SamplingParams
+from sglserve.tokenizer.logprob_output import validate_logprob_args
+from sglserve.tokenizer.request_checks import MAX_N, check_shape, check_text_size, max_token_chars, out_of_vocab
 
 
 @dataclass
@@ -39,21 +42,33 @@ class InputProcessor:
 
     def tokenize(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
         """One request -> ids + parsed sampling params, or ValueError (a 400) naming what is wrong."""
+        sp = self.check(obj)
+        return self.finish(obj, sp, self.tokenizer.encode(obj.text) if obj.text is not None else obj.input_ids)
+
+    def check_shape(self, obj: GenerateReqInput) -> None:
+        """A native body's types, before anything counts or tokenizes it (single or batch)."""
+        check_shape(obj)
+        if not obj.is_single and obj.batch_size == 0:
+            raise ValueError("The batch of prompts is empty.")
+
+    def check(self, obj: GenerateReqInput) -> SamplingParams:
+        """Everything one request's token ids are not needed for: a hopeless request is never tokenized."""
         if (obj.text is None) == (obj.input_ids is None):
             raise ValueError("Either text or input_ids should be provided (exactly one of them).")
         validate_logprob_args(obj.return_logprob, obj.top_logprobs_num, obj.logprob_start_len)
-        if isinstance(obj.sampling_params, dict):  # cheap bounds first: no tokenizing a hopeless request
-            max_new = obj.sampling_params.get("max_new_tokens")
-            if isinstance(max_new, int) and max_new >= self.context_len:
-                raise ValueError(f"Requested token count exceeds the model's maximum context length of "
-                                 f"{self.context_len} tokens: max_new_tokens={max_new} leaves no room for the input.")
+        sp = SamplingParams.from_dict(obj.sampling_params, self.vocab_size)
+        if sp.n > MAX_N:
+            raise ValueError(f"n must be at most {MAX_N}, got {sp.n}.")
+        self.check_room(None, sp.max_new_tokens)
         if obj.text is not None:
             if self.tokenizer is None:
                 raise ValueError("text input needs a tokenizer; the server runs with --skip-tokenizer-init: send input_ids.")
-            check_text_size(len(obj.text), self.max_prompt_chars, self.context_len)
-            input_ids = self.tokenizer.encode(obj.text)
-        else:
-            input_ids = obj.input_ids
+            self.check_chars(len(obj.text))
+        return sp
+
+    def finish(self, obj: GenerateReqInput, sp: SamplingParams, input_ids: List[int]) -> TokenizedGenerateReqInput:
+        """The checks of the token ids, then the message for the scheduler."""
+        if obj.input_ids is not None:  # ids from our own tokenizer are in the vocabulary
             error = out_of_vocab(input_ids, self.vocab_size, "input_ids")
             if error:
                 raise ValueError(error)
@@ -64,26 +79,36 @@ class InputProcessor:
             raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
         if n > self.max_req_input_len:
             raise ValueError(f"The input ({n} tokens) is longer than the maximum allowed input length ({self.max_req_input_len} tokens).")
-        if n > self.max_total_num_tokens - self.page_size:  # as the scheduler checks it, but before a stream starts
+        if n > self.max_total_num_tokens - self.page_size:  # the scheduler could never hold it
             raise ValueError(f"The input ({n} tokens) is longer than the KV cache ({self.max_total_num_tokens} tokens).")
-
-        sp = SamplingParams.from_dict(obj.sampling_params)
-        sp.verify(self.vocab_size)
-        check_implemented(sp)
         key = grammar_key(sp)
         if key is not None:  # a bad grammar is a 400 here, never a problem for the scheduler
             if self.grammar_backend == "none" or self.tokenizer is None:
                 raise ValueError("Constrained decoding (json_schema / regex / ebnf) needs --grammar-backend xgrammar and a tokenizer.")
             validate_grammar(key)
-        if sp.max_new_tokens is not None and n + sp.max_new_tokens > self.context_len:
-            raise ValueError(
-                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
-                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
-                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
-                f"messages or the completion to fit within the limit."
-            )
+        self.check_room(n, sp.max_new_tokens)
         rid = obj.rid or uuid.uuid4().hex
         return TokenizedGenerateReqInput(
             rid, obj.text, list(input_ids), sp, stream=obj.stream, return_logprob=obj.return_logprob,
             logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
         )
+
+    def check_room(self, n: Optional[int], max_new: Optional[int]) -> None:
+        """The input and max_new_tokens fit the context together; before tokenizing (n None) the input
+        has at least one token, so a max_new_tokens of the whole context is refused without tokenizing."""
+        if max_new is None:
+            return
+        if n is None and max_new >= self.context_len:
+            raise ValueError(f"Requested token count exceeds the model's maximum context length of "
+                             f"{self.context_len} tokens: max_new_tokens={max_new} leaves no room for the input.")
+        if n is not None and n + max_new > self.context_len:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
+                f"You requested a total of {n + max_new} tokens: {n} tokens from the input messages and "
+                f"{max_new} tokens for the completion. Please reduce the number of tokens in the input "
+                f"messages or the completion to fit within the limit."
+            )
+
+    def check_chars(self, num_chars: int) -> None:
+        """400 for a text prompt too long for the context, before tokenizing it (also chat messages, /tokenize)."""
+        check_text_size(num_chars, self.max_prompt_chars, self.context_len)

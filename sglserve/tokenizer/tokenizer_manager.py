@@ -1,7 +1,8 @@
 """TokenizerManager: the HTTP process's side of the pipeline.
 
-Tokenizes and validates requests, sends them to the scheduler, and routes the
-detokenizer's BatchStrOut messages to per-request state that `generate_request` awaits.
+Validates requests (InputProcessor), tokenizes them off the event loop (BatchEncoder), sends
+them to the scheduler, and routes the detokenizer's BatchStrOut messages to per-request state
+that `generate_request`'s generator awaits.
 A client that goes away (disconnect or cancellation) gets its request aborted so the
 scheduler frees its KV. Control calls (flush_cache, get_load) time out rather than hang.
 
@@ -36,22 +37,15 @@ from sglserve.io_struct import (
 )
 from sglserve.tokenizer.logprob_output import LogprobAccumulator
 from sglserve.tokenizer.admission import AdmissionControl, Ticket
+from sglserve.tokenizer.batch_encoder import BatchEncoder
 from sglserve.tokenizer.input_processor import InputProcessor
 from sglserve.tokenizer.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
-from sglserve.tokenizer.request_checks import (
-    MAX_N,
-    NOT_IMPLEMENTED_YET,
-    check_shape,
-    check_text_size,
-    expand_n,
-    requested_count,
-)
+from sglserve.tokenizer.request_checks import expand_n, requested_count
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
 from sglserve.utils.logging_utils import request_context
 
-__all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "ReqState",
-           "MAX_N", "NOT_IMPLEMENTED_YET", "expand_n"]
+__all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "ReqState"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +68,7 @@ class TokenizerManager:
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor.create(tokenizer, scheduler_info, server_args.page_size,
                                                      server_args.grammar_backend)
-        self.max_prompt_chars: Optional[int] = self.input_processor.max_prompt_chars
+        self.encoder = BatchEncoder(tokenizer)
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
         self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
@@ -99,8 +93,8 @@ class TokenizerManager:
 
     # ---- requests -----------------------------------------------------------------------
 
-    def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncIterator[Any]:
-        """Validate now (ValueError -> the caller answers 400), then return the async generator.
+    async def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncIterator[Any]:
+        """Validate and tokenize now (ValueError -> the caller answers 400), then return the async generator.
 
         Single request: yields cumulative dicts {"text", "output_ids", "meta_info"}; one at the
         end, or one per message when streaming. Batch: one list of such dicts when not
@@ -110,35 +104,60 @@ class TokenizerManager:
         """
         if self.dead_reason:
             raise ServerError(self.dead_reason)
-        check_shape(obj)
+        self.input_processor.check_shape(obj)
         admission = self.admission.admit(requested_count(obj), self.metrics)
         try:
-            return self._prepare(obj, request, admission)
+            group = self._claim_rid(obj)
+            return self._prepare(obj, request, admission, group, await self._tokenize(obj))
         except BaseException:
             admission.release_all()
             raise
 
+    async def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        """Token ids of one text, tokenized off the event loop (chat prompts, /tokenize)."""
+        return (await self.encoder.encode([text], add_special_tokens))[0]
+
     def check_prompt_chars(self, num_chars: int) -> None:
         """400 for a text prompt too long for the context, before tokenizing it (chat messages)."""
-        check_text_size(num_chars, self.max_prompt_chars, self.context_len)
+        self.input_processor.check_chars(num_chars)
 
     @property
     def num_inflight(self) -> int:
         return self.admission.in_flight
 
-    def _prepare(self, obj: GenerateReqInput, request: Any, admission: Ticket) -> AsyncIterator[Any]:
+    async def _tokenize(self, obj: GenerateReqInput) -> List[TokenizedGenerateReqInput]:
+        """InputProcessor's checks and the texts' tokenization (one batch, off the loop), with the
+        first error in prompt order, as checking the prompts one after another would find it."""
+        items = [obj] if obj.is_single else [obj[i] for i in range(obj.batch_size)]
+        checked, error = [], None
+        for item in items:
+            try:
+                checked.append((item, self.input_processor.check(item)))
+            except ValueError as e:
+                error = e
+                break
+        texts = [item.text for item, _ in checked if item.text is not None]
+        ids = iter(await self.encoder.encode(texts) if texts else [])
+        tokenized = [self.input_processor.finish(item, sp, next(ids) if item.text is not None else item.input_ids)
+                     for item, sp in checked]
+        if error is not None:
+            raise error
+        return tokenized
+
+    @staticmethod
+    def _claim_rid(obj: GenerateReqInput) -> Optional[str]:
+        """Fill in the request's rid(s); returns the one rid /abort_request may name for all of them."""
         ctx = request_context.get()
         if obj.rid is None and ctx is not None and not ctx.claimed:
             obj.rid = ctx.rid  # the id the logs and the X-Request-Id header already show
-        group = obj.rid if isinstance(obj.rid, str) else None  # what /abort_request may name
-        if obj.is_single:
-            tokenized = [self.input_processor.tokenize(obj)]
-        else:
-            if obj.batch_size == 0:
-                raise ValueError("The batch of prompts is empty.")
-            if isinstance(obj.rid, str):
-                obj.rid = [f"{obj.rid}-{i}" for i in range(obj.batch_size)]
-            tokenized = [self.input_processor.tokenize(obj[i]) for i in range(obj.batch_size)]
+        group = obj.rid if isinstance(obj.rid, str) else None
+        if not obj.is_single and group is not None:
+            obj.rid = [f"{group}-{i}" for i in range(obj.batch_size)]
+        return group
+
+    def _prepare(self, obj: GenerateReqInput, request: Any, admission: Ticket, group: Optional[str],
+                 tokenized: List[TokenizedGenerateReqInput]) -> AsyncIterator[Any]:
+        ctx = request_context.get()
         single = obj.is_single and tokenized[0].sampling_params.n == 1
         tokenized = expand_n(tokenized)
         rids = [t.rid for t in tokenized]

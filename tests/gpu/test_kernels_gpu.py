@@ -48,7 +48,7 @@ from sglserve_kernels.attn_extend import extend_attention, extend_attention_ref 
 from sglserve_kernels.kv_store import store_kv_cache, store_kv_cache_ref  # noqa: E402
 from sglserve_kernels.layernorm import rmsnorm, rmsnorm_ref  # noqa: E402
 from sglserve_kernels.rope import build_cos_sin_cache, rotary_embedding, rotary_embedding_ref  # noqa: E402
-from sglserve_kernels.sampling import sample, sampling_probs, sampling_probs_ref  # noqa: E402
+from sglserve.layers.sampler import sample, sampling_probs, sampling_probs_ref  # noqa: E402
 from sglserve_kernels.testing import PagedKV, randn  # noqa: E402
 
 H, KVH, D = 32, 8, 128  # Llama-3.1-8B

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglserve_kernels.sampling import filter_probs, sample, sample_ref, sampling_probs, sampling_probs_ref
+from sglserve.layers.sampler import filter_probs, sample, sample_ref, sampling_probs, sampling_probs_ref
 
 HAS_CUDA = torch.cuda.is_available()
 

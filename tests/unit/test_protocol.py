@@ -444,7 +444,7 @@ def test_disconnect_aborts_request(fresh, monkeypatch):
     async def main():
         obj = _long_obj(stream=False)
         with pytest.raises(ClientDisconnected):
-            async for _ in fresh.tm.generate_request(obj, FakeRequest(0.3)):
+            async for _ in await fresh.tm.generate_request(obj, FakeRequest(0.3)):
                 pass
         return obj.rid
 
@@ -460,7 +460,7 @@ def test_cancelled_stream_aborts_request(fresh):
         seen = []
 
         async def consume():
-            async for out in fresh.tm.generate_request(obj):
+            async for out in await fresh.tm.generate_request(obj):
                 seen.append(out)
 
         task = asyncio.ensure_future(consume())
@@ -489,7 +489,7 @@ def test_dead_scheduler_fails_pending_requests_with_503(fresh):
         proc = DeadProc()
         fresh.tm.watch_processes({"scheduler": proc}, interval=0.05)
         fresh.tm.start()
-        gen = fresh.tm.generate_request(_long_obj(stream=False))
+        gen = await fresh.tm.generate_request(_long_obj(stream=False))
         task = asyncio.ensure_future(gen.__anext__())
         await asyncio.sleep(0.2)
         proc.alive = False
@@ -497,7 +497,7 @@ def test_dead_scheduler_fails_pending_requests_with_503(fresh):
             await asyncio.wait_for(task, 5)
         assert e.value.status_code == 503 and "scheduler" in str(e.value)
         with pytest.raises(ServerError):
-            fresh.tm.generate_request(_long_obj(stream=False))
+            await fresh.tm.generate_request(_long_obj(stream=False))
         with pytest.raises(ServerError):
             await fresh.tm.get_load()
 
@@ -506,11 +506,11 @@ def test_dead_scheduler_fails_pending_requests_with_503(fresh):
 
 def test_duplicate_rid_rejected(fresh):
     async def main():
-        gen = fresh.tm.generate_request(GenerateReqInput(text="a", rid="same", sampling_params={"ignore_eos": True}))
+        gen = await fresh.tm.generate_request(GenerateReqInput(text="a", rid="same", sampling_params={"ignore_eos": True}))
         task = asyncio.ensure_future(gen.__anext__())
         await asyncio.sleep(0.05)
         with pytest.raises(ValueError, match="Duplicate"):
-            fresh.tm.generate_request(GenerateReqInput(text="b", rid="same"))
+            await fresh.tm.generate_request(GenerateReqInput(text="b", rid="same"))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

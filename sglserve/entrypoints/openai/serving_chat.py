@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import Request, Response
@@ -12,10 +11,7 @@ from sglserve.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
-    ChatCompletionResponseStreamChoice,
-    ChatCompletionStreamResponse,
     ChatMessage,
-    DeltaMessage,
 )
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -28,6 +24,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     usage_of,
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
+from sglserve.entrypoints.openai.stream_chunks import chat_chunk, chat_delta, usage_chunk
 from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
 from sglserve.io_struct import GenerateReqInput
 from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
@@ -35,9 +32,11 @@ from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 from sglserve.parser.reasoning_parser import ReasoningParser
 
 
-def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optional[ToolPlan] = None,
-                         add_generation_prompt: bool = True) -> List[int]:
-    """Render the messages (and tools, see chat_tools.py) with the chat template; tokenize them."""
+def render_chat_prompt(tokenizer: Any, req: ChatCompletionRequest, plan: Optional[ToolPlan] = None,
+                       add_generation_prompt: bool = True) -> str:
+    """Render the messages (and tools, see chat_tools.py) with the chat template. The text is then
+    tokenized without special tokens (TokenizerManager.encode, off the event loop): what
+    apply_chat_template(tokenize=True) does inline."""
     if tokenizer is None:
         raise OpenAIError("Chat completions need a tokenizer; the server runs with --skip-tokenizer-init.")
     if not getattr(tokenizer, "chat_template", None):
@@ -68,15 +67,12 @@ def build_chat_input_ids(tokenizer: Any, req: ChatCompletionRequest, plan: Optio
         raise OpenAIError("continue_final_message needs the last message to be from the assistant.",
                           param="continue_final_message")
     try:
-        out = tokenizer.apply_chat_template(
+        return tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt and not cont, continue_final_message=cont,
-            tokenize=True, **extra,
+            tokenize=False, **extra,
         )
     except Exception as e:  # jinja TemplateError (raise_exception in the template), bad kwargs
         raise OpenAIError(f"Failed to apply the chat template: {e}") from e
-    if isinstance(out, Mapping) or hasattr(out, "input_ids"):  # transformers 5: BatchEncoding
-        out = out["input_ids"]
-    return list(out)
 
 
 async def handle_chat_completions(
@@ -89,7 +85,7 @@ async def handle_chat_completions(
         raise OpenAIError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}.", param="top_logprobs")
     tm.check_prompt_chars(sum(_content_chars(m.content) for m in req.messages))  # before templating
     plan = plan_tools(req, tm.server_args.tool_call_parser)
-    input_ids = build_chat_input_ids(tm.tokenizer, req, plan)
+    input_ids = await tm.encode(render_chat_prompt(tm.tokenizer, req, plan), add_special_tokens=False)
     sampling_params = req.to_sampling_params(req.requested_max_tokens)
     if plan is not None and plan.json_schema is not None:
         sampling_params["json_schema"] = plan.json_schema
@@ -102,7 +98,7 @@ async def handle_chat_completions(
         top_logprobs_num=req.top_logprobs or 0,
         return_text_in_logprobs=True,
     )
-    gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
+    gen = await tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0].rsplit("-", 1)[0]
     created = int(time.time())
     # JSON by construction (forced tool calls, response_format): no reasoning to split off
@@ -148,15 +144,12 @@ async def _stream(
     gen: AsyncIterator[Dict[str, Any]], rid: str, created: int, model_name: str, req: ChatCompletionRequest,
     outputs: List[ChoiceOutput],
 ) -> AsyncIterator[bytes]:
-    def chunk(index: int, delta: DeltaMessage, reason=None, matched=None, usage=None, logprobs=None) -> bytes:
-        choice = ChatCompletionResponseStreamChoice(index=index, delta=delta, finish_reason=reason, matched_stop=matched,
-                                                    logprobs=logprobs)
-        return sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[choice],
-                                                usage=usage).model_dump())
+    def chunk(index: int, delta: Dict[str, Any], reason=None, matched=None, usage=None, logprobs=None) -> bytes:
+        return sse(chat_chunk(rid, created, model_name, index, delta, reason, matched, usage, logprobs))
 
     metas: Dict[int, Dict[str, Any]] = {}
     for i in range(req.n):
-        yield chunk(i, DeltaMessage(role="assistant", content=""))
+        yield chunk(i, chat_delta(role="assistant", content=""))
     async for out in gen:
         index = out.get("index", 0)
         meta = metas[index] = out["meta_info"]
@@ -171,9 +164,9 @@ async def _stream(
                 logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
                 choice_out.sent_logprobs = n_lp
         if delta or logprobs:
-            yield chunk(index, DeltaMessage(**delta), usage=usage, logprobs=logprobs)
+            yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
-            yield chunk(index, DeltaMessage(), choice_out.finish_reason(reason), matched, usage)
+            yield chunk(index, {}, choice_out.finish_reason(reason), matched, usage)
     if req.include_usage and metas:
-        yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                               usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
+        yield sse(usage_chunk("chat.completion.chunk", rid, created, model_name,
+                              usage_of([metas[i] for i in sorted(metas)], req.n)))

@@ -11,8 +11,6 @@ from sglserve.entrypoints.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
     CompletionResponseChoice,
-    CompletionResponseStreamChoice,
-    CompletionStreamResponse,
 )
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -24,6 +22,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     stream_response,
     usage_of,
 )
+from sglserve.entrypoints.openai.stream_chunks import completion_chunk, usage_chunk
 from sglserve.io_struct import GenerateReqInput
 from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, completion_logprobs
 from sglserve.tokenizer.tokenizer_manager import TokenizerManager
@@ -68,7 +67,7 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
         logprob_start_len=0 if (want_lp and req.echo) else -1,  # echo: the prompt's logprobs too
         return_text_in_logprobs=True,
     )
-    gen = tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
+    gen = await tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
     echo = _echo_texts(tm, prompts) if req.echo else None  # after: the token ids are validated now
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0]
     created = int(time.time())
@@ -90,10 +89,7 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
 
 async def _stream(gen: AsyncIterator[Any], rid: str, created: int, model_name: str, req: CompletionRequest, echo) -> AsyncIterator[bytes]:
     def chunk(index: int, text: str, reason=None, matched=None, usage=None, logprobs=None) -> bytes:
-        choice = CompletionResponseStreamChoice(index=index, text=text, finish_reason=reason, matched_stop=matched,
-                                                logprobs=logprobs)
-        return sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[choice],
-                                            usage=usage).model_dump())
+        return sse(completion_chunk(rid, created, model_name, index, text, reason, matched, usage, logprobs))
 
     sent: Dict[int, int] = {}
     sent_lp: Dict[int, int] = {}
@@ -118,5 +114,5 @@ async def _stream(gen: AsyncIterator[Any], rid: str, created: int, model_name: s
         if delta or reason is not None or (logprobs and logprobs["tokens"]):
             yield chunk(index, delta, reason, matched, usage, logprobs)
     if req.include_usage and metas:
-        yield sse(CompletionStreamResponse(id=rid, created=created, model=model_name, choices=[],
-                                           usage=usage_of([metas[i] for i in sorted(metas)], req.n)).model_dump())
+        yield sse(usage_chunk("text_completion", rid, created, model_name,
+                              usage_of([metas[i] for i in sorted(metas)], req.n)))

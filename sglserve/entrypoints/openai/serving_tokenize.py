@@ -12,7 +12,7 @@ from sglserve.entrypoints.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from sglserve.entrypoints.openai.serving_chat import build_chat_input_ids
+from sglserve.entrypoints.openai.serving_chat import render_chat_prompt
 from sglserve.entrypoints.openai.serving_utils import OpenAIError
 from sglserve.tokenizer.request_checks import out_of_vocab
 from sglserve.tokenizer.tokenizer_manager import TokenizerManager
@@ -24,13 +24,13 @@ def _tokenizer(tm: TokenizerManager):
     return tm.tokenizer
 
 
-def handle_tokenize(tm: TokenizerManager, req: TokenizeRequest) -> TokenizeResponse:
+async def handle_tokenize(tm: TokenizerManager, req: TokenizeRequest) -> TokenizeResponse:
     tokenizer = _tokenizer(tm)
     if (req.prompt is None) == (req.messages is None):
         raise OpenAIError("Give exactly one of prompt and messages.", param="prompt")
     if req.prompt is not None:
         tm.check_prompt_chars(len(req.prompt))
-        ids = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+        ids = await tm.encode(req.prompt, add_special_tokens=req.add_special_tokens)
     else:
         if not req.messages:
             raise OpenAIError("messages must be a non-empty list", param="messages")
@@ -38,7 +38,8 @@ def handle_tokenize(tm: TokenizerManager, req: TokenizeRequest) -> TokenizeRespo
         chat = ChatCompletionRequest(model=req.model or DEFAULT_MODEL_NAME, messages=req.messages, tools=req.tools,
                                      chat_template_kwargs=req.chat_template_kwargs,
                                      continue_final_message=req.continue_final_message)
-        ids = build_chat_input_ids(tokenizer, chat, add_generation_prompt=req.add_generation_prompt)
+        ids = await tm.encode(render_chat_prompt(tokenizer, chat, add_generation_prompt=req.add_generation_prompt),
+                              add_special_tokens=False)
     return TokenizeResponse(tokens=list(ids), count=len(ids), max_model_len=tm.context_len)
 
 

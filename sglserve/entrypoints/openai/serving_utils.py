@@ -8,7 +8,7 @@ import orjson
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 
-from sglserve.entrypoints.openai.protocol import ErrorResponse, PromptTokensDetails, UsageInfo
+from sglserve.entrypoints.openai.protocol import ErrorResponse
 from sglserve.tokenizer.req_state import ClientDisconnected, ServerError
 
 ERROR_TYPES = {
@@ -95,17 +95,18 @@ def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]
     return fr.get("type"), fr.get("matched") if fr.get("type") == "stop" else None
 
 
-def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1) -> UsageInfo:
-    """Token counts of a response. With n > 1 the metas come prompt-major (n per prompt) and
-    each prompt counts once, as SGLang counts it; completions and cached tokens add up."""
+def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1) -> Dict[str, Any]:
+    """Token counts of a response (protocol.UsageInfo's JSON, a plain dict: streams send it per chunk).
+    With n > 1 the metas come prompt-major (n per prompt) and each prompt counts once, as SGLang
+    counts it; completions and cached tokens add up."""
     prompt = completion = cached = 0
     for i, m in enumerate(metas):
         if i % n == 0:
             prompt += m["prompt_tokens"]
         completion += m["completion_tokens"]
         cached += m["cached_tokens"]
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def reject_unimplemented(req: Any) -> None:
