@@ -46,10 +46,14 @@ class SamplingBatchInfo:
     vocab_mask: Optional[torch.Tensor] = None  # xgrammar token bitmask [bs, ceil(V/32)] int32, on the logits' device
 
     @classmethod
+    def all_greedy(cls, bs: int) -> "SamplingBatchInfo":
+        return cls(None, None, None, None, None, True, False, False, False, [None] * bs)
+
+    @classmethod
     def from_params(cls, params: List[SamplingParams], output_lens: List[int], vocab_size: int, device) -> "SamplingBatchInfo":
         greedy = [p.is_greedy for p in params]
         if all(greedy):  # the common fast path: argmax needs no per-row tensors (no host->device copies)
-            return cls(None, None, None, None, None, True, False, False, False, [None] * len(params))
+            return cls.all_greedy(len(params))
         temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
         top_ks = [vocab_size if (p.top_k < 0 or p.top_k > vocab_size) else p.top_k for p in params]
         seeds = [None if (p.seed is None or g) else (p.seed * 1_000_003 + n) & 0x7FFFFFFFFFFFFFFF

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, List, Optional, Set, Tuple
 
 import torch
 
+from sglserve.layers.sampler import SamplingBatchInfo
 from sglserve.sampling.penalties import build_logit_adjust
 from sglserve.scheduler import logprobs
 from sglserve.scheduler.overlap import LaunchedBatch
@@ -39,15 +40,22 @@ class BatchRunner:
         if input_ids is not None:  # overlapped decode: last step's ids, still on the device
             fb.input_ids = input_ids
         sample_reqs = reqs if len(sample_rows) == len(reqs) else [reqs[i] for i in sample_rows]
-        sampling_info = self.model_runner.make_sampling_info(
-            [r.sampling_params for r in sample_reqs], [len(r.output_ids) for r in sample_reqs]
-        )
-        self._add_sampling_extras(sample_reqs, sampling_info)
+        # One pass decides whether any row needs per-row sampling state (the common case: none)
+        simple = all(r.plain and r.greedy and r.min_new_tokens <= len(r.output_ids) for r in sample_reqs)
+        if simple:
+            sampling_info = SamplingBatchInfo.all_greedy(len(sample_reqs))
+        else:
+            sampling_info = self.model_runner.make_sampling_info(
+                [r.sampling_params for r in sample_reqs], [len(r.output_ids) for r in sample_reqs]
+            )
+            self._add_sampling_extras(sample_reqs, sampling_info)
         out = self.model_runner.forward(fb)
         logits = out.next_token_logits
         if len(sample_rows) != len(reqs):
             logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=logits.device)]
-        logprob_state = logprobs.output_logprobs_begin(sample_reqs, logits) if sample_rows else None
+        logprob_state = None
+        if sample_rows and not simple:
+            logprob_state = logprobs.output_logprobs_begin(sample_reqs, logits)
         next_ids = self.model_runner.sample(logits, sampling_info) if sample_rows else None
         return LaunchedBatch.start_copy(next_ids, batch=batch, sample_rows=sample_rows, sample_reqs=sample_reqs,
                                         logprob_state=logprob_state, out=out)

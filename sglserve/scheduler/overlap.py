@@ -55,18 +55,7 @@ class LaunchedBatch:
 
 
 def overlap_safe(req: "Req") -> bool:
-    sp = req.sampling_params
-    return (
-        req.to_abort is None
-        and getattr(req, "grammar", None) is None
-        and getattr(req, "logprobs", None) is None
-        and (sp.seed is None or sp.is_greedy)
-        and sp.min_new_tokens <= len(req.output_ids)
-        and sp.frequency_penalty == 0.0
-        and sp.presence_penalty == 0.0
-        and sp.repetition_penalty == 1.0
-        and not sp.logit_bias
-    )
+    return req.plain and req.to_abort is None and req.min_new_tokens <= len(req.output_ids)
 
 
 def same_reqs(a: List["Req"], b: List["Req"]) -> bool:

@@ -45,6 +45,14 @@ class Req:
         # strings or a grammar: the per-step check skips check_finished for it
         sp = sampling_params
         self.finish_token_ids = frozenset(sp.stop_token_ids or ()) | frozenset(() if sp.ignore_eos else eos_token_ids)
+        # Per-step host work is skipped for plain requests: greedy argmax with no penalties,
+        # bias, seeded draws, grammar or logprobs (RequestIntake clears it for logprobs), once
+        # min_new_tokens are out. Read by BatchRunner.launch and overlap_safe.
+        self.greedy = sp.is_greedy
+        self.min_new_tokens = sp.min_new_tokens
+        self.plain = not (sp.frequency_penalty or sp.presence_penalty or sp.repetition_penalty != 1.0 or sp.logit_bias
+                          or (sp.seed is not None and not self.greedy)
+                          or sp.json_schema is not None or sp.regex is not None or sp.ebnf is not None)
         self.stream = stream
         self.output_ids: List[int] = []
         # Tokens whose KV must exist after the next extend (input + output, maybe cut by chunking)
