@@ -125,13 +125,21 @@ def _make_server(config, tokenizer_manager, grace: float):
     return Server(config)
 
 
+def event_loop_kind() -> str:
+    """uvloop when installed (a dependency on Linux): each streamed chunk is an event-loop wake-up
+    per request per step, and uvloop's are a fraction of asyncio's; else asyncio's own loop."""
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def uvicorn_config(server_args: ServerArgs, app):
     import uvicorn
 
     # log_config=None: uvicorn's lines (access log too) use our format and carry [rid=...]
     return uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
                           log_level=server_args.log_level, access_log=not server_args.disable_access_log,
-                          timeout_keep_alive=5, loop="asyncio",
+                          timeout_keep_alive=5, loop=event_loop_kind(),
                           timeout_graceful_shutdown=server_args.shutdown_grace_period)
 
 
