@@ -22,6 +22,7 @@ from sglserve.io_struct import ReadyMsg, finish_abort
 from sglserve.scheduler import logprobs
 from sglserve.scheduler.grammar_manager import GrammarManager
 from sglserve.scheduler.output_sender import OutputSender
+from sglserve.utils.zmq_queue import PullQueue, PushQueue
 from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
 from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.scheduler.scheduler_control import SchedulerControlMixin
@@ -82,16 +83,13 @@ class Scheduler(SchedulerInputMixin, SchedulerOutputMixin, SchedulerControlMixin
         self.total_cached_tokens = 0
         self._idle_checked = True
 
-        self.output_sender = OutputSender()
+        self.output_sender = OutputSender(stream_interval=server_args.stream_interval)
         if port_args is not None:
             ctx = zmq.Context(2)
-            self.recv_from_tokenizer = ctx.socket(zmq.PULL)
-            self.recv_from_tokenizer.bind(port_args.scheduler_input_ipc_name)
-            self.send_to_detokenizer = ctx.socket(zmq.PUSH)
-            self.send_to_detokenizer.connect(port_args.detokenizer_ipc_name)
-            self.send_to_tokenizer = ctx.socket(zmq.PUSH)
-            self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
-            self.output_sender.sink = self.send_to_detokenizer.send_pyobj
+            self.recv_from_tokenizer = PullQueue(ctx, port_args.scheduler_input_ipc_name, bind=True)
+            self.send_to_detokenizer = PushQueue(ctx, port_args.detokenizer_ipc_name)
+            self.send_to_tokenizer = PushQueue(ctx, port_args.tokenizer_ipc_name)
+            self.output_sender.sink = self.send_to_detokenizer.put
         logger.info(
             "max_total_num_tokens=%d, chunked_prefill_size=%s, max_prefill_tokens=%d, "
             "max_prefill_tokens_while_decoding=%s, max_running_requests=%d, context_len=%d, page_size=%d",
@@ -353,9 +351,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
         scheduler = Scheduler(server_args, port_args)
     except Exception as e:
         logger.error("Scheduler failed to start:\n%s", traceback.format_exc())
-        ready_writer.send(ReadyMsg("scheduler", error=f"{type(e).__name__}: {e}"))
+        ready_writer.send(ReadyMsg(who="scheduler", error=f"{type(e).__name__}: {e}"))
         sys.exit(1)
-    ready_writer.send(ReadyMsg("scheduler", scheduler.ready_info()))
+    ready_writer.send(ReadyMsg(who="scheduler", info=scheduler.ready_info()))
     try:
         scheduler.event_loop()
     except Exception:

@@ -21,11 +21,11 @@ class SchedulerControlMixin:
 
     def flush_cache(self) -> FlushCacheReqOutput:
         if self.waiting_queue or self.running or self.chunked_req is not None or len(self.grammar_manager):
-            return FlushCacheReqOutput(False, "Cache not flushed: there are running or waiting requests.")
+            return FlushCacheReqOutput(success=False, message="Cache not flushed: there are running or waiting requests.")
         self.tree_cache.reset()
         self.model_runner.req_to_token_pool.clear()
         self.model_runner.allocator.clear()
-        return FlushCacheReqOutput(True, "Cache flushed.")
+        return FlushCacheReqOutput(success=True, message="Cache flushed.")
 
     def token_usage(self) -> Dict[str, int]:
         available = self.model_runner.allocator.available_size()
@@ -36,8 +36,9 @@ class SchedulerControlMixin:
     def get_load(self) -> GetLoadReqOutput:
         u = self.token_usage()
         rate = self.total_cached_tokens / self.total_prompt_tokens if self.total_prompt_tokens else 0.0
-        return GetLoadReqOutput(self.max_total_num_tokens, u["available"], u["evictable"], u["used"],
-                                len(self.running), len(self.waiting_queue) + len(self.grammar_manager), rate)
+        return GetLoadReqOutput(max_total_num_tokens=self.max_total_num_tokens, available_tokens=u["available"],
+                                evictable_tokens=u["evictable"], used_tokens=u["used"], num_running_reqs=len(self.running),
+                                num_waiting_reqs=len(self.waiting_queue) + len(self.grammar_manager), cache_hit_rate=rate)
 
     def check_memory_integrity(self) -> bool:
         """Idle check: every KV token is free or held by the prefix cache, nothing locked."""

@@ -27,7 +27,7 @@ class SchedulerInputMixin:
         msgs = []
         while True:
             try:
-                msgs.append(self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK))
+                msgs.append(self.recv_from_tokenizer.get(block=False))
             except zmq.ZMQError:
                 return msgs
 
@@ -41,9 +41,9 @@ class SchedulerInputMixin:
             elif isinstance(msg, AbortReq):
                 self.abort_request(msg.rid)
             elif isinstance(msg, FlushCacheReq):
-                self.send_to_tokenizer.send_pyobj(self.flush_cache())
+                self.send_to_tokenizer.put(self.flush_cache())
             elif isinstance(msg, GetLoadReq):
-                self.send_to_tokenizer.send_pyobj(self.get_load())
+                self.send_to_tokenizer.put(self.get_load())
             else:
                 logger.error("Unknown message type %s", type(msg).__name__)
 

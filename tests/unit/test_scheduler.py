@@ -55,7 +55,7 @@ def make(model_dir, **kw) -> CollectingScheduler:
 def submit(s: Scheduler, rid: str, ids: List[int], max_new: int) -> None:
     sp = SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)
     sp.verify()
-    s.handle_generate_request(TokenizedGenerateReqInput(rid, None, ids, sp))
+    s.handle_generate_request(TokenizedGenerateReqInput(rid=rid, input_text=None, input_ids=ids, sampling_params=sp))
 
 
 def run_until_idle(s: Scheduler, max_steps: int = 10000) -> None:

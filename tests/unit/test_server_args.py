@@ -25,3 +25,14 @@ def test_cpu_defaults_and_prefill_bound_flag():
     assert args.max_prefill_tokens_while_decoding == -1  # no bound on CPU unless asked
     assert prepare_server_args(["--device", "cpu", "--max-prefill-tokens-while-decoding", "256"]
                                ).max_prefill_tokens_while_decoding == 256
+
+
+def test_stream_interval_flag():
+    import pytest
+
+    from sglserve.server_args import ServerArgsError
+
+    assert prepare_server_args(["--device", "cpu"]).stream_interval == 1
+    assert prepare_server_args(["--device", "cpu", "--stream-interval", "8"]).stream_interval == 8
+    with pytest.raises(ServerArgsError, match="--stream-interval=0 must be >= 1"):
+        ServerArgs(device="cpu", stream_interval=0)
