@@ -25,6 +25,16 @@ def make_decoder(tokenizer: Any) -> Decoder:
         seqs, skip_special_tokens=skip, spaces_between_special_tokens=spaces)
 
 
+def is_concatenative(tokenizer: Any) -> bool:
+    """True when decode(a + b) == decode(a) + decode(b) wherever decode(a) ends on a whole
+    character: a stock fast tokenizer whose decoder is ByteLevel (GPT-2, Llama 3, Qwen,
+    SmolLM2) joins the tokens' bytes and decodes them as UTF-8. Not so for sentencepiece's
+    Metaspace, which drops the leading space of a sequence."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    return (backend is not None and _is_stock_fast(tokenizer) and type(backend.decoder).__name__ == "ByteLevel"
+            and not getattr(tokenizer, "clean_up_tokenization_spaces", True))
+
+
 def _is_stock_fast(tokenizer: Any) -> bool:
     try:
         from transformers import PreTrainedTokenizerFast

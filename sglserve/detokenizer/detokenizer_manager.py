@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from sglserve.detokenizer.batch_decode import Key, decode_grouped, make_decoder
+from sglserve.detokenizer.batch_decode import Key, decode_grouped, is_concatenative, make_decoder
 from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyMsg, ReqInfo, finish_abort
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
@@ -49,6 +49,7 @@ class DecodeStatus:
     surr_offset: int = 0  # start of the context window (ids already emitted)
     read_offset: int = 0  # ids before this are committed into decoded_text
     decoded_text: str = ""  # committed text (complete characters only); kept only with stop strings
+    surr_text: Optional[str] = ""  # decode(ids[surr_offset:read_offset]); None: not known yet
     sent_offset: int = 0  # characters of the (trimmed) text already sent
 
     @classmethod
@@ -63,6 +64,8 @@ class DetokenizerManager:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer  # None with --skip-tokenizer-init: ids pass through, text stays ""
         self.decode = make_decoder(tokenizer) if tokenizer is not None else None
+        # Decoding concatenates at character boundaries: a committed window's text is the next context's
+        self.concatenative = tokenizer is not None and is_concatenative(tokenizer)
         self.decode_status: Dict[str, DecodeStatus] = {}
 
     def handle_batch_token_id_out(self, recv: BatchTokenIDOut) -> BatchStrOut:
@@ -81,13 +84,14 @@ class DetokenizerManager:
 
     def _save(self, rid: str) -> Optional[tuple]:
         s = self.decode_status.get(rid)
-        return None if s is None else (s, len(s.decode_ids), s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset)
+        return None if s is None else (s, len(s.decode_ids), s.surr_offset, s.read_offset, s.decoded_text,
+                                       s.surr_text, s.sent_offset)
 
     def _restore(self, rid: str, snap: Optional[tuple]) -> None:
         if snap is None:
             self.decode_status.pop(rid, None)
             return
-        s, n, s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset = snap
+        s, n, s.surr_offset, s.read_offset, s.decoded_text, s.surr_text, s.sent_offset = snap
         del s.decode_ids[n:]
         self.decode_status[rid] = s
 
@@ -110,8 +114,9 @@ class DetokenizerManager:
         status = self.decode_status
         states: List[DecodeStatus] = [None] * bs  # type: ignore[list-item]
         reads: List[List[int]] = [None] * bs  # type: ignore[list-item]
-        surrs: List[List[int]] = [None] * bs  # type: ignore[list-item]
         keys: List[Key] = [None] * bs  # type: ignore[list-item]
+        surrs: List[List[int]] = []  # the context windows whose text is not known yet
+        surr_of: List[int] = []  # ... and their requests
         uniform = True
         for i in range(bs):
             s = status.get(rids[i])
@@ -129,21 +134,26 @@ class DetokenizerManager:
                 if isinstance(matched, int) and not s.no_stop_trim and len(dids) > read and dids[-1] == matched:
                     window = window[:-1]
             reads[i] = window
-            surrs[i] = dids[surr:read]
             keys[i] = s.key
             uniform = uniform and s.key == keys[0]
+            if s.surr_text is None:
+                surrs.append(dids[surr:read])
+                surr_of.append(i)
 
-        texts = decode_grouped(self.decode, reads + surrs, keys + keys, uniform)
+        texts = decode_grouped(self.decode, reads + surrs, keys + [keys[i] for i in surr_of], uniform)
+        for k, i in enumerate(surr_of):
+            states[i].surr_text = texts[bs + k]
 
         output_strs: List[str] = [""] * bs
         for i in range(bs):
             s = states[i]
-            new_text = texts[i][len(texts[bs + i]) :]
+            new_text = texts[i][len(s.surr_text) :]
             finished = reasons[i]
             if finished is None:
                 if new_text and new_text[-1] != REPLACEMENT_CHAR:
                     s.surr_offset = s.read_offset
                     s.read_offset = len(s.decode_ids)
+                    s.surr_text = new_text if self.concatenative else None
                     if s.hold < 0:  # no stop strings: nothing held back, no text kept
                         output_strs[i] = new_text
                         continue
@@ -226,6 +236,9 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
     configure_logger(server_args, prefix=" Detokenizer")
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
+    # One process, one core's job: rayon threads in decode_batch would only contend with the
+    # scheduler and the HTTP process for cores (measured slower on a loaded host)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         tokenizer = None
         if not server_args.skip_tokenizer_init:

@@ -215,3 +215,48 @@ def test_detokenizer_process_reports_start_failure():
     proc.join(30)
     shutil.rmtree(port_args.ipc_dir, ignore_errors=True)
     assert msg.who == "detokenizer" and msg.error and proc.exitcode not in (0, None)
+
+
+class _BatchDecodeOnly:
+    """The real tokenizer behind batch_decode only: the detokenizer's general path (decode
+    every context window), against which its byte-level shortcuts are checked."""
+
+    def __init__(self, tokenizer):
+        self.batch_decode = tokenizer.batch_decode
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_byte_level_shortcuts_match_the_general_path(tokenizer, seed):
+    import random
+
+    rng = random.Random(seed)
+    specials = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")]
+    fast, general = DetokenizerManager(tokenizer), DetokenizerManager(_BatchDecodeOnly(tokenizer))
+    assert fast.concatenative and not general.concatenative
+    streams = {}
+    for k in range(6):
+        ids = tokenizer.encode(rng.choice(TEXTS)) + rng.sample(specials, 1)
+        ids += [rng.randrange(tokenizer.vocab_size) for _ in range(5)]  # byte fragments: invalid UTF-8
+        if k % 3 == 0:
+            rng.shuffle(ids)
+        streams[f"r{k}"] = (ids, [rng.choice(["xyz", "。", "🎉 "])] if k % 2 else [], k % 4 == 1)
+    pos = {rid: 0 for rid in streams}
+    got = {"fast": {r: [] for r in streams}, "general": {r: [] for r in streams}}  # every increment
+    while pos:
+        rids = list(pos)
+        chunks, fins = [], []
+        for rid in rids:
+            ids = streams[rid][0]
+            step = rng.randint(1, 3)
+            chunks.append(ids[pos[rid]: pos[rid] + step])
+            pos[rid] += step
+            fins.append(finish_length(len(ids)) if pos[rid] >= len(ids) else None)
+        for name, mgr in (("fast", fast), ("general", general)):
+            msg = token_ids_out(rids, chunks, fins, [1] * len(rids), [1] * len(rids),
+                                stop_strs=[streams[r][1] for r in rids], skip=[not streams[r][2] for r in rids])
+            out = mgr.handle_batch_token_id_out(msg)
+            for rid, text in zip(out.rids, out.texts):
+                got[name][rid].append(text)
+        pos = {r: p for r, p in pos.items() if p < len(streams[r][0])}
+    assert got["fast"] == got["general"]
+    assert fast.decode_status == {} and general.decode_status == {}
