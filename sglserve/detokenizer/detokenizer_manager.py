@@ -7,6 +7,9 @@ when a piece is decoded alone). New text = decode(ids[surr:]) minus decode(ids[s
 Text ending in U+FFFD is an incomplete UTF-8 character: it is held back (offsets not
 advanced) until the next token completes it, or the request finishes.
 
+Per step, the windows of every request in the message go to the tokenizer in one call
+(batch_decode.py); a context window is decoded only when its text is not known already.
+
 Stop strings (docs/CONTRACTS.md): while unfinished, the last (stop_str_max_len - 1)
 characters are held back so a stop string is never streamed; on a finish matched by a
 string the text is cut at its first occurrence (unless no_stop_trim); on a finish matched
