@@ -17,10 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
 
+import msgspec
+
 from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
 from sglserve.tokenizer.input_processor import InputProcessor
-from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, GenerateReqInput
+from sglserve.io_struct import BatchTokenIDOut, GenerateReqInput
 from sglserve.tokenizer.logprob_output import LogprobAccumulator
+from sglserve.tokenizer.req_state import Updates
 from sglserve.scheduler.scheduler import Scheduler
 from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
@@ -32,15 +35,29 @@ Params = Union[Dict[str, Any], List[Dict[str, Any]], None]
 
 @dataclass
 class _ReqResult:
+    rid: str
     text: str = ""
     output_ids: List[int] = field(default_factory=list)
-    meta_info: Dict[str, Any] = field(default_factory=dict)
-    finished: bool = False
+    finished_reason: Optional[Dict[str, Any]] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
     start: float = field(default_factory=time.perf_counter)
+    latency: float = 0.0  # at the last update
     logprobs: Optional[LogprobAccumulator] = None  # when the request asked for logprobs
+    tokenizer: Any = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta_info)}
+        meta = {"id": self.rid, "finish_reason": self.finished_reason, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+                "e2e_latency": self.latency}
+        if self.logprobs is not None:
+            meta.update(self.logprobs.meta(self.tokenizer))
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
 
 
 OFFLINE_STEP_BUDGET = 16384  # tokens per step (the server's --chunked-prefill-size); vLLM's LLM class uses as much
@@ -55,7 +72,7 @@ class Engine:
         configure_logger(self.server_args)
         self.scheduler = Scheduler(self.server_args, None)
         self.tokenizer = self.scheduler.tokenizer
-        self.detokenizer = DetokenizerManager(self.tokenizer) if self.tokenizer is not None else None
+        self.detokenizer = DetokenizerManager(self.tokenizer)  # no tokenizer: ids pass through, text ""
         # The server's request checks, so a request the server answers with 400 raises ValueError here
         self.input_processor = InputProcessor.create(self.tokenizer, self.scheduler.ready_info(),
                                                      self.server_args.page_size, self.server_args.grammar_backend)
@@ -66,34 +83,26 @@ class Engine:
     # ---- output path ---------------------------------------------------------------------
 
     def _on_token_ids(self, out: BatchTokenIDOut) -> None:
-        if self.detokenizer is not None:
-            strs = self.detokenizer.handle_batch_token_id_out(out)
-        else:  # --skip-tokenizer-init: ids only
-            strs = BatchStrOut(out.rids, out.finished_reasons, [""] * len(out.rids), out.decode_ids,
-                               out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+        strs = self.detokenizer.handle_batch_token_id_out(out)
+        news = Updates(strs)
+        now = time.perf_counter()
         for i, rid in enumerate(strs.rids):
             res = self._results.get(rid)
             if res is None:
                 continue
-            res.text += strs.output_strs[i]
-            res.output_ids.extend(out.decode_ids[i])
-            finish = strs.finished_reasons[i]
-            res.meta_info = {
-                "id": rid, "finish_reason": finish, "prompt_tokens": strs.prompt_tokens[i],
-                "completion_tokens": strs.completion_tokens[i], "cached_tokens": strs.cached_tokens[i],
-                "e2e_latency": time.perf_counter() - res.start,
-            }
-            if res.logprobs is not None:
-                res.logprobs.add(out, i)
-                res.meta_info.update(res.logprobs.meta(self.tokenizer))
-            res.finished = finish is not None
+            res.text += strs.texts[i]
+            res.output_ids += strs.new_ids(i)
+            res.completion_tokens = strs.completion_tokens[i]
+            res.latency = now - res.start
+            if news.rare:
+                news.apply(res, i)
             self._updated.append(rid)
 
     # ---- requests ----------------------------------------------------------------------
 
     def _submit(self, obj: GenerateReqInput) -> str:
         tokenized = self.input_processor.tokenize(obj)  # ValueError: what the server answers with 400
-        res = self._results[tokenized.rid] = _ReqResult()
+        res = self._results[tokenized.rid] = _ReqResult(tokenized.rid, tokenizer=self.tokenizer)
         if obj.return_logprob:
             res.logprobs = LogprobAccumulator(return_text=obj.return_text_in_logprobs)
         self.scheduler.handle_generate_request(tokenized)
@@ -172,7 +181,7 @@ class Engine:
 
     def get_server_info(self) -> Dict[str, Any]:
         load = self.scheduler.get_load()
-        return {**self.server_args.public_dict(), **load.__dict__}
+        return {**self.server_args.public_dict(), **msgspec.structs.asdict(load)}
 
     def shutdown(self) -> None:
         """Frees the model and the KV pool (GPU memory returns to the process's allocator)."""

@@ -1,14 +1,23 @@
 """Messages between the HTTP process, the scheduler and the detokenizer.
 
-They travel as pickles over local ipc:// ZMQ sockets only (never TCP).
+msgspec Structs, built with keywords, sent as msgpack on the typed queues of
+utils/zmq_queue.py over local ipc:// ZMQ sockets only (never TCP). The per-step output
+messages are columns (one list per field, one flat list of ids), not per-request objects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import msgspec
 
 from sglserve.sampling.sampling_params import SamplingParams
+
+
+class Msg(msgspec.Struct):
+    """Base of the messages. Each one is declared kw_only (msgspec does not inherit it):
+    keyword construction only, so a field added later cannot shift the others."""
 
 
 # ---- HTTP layer -> TokenizerManager (inside the HTTP process) --------------------------------
@@ -64,8 +73,7 @@ class GenerateReqInput:
 # ---- HTTP process -> scheduler -------------------------------------------------------------
 
 
-@dataclass
-class TokenizedGenerateReqInput:
+class TokenizedGenerateReqInput(Msg, tag=True, kw_only=True):
     rid: str
     input_text: Optional[str]
     input_ids: List[int]
@@ -78,29 +86,24 @@ class TokenizedGenerateReqInput:
     prefix_group: Optional[str] = None
 
 
-@dataclass
-class AbortReq:
+class AbortReq(Msg, tag=True, kw_only=True):
     rid: str  # "" aborts every request
 
 
-@dataclass
-class FlushCacheReq:
+class FlushCacheReq(Msg, tag=True, kw_only=True):
     pass
 
 
-@dataclass
-class FlushCacheReqOutput:
+class FlushCacheReqOutput(Msg, tag=True, kw_only=True):
     success: bool
     message: str = ""
 
 
-@dataclass
-class GetLoadReq:
+class GetLoadReq(Msg, tag=True, kw_only=True):
     """Asks the scheduler for its KV pool and queue state (/get_server_info)."""
 
 
-@dataclass
-class GetLoadReqOutput:
+class GetLoadReqOutput(Msg, tag=True, kw_only=True):
     max_total_num_tokens: int
     available_tokens: int  # free in the allocator
     evictable_tokens: int  # held only by the radix cache
@@ -110,63 +113,83 @@ class GetLoadReqOutput:
     cache_hit_rate: float
 
 
-# ---- scheduler -> detokenizer --------------------------------------------------------------
+# ---- scheduler -> detokenizer -> HTTP process: one message per step, in columns ------------
+
+Entry = Tuple[Optional[float], int]  # (logprob, token id); input position 0 has no logprob
 
 
-@dataclass
-class BatchTokenIDOut:
-    """One scheduler step's news for every request that advanced or finished.
+class ReqInfo(Msg, array_like=True, kw_only=True):
+    """What stays fixed for a request: sent once, with its first message, and remembered."""
 
-    Lists are parallel (one entry per request). `decode_ids[i]` holds the request's NEW
-    output token ids since the previous message about it; the detokenizer accumulates them.
-    `stop_strs[i]` are the request's stop strings: the detokenizer holds back the last
-    (max len - 1) characters while unfinished so a stop string is never streamed.
+    prompt_tokens: int
+    cached_tokens: int
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    stop_strs: List[str] = msgspec.field(default_factory=list)
+
+
+class LogprobNews(Msg, array_like=True, kw_only=True):
+    """The new logprob entries of the message's requests that asked (`index`: their positions
+    in the message): output entries since the previous message (top: one list per position);
+    input entries once, complete (None until then)."""
+
+    index: List[int]
+    output: List[List[Entry]]
+    output_top: List[List[List[Entry]]]
+    input: List[Optional[List[Entry]]]
+    input_top: List[Optional[List[List[Entry]]]]
+
+
+class Columns(Msg, kw_only=True):
+    """Per-request columns shared by both output messages (request i = position i).
+
+    `ids[offsets[i]:offsets[i + 1]]` are request i's NEW output ids since its previous message.
+    `first[k]` is the position of a request whose first message this is; `infos[k]` its ReqInfo.
+    `finished[k]` is the position of a request that ended; `finished_reasons[k]` why.
     """
 
     rids: List[str]
-    finished_reasons: List[Optional[Dict[str, Any]]]
-    decode_ids: List[List[int]]
-    skip_special_tokens: List[bool]
-    spaces_between_special_tokens: List[bool]
-    no_stop_trim: List[bool]
-    prompt_tokens: List[int]
+    offsets: List[int]  # len(rids) + 1 prefix sums into ids
+    ids: List[int]
     completion_tokens: List[int]
-    cached_tokens: List[int]
-    # Logprobs (empty lists when no request in the message asked; else one entry per request,
-    # None for requests that did not ask): NEW (logprob, token_id) entries since the previous
-    # message; top: one list of (logprob, token_id) per position; input: sent once, complete.
-    output_token_logprobs: List[Optional[list]] = field(default_factory=list)
-    stop_strs: List[List[str]] = field(default_factory=list)
-    output_top_logprobs: List[Optional[list]] = field(default_factory=list)
-    input_token_logprobs: List[Optional[list]] = field(default_factory=list)
-    input_top_logprobs: List[Optional[list]] = field(default_factory=list)
+    first: List[int] = msgspec.field(default_factory=list)
+    infos: List[ReqInfo] = msgspec.field(default_factory=list)
+    finished: List[int] = msgspec.field(default_factory=list)
+    finished_reasons: List[Dict[str, Any]] = msgspec.field(default_factory=list)
+    logprobs: Optional[LogprobNews] = None
+
+    def new_ids(self, i: int) -> List[int]:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def finish_map(self) -> Dict[int, Dict[str, Any]]:
+        return dict(zip(self.finished, self.finished_reasons))
 
 
-# ---- detokenizer -> HTTP process -----------------------------------------------------------
+class BatchTokenIDOut(Columns, tag=True, kw_only=True):
+    """One scheduler step's news for every request that advanced or finished. The detokenizer
+    holds back the last (max stop string length - 1) characters of an unfinished request so
+    a stop string is never streamed."""
 
 
-@dataclass
-class BatchStrOut:
-    rids: List[str]
-    finished_reasons: List[Optional[Dict[str, Any]]]
-    output_strs: List[str]  # NEW text since the previous message (stop strings trimmed when finished)
-    output_ids: List[List[int]]  # NEW output ids since the previous message
-    prompt_tokens: List[int]
-    completion_tokens: List[int]
-    cached_tokens: List[int]
-    output_token_logprobs: List[Optional[list]] = field(default_factory=list)  # as in BatchTokenIDOut
-    output_top_logprobs: List[Optional[list]] = field(default_factory=list)
-    input_token_logprobs: List[Optional[list]] = field(default_factory=list)
-    input_top_logprobs: List[Optional[list]] = field(default_factory=list)
+class BatchStrOut(Columns, tag=True, kw_only=True):
+    """The detokenizer's answer to one BatchTokenIDOut, same requests in the same order:
+    `texts[i]` is request i's NEW text (stop strings trimmed when finished)."""
+
+    texts: List[str] = msgspec.field(default_factory=list)
 
 
-@dataclass
-class ReadyMsg:
+class ReadyMsg(Msg, kw_only=True):
     """Child process -> launcher once it can serve (model loaded, KV pool sized)."""
 
     who: str
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: Dict[str, Any] = msgspec.field(default_factory=dict)
     error: Optional[str] = None
+
+
+# Every message that crosses a socket (utils/zmq_queue.py decodes this union by its tag)
+Message = Union[TokenizedGenerateReqInput, AbortReq, FlushCacheReq, FlushCacheReqOutput, GetLoadReq,
+                GetLoadReqOutput, BatchTokenIDOut, BatchStrOut]
 
 
 # ---- finish reasons (as SGLang reports them in meta_info) ------------------------------------

@@ -68,6 +68,7 @@ class ServerArgs:
     cuda_graph_max_bs: Optional[int] = None
     disable_cuda_graph: bool = False
     disable_overlap_schedule: bool = False
+    stream_interval: int = 1  # a streaming request's news goes out every this many new tokens
     tp_size: int = 1
     random_seed: Optional[int] = None
     # Structured output, tools, reasoning
@@ -129,6 +130,8 @@ class ServerArgs:
         "cuda_graph_max_bs": "Largest decode batch replayed from a CUDA graph.",
         "disable_cuda_graph": "Run decode eagerly.",
         "disable_overlap_schedule": "Do not prepare the next decode step while the GPU runs the current one.",
+        "stream_interval": "A streaming request's new tokens go out every this many tokens (and always on its first "
+                           "token and its finish); larger values cost the server less per token.",
         "tp_size": "Tensor parallel size (only 1 for now).",
         "random_seed": "Seed of the server's sampling generators and dummy weights.",
         "grammar_backend": "Structured output backend (xgrammar, or none to refuse constrained requests).",
@@ -177,7 +180,7 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ServerArgsError(f"--{name.replace('_', '-')}={value!r} is invalid; allowed: {allowed}")
-        positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size"]
+        positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size", "stream_interval"]
         for name in positive + ["max_total_tokens", "max_running_requests", "context_length", "cuda_graph_max_bs",
                                 "max_queued_requests"]:
             value = getattr(self, name)

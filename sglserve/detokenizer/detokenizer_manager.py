@@ -7,6 +7,9 @@ when a piece is decoded alone). New text = decode(ids[surr:]) minus decode(ids[s
 Text ending in U+FFFD is an incomplete UTF-8 character: it is held back (offsets not
 advanced) until the next token completes it, or the request finishes.
 
+Per step, the windows of every request in the message go to the tokenizer in one call
+(batch_decode.py); a context window is decoded only when its text is not known already.
+
 Stop strings (docs/CONTRACTS.md): while unfinished, the last (stop_str_max_len - 1)
 characters are held back so a stop string is never streamed; on a finish matched by a
 string the text is cut at its first occurrence (unless no_stop_trim); on a finish matched
@@ -25,25 +28,37 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, ReadyMsg, finish_abort
+from sglserve.detokenizer.batch_decode import Key, decode_grouped, is_concatenative, make_decoder
+from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyMsg, ReqInfo, finish_abort
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import setup_child_process
+from sglserve.utils.process import freeze_startup_objects, setup_child_process
+from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
 
 REPLACEMENT_CHAR = "\ufffd"
+_NO_INFO = ReqInfo(prompt_tokens=0, cached_tokens=0)  # a request seen without its first message
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DecodeStatus:
-    """One request's detokenization state."""
+    """One request's detokenization state; its flags come once, from the first message."""
 
+    key: Key  # (skip_special_tokens, spaces_between_special_tokens)
+    no_stop_trim: bool
+    hold: int  # characters held back while unfinished (longest stop string - 1); -1: no stop strings
     decode_ids: List[int] = dataclasses.field(default_factory=list)
     surr_offset: int = 0  # start of the context window (ids already emitted)
     read_offset: int = 0  # ids before this are committed into decoded_text
-    decoded_text: str = ""  # committed text (complete characters only)
+    decoded_text: str = ""  # committed text (complete characters only); kept only with stop strings
+    surr_text: Optional[str] = ""  # decode(ids[surr_offset:read_offset]); None: not known yet
     sent_offset: int = 0  # characters of the (trimmed) text already sent
+
+    @classmethod
+    def create(cls, info: ReqInfo) -> "DecodeStatus":
+        hold = max((len(x) for x in info.stop_strs), default=0) - 1
+        return cls((info.skip_special_tokens, info.spaces_between_special_tokens), info.no_stop_trim, hold)
 
 
 class DetokenizerManager:
@@ -51,32 +66,19 @@ class DetokenizerManager:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer  # None with --skip-tokenizer-init: ids pass through, text stays ""
+        self.decode = make_decoder(tokenizer) if tokenizer is not None else None
+        # Decoding concatenates at character boundaries: a committed window's text is the next context's
+        self.concatenative = tokenizer is not None and is_concatenative(tokenizer)
         self.decode_status: Dict[str, DecodeStatus] = {}
-
-    def _batch_decode(self, seqs: List[List[int]], skip: List[bool], spaces: List[bool]) -> List[str]:
-        """Decode in as few tokenizer calls as possible (one per distinct flag pair)."""
-        out: List[str] = [""] * len(seqs)
-        groups: Dict[tuple, List[int]] = {}
-        for i, key in enumerate(zip(skip, spaces)):
-            groups.setdefault(key, []).append(i)
-        for (skip_special, spaces_between), idx in groups.items():
-            texts = self.tokenizer.batch_decode(
-                [seqs[i] for i in idx],
-                skip_special_tokens=skip_special,
-                spaces_between_special_tokens=spaces_between,
-            )
-            for i, t in zip(idx, texts):
-                out[i] = t
-        return out
 
     def handle_batch_token_id_out(self, recv: BatchTokenIDOut) -> BatchStrOut:
         """One message in, one out. An error with one request fails that request only (finish
         abort, 500): the batch's states are restored and its requests retried one by one."""
-        saved = {rid: self._save(rid) for rid in recv.rids}
+        saved = [self._save(rid) for rid in recv.rids]
         try:
             return self._handle(recv)
         except Exception as e:
-            for rid, snap in saved.items():
+            for rid, snap in zip(recv.rids, saved):
                 self._restore(rid, snap)
             if len(recv.rids) == 1:
                 logger.exception("Error detokenizing request %s; failing it", recv.rids[0])
@@ -85,116 +87,145 @@ class DetokenizerManager:
 
     def _save(self, rid: str) -> Optional[tuple]:
         s = self.decode_status.get(rid)
-        return None if s is None else (s, len(s.decode_ids), s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset)
+        return None if s is None else (s, len(s.decode_ids), s.surr_offset, s.read_offset, s.decoded_text,
+                                       s.surr_text, s.sent_offset)
 
     def _restore(self, rid: str, snap: Optional[tuple]) -> None:
         if snap is None:
             self.decode_status.pop(rid, None)
             return
-        s, n, s.surr_offset, s.read_offset, s.decoded_text, s.sent_offset = snap
+        s, n, s.surr_offset, s.read_offset, s.decoded_text, s.surr_text, s.sent_offset = snap
         del s.decode_ids[n:]
         self.decode_status[rid] = s
 
     def _failed(self, recv: BatchTokenIDOut, e: Exception) -> BatchStrOut:
         self.decode_status.pop(recv.rids[0], None)
         reason = finish_abort(f"Internal error while detokenizing: {type(e).__name__}: {e}", status_code=500)
-        return BatchStrOut([recv.rids[0]], [reason], [""], [list(recv.decode_ids[0])], list(recv.prompt_tokens),
-                           list(recv.completion_tokens), list(recv.cached_tokens))
+        return _str_out(recv, [""], finished=[0], finished_reasons=[reason])
 
     def _handle(self, recv: BatchTokenIDOut) -> BatchStrOut:
-        bs = len(recv.rids)
-        stop_strs = recv.stop_strs if len(recv.stop_strs) == bs else [[] for _ in range(bs)]
-        if self.tokenizer is None:
-            output_strs = [""] * bs
-        else:
-            output_strs = self._detokenize(recv, stop_strs)
-        return BatchStrOut(
-            rids=list(recv.rids),
-            finished_reasons=list(recv.finished_reasons),
-            output_strs=output_strs,
-            output_ids=[list(ids) for ids in recv.decode_ids],
-            prompt_tokens=list(recv.prompt_tokens),
-            completion_tokens=list(recv.completion_tokens),
-            cached_tokens=list(recv.cached_tokens),
-            output_token_logprobs=list(recv.output_token_logprobs),
-            output_top_logprobs=list(recv.output_top_logprobs),
-            input_token_logprobs=list(recv.input_token_logprobs),
-            input_top_logprobs=list(recv.input_top_logprobs),
-        )
+        texts = [""] * len(recv.rids) if self.tokenizer is None else self._detokenize(recv)
+        return _str_out(recv, texts)
 
-    def _detokenize(self, recv: BatchTokenIDOut, stop_strs: List[List[str]]) -> List[str]:
-        bs = len(recv.rids)
-        states: List[DecodeStatus] = []
-        read_ids: List[List[int]] = []
-        surr_ids: List[List[int]] = []
+    def _detokenize(self, recv: BatchTokenIDOut) -> List[str]:
+        rids, offsets, ids = recv.rids, recv.offsets, recv.ids
+        bs = len(rids)
+        infos = dict(zip(recv.first, recv.infos)) if recv.first else {}
+        reasons: List[Optional[Dict[str, Any]]] = [None] * bs
+        for i, reason in zip(recv.finished, recv.finished_reasons):
+            reasons[i] = reason
+        status = self.decode_status
+        states: List[DecodeStatus] = [None] * bs  # type: ignore[list-item]
+        reads: List[List[int]] = [None] * bs  # type: ignore[list-item]
+        keys: List[Key] = [None] * bs  # type: ignore[list-item]
+        surrs: List[List[int]] = []  # the context windows whose text is not known yet
+        surr_of: List[int] = []  # ... and their requests
+        uniform = True
         for i in range(bs):
-            s = self.decode_status.setdefault(recv.rids[i], DecodeStatus())
-            s.decode_ids.extend(recv.decode_ids[i])
-            states.append(s)
-            window = s.decode_ids[s.surr_offset :]
-            matched = _matched(recv.finished_reasons[i])
-            # A finish by stop token id: drop that token (it may be a special token shown
-            # when skip_special_tokens=False), as SGLang does.
-            if (
-                isinstance(matched, int)
-                and not recv.no_stop_trim[i]
-                and len(s.decode_ids) > s.read_offset
-                and s.decode_ids[-1] == matched
-            ):
-                window = window[:-1]
-            read_ids.append(window)
-            surr_ids.append(s.decode_ids[s.surr_offset : s.read_offset])
+            s = status.get(rids[i])
+            if s is None:
+                s = status[rids[i]] = DecodeStatus.create(infos.get(i, _NO_INFO))
+            states[i] = s
+            dids = s.decode_ids
+            dids += ids[offsets[i] : offsets[i + 1]]
+            surr, read = s.surr_offset, s.read_offset
+            window = dids[surr:]
+            if reasons[i] is not None:
+                matched = _matched(reasons[i])
+                # A finish by stop token id: drop that token (it may be a special token shown
+                # when skip_special_tokens=False), as SGLang does.
+                if isinstance(matched, int) and not s.no_stop_trim and len(dids) > read and dids[-1] == matched:
+                    window = window[:-1]
+            reads[i] = window
+            keys[i] = s.key
+            uniform = uniform and s.key == keys[0]
+            if s.surr_text is None:
+                surrs.append(dids[surr:read])
+                surr_of.append(i)
 
-        skip, spaces = recv.skip_special_tokens, recv.spaces_between_special_tokens
-        surr_texts = self._batch_decode(surr_ids, skip, spaces)
-        read_texts = self._batch_decode(read_ids, skip, spaces)
+        texts = decode_grouped(self.decode, reads + surrs, keys + [keys[i] for i in surr_of], uniform)
+        for k, i in enumerate(surr_of):
+            states[i].surr_text = texts[bs + k]
 
-        output_strs: List[str] = []
+        output_strs: List[str] = [""] * bs
         for i in range(bs):
             s = states[i]
-            finished = recv.finished_reasons[i]
-            new_text = read_texts[i][len(surr_texts[i]) :]
+            new_text = texts[i][len(s.surr_text) :]
+            finished = reasons[i]
             if finished is None:
-                if new_text and not new_text.endswith(REPLACEMENT_CHAR):
-                    s.decoded_text += new_text
+                if new_text and new_text[-1] != REPLACEMENT_CHAR:
                     s.surr_offset = s.read_offset
                     s.read_offset = len(s.decode_ids)
-                text = s.decoded_text  # an incomplete character stays held back
-                hold = max((len(x) for x in stop_strs[i]), default=0) - 1
-                visible_end = len(text) - hold if hold > 0 else len(text)
+                    s.surr_text = new_text if self.concatenative else None
+                    if s.hold < 0:  # no stop strings: nothing held back, no text kept
+                        output_strs[i] = new_text
+                        continue
+                    s.decoded_text += new_text
+                elif s.hold < 0:  # an incomplete character stays held back
+                    continue
+                text = s.decoded_text
+                visible_end = len(text) - s.hold if s.hold > 0 else len(text)
             else:
                 text = s.decoded_text + new_text
                 matched = _matched(finished)
-                if isinstance(matched, str) and matched and not recv.no_stop_trim[i]:
+                if isinstance(matched, str) and matched and not s.no_stop_trim:
                     pos = text.find(matched)
                     if pos != -1:
                         text = text[:pos]
                 visible_end = len(text)
-                del self.decode_status[recv.rids[i]]
+                del status[rids[i]]
             if visible_end > s.sent_offset:
-                output_strs.append(text[s.sent_offset : visible_end])
+                output_strs[i] = text[s.sent_offset : visible_end]
                 s.sent_offset = visible_end
-            else:
-                output_strs.append("")
         return output_strs
 
 
+def _str_out(recv: BatchTokenIDOut, texts: List[str], **override: Any) -> BatchStrOut:
+    """The answer to `recv`: its columns, unchanged unless overridden, plus the texts."""
+    cols = {f: getattr(recv, f) for f in BatchTokenIDOut.__struct_fields__}
+    cols.update(override)
+    return BatchStrOut(texts=texts, **cols)
+
+
 def _pick(recv: BatchTokenIDOut, i: int) -> BatchTokenIDOut:
-    """Request i of a message as a message of its own (per-request lists sliced, empty ones kept)."""
-    bs = len(recv.rids)
-    return BatchTokenIDOut(**{f.name: (v[i : i + 1] if len(v) == bs else v)
-                              for f in dataclasses.fields(recv) for v in [getattr(recv, f.name)]})
+    """Request i of a message as a message of its own."""
+    lp = recv.logprobs
+    if lp is not None and i in lp.index:
+        k = lp.index.index(i)
+        lp = LogprobNews(index=[0], output=lp.output[k : k + 1], output_top=lp.output_top[k : k + 1],
+                         input=lp.input[k : k + 1], input_top=lp.input_top[k : k + 1])
+    else:
+        lp = None
+    ids = recv.new_ids(i)
+    return BatchTokenIDOut(
+        rids=[recv.rids[i]], offsets=[0, len(ids)], ids=ids, completion_tokens=[recv.completion_tokens[i]],
+        first=[0 for j in recv.first if j == i], infos=[x for j, x in zip(recv.first, recv.infos) if j == i],
+        finished=[0 for j in recv.finished if j == i],
+        finished_reasons=[x for j, x in zip(recv.finished, recv.finished_reasons) if j == i], logprobs=lp,
+    )
 
 
 def _concat(parts: List[BatchStrOut]) -> BatchStrOut:
-    """Messages -> one; a list some parts leave empty (logprobs) is padded with None."""
-    out = {}
-    for f in dataclasses.fields(BatchStrOut):
-        lists = [getattr(p, f.name) for p in parts]
-        if any(lists) and not all(len(v) == len(p.rids) for v, p in zip(lists, parts)):
-            lists = [v if len(v) == len(p.rids) else [None] * len(p.rids) for v, p in zip(lists, parts)]
-        out[f.name] = [x for v in lists for x in v]
-    return BatchStrOut(**out)
+    """Messages -> one; each part's positions shifted by the requests before it."""
+    out = BatchStrOut(rids=[], offsets=[0], ids=[], completion_tokens=[])
+    lp = LogprobNews(index=[], output=[], output_top=[], input=[], input_top=[])
+    for p in parts:
+        base = len(out.rids)
+        out.rids += p.rids
+        out.offsets += [len(out.ids) + o for o in p.offsets[1:]]
+        out.ids += p.ids
+        out.completion_tokens += p.completion_tokens
+        out.texts += p.texts
+        out.first += [base + j for j in p.first]
+        out.infos += p.infos
+        out.finished += [base + j for j in p.finished]
+        out.finished_reasons += p.finished_reasons
+        if p.logprobs is not None:
+            lp.index += [base + j for j in p.logprobs.index]
+            for f in ("output", "output_top", "input", "input_top"):
+                getattr(lp, f).extend(getattr(p.logprobs, f))
+    out.logprobs = lp if lp.index else None
+    return out
 
 
 def _matched(finished_reason: Optional[Dict[str, Any]]) -> Any:
@@ -208,6 +239,9 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
     configure_logger(server_args, prefix=" Detokenizer")
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
+    # One process, one core's job: rayon threads in decode_batch would only contend with the
+    # scheduler and the HTTP process for cores (measured slower on a loaded host)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         tokenizer = None
         if not server_args.skip_tokenizer_init:
@@ -216,32 +250,31 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
             tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.trust_remote_code)
         manager = DetokenizerManager(tokenizer)
         context = zmq.Context(2)
-        recv_sock = context.socket(zmq.PULL)
-        recv_sock.bind(port_args.detokenizer_ipc_name)
-        send_sock = context.socket(zmq.PUSH)
-        send_sock.connect(port_args.tokenizer_ipc_name)
+        recv_queue = PullQueue(context, port_args.detokenizer_ipc_name, bind=True)
+        send_queue = PushQueue(context, port_args.tokenizer_ipc_name)
     except Exception as e:
         logger.error("Detokenizer failed to start:\n%s", traceback.format_exc())
-        ready_writer.send(ReadyMsg("detokenizer", error=f"{type(e).__name__}: {e}"))
+        ready_writer.send(ReadyMsg(who="detokenizer", error=f"{type(e).__name__}: {e}"))
         sys.exit(1)
-    ready_writer.send(ReadyMsg("detokenizer"))
+    freeze_startup_objects()
+    ready_writer.send(ReadyMsg(who="detokenizer"))
     try:
-        event_loop(manager, recv_sock, send_sock)
+        event_loop(manager, recv_queue, send_queue)
     except Exception:
         logger.error("Detokenizer hit an exception:\n%s", traceback.format_exc())
         sys.exit(1)
 
 
-def event_loop(manager: DetokenizerManager, recv_sock: zmq.Socket, send_sock: zmq.Socket) -> None:
+def event_loop(manager: DetokenizerManager, recv_queue: PullQueue, send_queue: PushQueue) -> None:
     parent = os.getppid()
     while True:
-        if not recv_sock.poll(timeout=1000):
+        if not recv_queue.poll(1000):
             if os.getppid() != parent:
                 logger.error("Parent process died; detokenizer exits.")
                 sys.exit(1)
             continue
-        recv = recv_sock.recv_pyobj()
+        recv = recv_queue.get()
         if isinstance(recv, BatchTokenIDOut):
-            send_sock.send_pyobj(manager.handle_batch_token_id_out(recv))
+            send_queue.put(manager.handle_batch_token_id_out(recv))
         else:
             logger.error("Unknown message type %s", type(recv).__name__)

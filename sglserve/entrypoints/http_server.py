@@ -17,6 +17,7 @@ import logging
 import uuid
 from typing import Any, Awaitable, Callable
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -131,7 +132,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     @guarded
     async def get_server_info() -> Response:
         load = await tm.get_load()
-        return json_response({**server_args.public_dict(), **tm.scheduler_info, **dataclasses.asdict(load),
+        return json_response({**server_args.public_dict(), **tm.scheduler_info, **msgspec.structs.asdict(load),
                               "version": app.version})
 
     @guarded

@@ -47,6 +47,7 @@ from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, setup_child_process
+from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Scheduler:
         self.running = RunningBatch(self.kv, clip)
         self.grammar_manager = GrammarManager(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids,
                                               sa.grammar_backend)
-        self.output_sender = OutputSender()
+        self.output_sender = OutputSender(stream_interval=sa.stream_interval)
         self.stats = SchedulerStats(self.kv, sa.decode_log_interval, sa.enable_cache_report)
         self.intake = RequestIntake(self.context_len, self.max_total_num_tokens, sa.page_size, self.eos_token_ids,
                                     sa.disable_radix_cache, self.planner, self.running, self.grammar_manager,
@@ -85,13 +86,10 @@ class Scheduler:
 
         if port_args is not None:
             ctx = zmq.Context(2)
-            self.recv_from_tokenizer = ctx.socket(zmq.PULL)
-            self.recv_from_tokenizer.bind(port_args.scheduler_input_ipc_name)
-            self.send_to_detokenizer = ctx.socket(zmq.PUSH)
-            self.send_to_detokenizer.connect(port_args.detokenizer_ipc_name)
-            self.send_to_tokenizer = ctx.socket(zmq.PUSH)
-            self.send_to_tokenizer.connect(port_args.tokenizer_ipc_name)
-            self.output_sender.sink = self.send_to_detokenizer.send_pyobj
+            self.recv_from_tokenizer = PullQueue(ctx, port_args.scheduler_input_ipc_name, bind=True)
+            self.send_to_detokenizer = PushQueue(ctx, port_args.detokenizer_ipc_name)
+            self.send_to_tokenizer = PushQueue(ctx, port_args.tokenizer_ipc_name)
+            self.output_sender.sink = self.send_to_detokenizer.put
         logger.info(
             "max_total_num_tokens=%d, step token budget (chunked_prefill_size)=%s, max_prefill_tokens=%d, "
             "max_running_requests=%d, context_len=%d, page_size=%d, clip_max_new_tokens=%d",
@@ -146,7 +144,7 @@ class Scheduler:
         msgs = []
         while True:
             try:
-                msgs.append(self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK))
+                msgs.append(self.recv_from_tokenizer.get(block=False))
             except zmq.ZMQError:
                 return msgs
 
@@ -163,9 +161,9 @@ class Scheduler:
             elif isinstance(msg, AbortReq):
                 self.abort_request(msg.rid)
             elif isinstance(msg, FlushCacheReq):
-                self.send_to_tokenizer.send_pyobj(self.flush_cache())
+                self.send_to_tokenizer.put(self.flush_cache())
             elif isinstance(msg, GetLoadReq):
-                self.send_to_tokenizer.send_pyobj(self.get_load())
+                self.send_to_tokenizer.put(self.get_load())
             else:
                 logger.error("Unknown message type %s", type(msg).__name__)
 
@@ -180,9 +178,9 @@ class Scheduler:
 
     def flush_cache(self) -> FlushCacheReqOutput:
         if len(self.planner) or self.running.reqs or len(self.grammar_manager):
-            return FlushCacheReqOutput(False, "Cache not flushed: there are running or waiting requests.")
+            return FlushCacheReqOutput(success=False, message="Cache not flushed: there are running or waiting requests.")
         self.kv.flush()
-        return FlushCacheReqOutput(True, "Cache flushed.")
+        return FlushCacheReqOutput(success=True, message="Cache flushed.")
 
     def get_load(self) -> GetLoadReqOutput:
         return self.stats.load(len(self.running), len(self.planner.waiting) + len(self.grammar_manager))
@@ -306,10 +304,10 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
         scheduler = Scheduler(server_args, port_args)
     except Exception as e:
         logger.error("Scheduler failed to start:\n%s", traceback.format_exc())
-        ready_writer.send(ReadyMsg("scheduler", error=f"{type(e).__name__}: {e}"))
+        ready_writer.send(ReadyMsg(who="scheduler", error=f"{type(e).__name__}: {e}"))
         sys.exit(1)
     freeze_startup_objects()
-    ready_writer.send(ReadyMsg("scheduler", scheduler.ready_info()))
+    ready_writer.send(ReadyMsg(who="scheduler", info=scheduler.ready_info()))
     try:
         scheduler.event_loop()
     except Exception:

@@ -42,8 +42,9 @@ class SchedulerStats:
 
     def load(self, num_running: int, num_waiting: int) -> GetLoadReqOutput:
         u = self.kv.usage()
-        return GetLoadReqOutput(self.kv.max_total_num_tokens, u["available"], u["evictable"], u["used"],
-                                num_running, num_waiting, self.cache_hit_rate)
+        return GetLoadReqOutput(max_total_num_tokens=self.kv.max_total_num_tokens, available_tokens=u["available"],
+                                evictable_tokens=u["evictable"], used_tokens=u["used"], num_running_reqs=num_running,
+                                num_waiting_reqs=num_waiting, cache_hit_rate=self.cache_hit_rate)
 
     def log_prefill(self, reqs: List["Req"], num_running: int, num_waiting: int) -> None:
         usage = self.kv.usage()["used"] / self.kv.max_total_num_tokens

@@ -89,7 +89,8 @@ class InputProcessor:
         self.check_room(n, sp.max_new_tokens)
         rid = obj.rid or uuid.uuid4().hex
         return TokenizedGenerateReqInput(
-            rid, obj.text, list(input_ids), sp, stream=obj.stream, return_logprob=obj.return_logprob,
+            rid=rid, input_text=obj.text, input_ids=list(input_ids), sampling_params=sp, stream=obj.stream,
+            return_logprob=obj.return_logprob,
             logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
         )
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from sglserve.io_struct import LogprobNews
+
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat top_logprobs; we apply it everywhere
 
 
@@ -23,15 +25,14 @@ class LogprobAccumulator:
     input: List[tuple] = field(default_factory=list)
     input_top: List[list] = field(default_factory=list)
 
-    def add(self, recv: Any, i: int) -> None:
-        if not recv.output_token_logprobs or recv.output_token_logprobs[i] is None:
-            return
-        self.output.extend(recv.output_token_logprobs[i])
-        if recv.output_top_logprobs and recv.output_top_logprobs[i]:
-            self.output_top.extend(recv.output_top_logprobs[i])
-        if recv.input_token_logprobs and recv.input_token_logprobs[i] is not None:
-            self.input = list(recv.input_token_logprobs[i])
-            self.input_top = list(recv.input_top_logprobs[i] or [])
+    def add(self, news: LogprobNews, k: int) -> None:
+        """Entry k of a message's LogprobNews (one request's new entries)."""
+        self.output.extend(news.output[k])
+        if news.output_top[k]:
+            self.output_top.extend(news.output_top[k])
+        if news.input[k] is not None:
+            self.input = list(news.input[k])
+            self.input_top = list(news.input_top[k] or [])
 
     def meta(self, tokenizer: Any) -> Dict[str, Any]:
         texts = _texts(tokenizer, self) if self.return_text and tokenizer is not None else {}

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from typing import Any, Dict, List, Optional
 
+from sglserve.io_struct import BatchStrOut
 from sglserve.tokenizer.logprob_output import LogprobAccumulator
 
 
@@ -84,3 +85,30 @@ class ReqState:
         if self.logprobs is not None:
             meta.update(self.logprobs.meta(self.tokenizer))
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+
+
+class Updates:
+    """The rare columns of one BatchStrOut by position (first messages: prompt and cached token
+    counts; finishes; logprobs), so the per-request loop pays for them only when present."""
+
+    __slots__ = ("infos", "reasons", "logprobs", "lp_pos", "rare")
+
+    def __init__(self, recv: BatchStrOut) -> None:
+        self.infos = dict(zip(recv.first, recv.infos)) if recv.first else None
+        self.reasons = recv.finish_map() if recv.finished else None
+        self.logprobs = recv.logprobs
+        self.lp_pos = None if recv.logprobs is None else {j: k for k, j in enumerate(recv.logprobs.index)}
+        self.rare = bool(self.infos or self.reasons or self.lp_pos)
+
+    def apply(self, state: Any, i: int) -> bool:
+        """Request i's rare news into `state` (a ReqState or the Engine's result); True if it finished."""
+        if self.infos is not None and i in self.infos:
+            state.prompt_tokens = self.infos[i].prompt_tokens
+            state.cached_tokens = self.infos[i].cached_tokens
+        if self.lp_pos is not None and state.logprobs is not None and i in self.lp_pos:
+            state.logprobs.add(self.logprobs, self.lp_pos[i])
+        reason = None if self.reasons is None else self.reasons.get(i)
+        if reason is not None:
+            state.finished_reason = reason
+            return True
+        return False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, List, Optional
 
+import msgspec
+
 from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 
 
@@ -51,7 +53,7 @@ def expand_n(tokenized: List[TokenizedGenerateReqInput]) -> List[TokenizedGenera
         for i in range(n):
             sp = t.sampling_params
             sp = dataclasses.replace(sp, n=1, seed=None if sp.seed is None else sp.seed + i)
-            out.append(dataclasses.replace(t, rid=f"{t.rid}-{i}", sampling_params=sp, prefix_group=t.rid))
+            out.append(msgspec.structs.replace(t, rid=f"{t.rid}-{i}", sampling_params=sp, prefix_group=t.rid))
     return out
 
 

@@ -39,11 +39,12 @@ from sglserve.tokenizer.logprob_output import LogprobAccumulator
 from sglserve.tokenizer.admission import AdmissionControl, Ticket
 from sglserve.tokenizer.batch_encoder import BatchEncoder
 from sglserve.tokenizer.input_processor import InputProcessor
-from sglserve.tokenizer.req_state import ClientDisconnected, Overloaded, ReqState, ServerError
+from sglserve.tokenizer.req_state import ClientDisconnected, Overloaded, ReqState, ServerError, Updates
 from sglserve.tokenizer.request_checks import expand_n, requested_count
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
 from sglserve.utils.logging_utils import request_context
+from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
 __all__ = ["TokenizerManager", "ServerError", "ClientDisconnected", "Overloaded", "ReqState"]
 
@@ -76,10 +77,8 @@ class TokenizerManager:
         self.metrics: Any = None  # a metrics.collector.MetricsCollector with --enable-metrics
 
         self._zmq_context = zmq.asyncio.Context(2)
-        self.recv_from_detokenizer = self._zmq_context.socket(zmq.PULL)
-        self.recv_from_detokenizer.bind(port_args.tokenizer_ipc_name)
-        self.send_to_scheduler = self._zmq_context.socket(zmq.PUSH)
-        self.send_to_scheduler.connect(port_args.scheduler_input_ipc_name)
+        self.recv_from_detokenizer = PullQueue(self._zmq_context, port_args.tokenizer_ipc_name, bind=True)
+        self.send_to_scheduler = PushQueue(self._zmq_context, port_args.scheduler_input_ipc_name)
 
         self.rid_to_state: Dict[str, ReqState] = {}
         self._control_waiters: Dict[type, Deque[asyncio.Future]] = {
@@ -193,7 +192,7 @@ class TokenizerManager:
         if self.server_args.request_timeout is not None:
             timer = asyncio.get_running_loop().call_later(self.server_args.request_timeout, self._expire, state)
         try:
-            self.send_to_scheduler.send_pyobj(tokenized)
+            self.send_to_scheduler.put(tokenized)
             while True:
                 if not await state.wait(DISCONNECT_POLL_S):
                     if request is not None and await request.is_disconnected():
@@ -267,7 +266,7 @@ class TokenizerManager:
     def abort_request(self, rid: str) -> None:
         """Tell the scheduler to drop `rid` and free its KV (safe to call from `finally`)."""
         try:
-            self.send_to_scheduler.send_pyobj(AbortReq(rid), flags=zmq.NOBLOCK)
+            self.send_to_scheduler.put(AbortReq(rid=rid), block=False)
         except zmq.ZMQError as e:  # pragma: no cover - the queue to the scheduler is full
             logger.error("Could not send AbortReq(%s): %s", rid, e)
 
@@ -288,7 +287,7 @@ class TokenizerManager:
         waiters = self._control_waiters[reply_type]
         waiters.append(fut)
         try:
-            self.send_to_scheduler.send_pyobj(req)
+            self.send_to_scheduler.put(req)
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise ServerError(f"The scheduler did not answer {type(req).__name__} within {timeout:g} s.") from None
@@ -310,7 +309,7 @@ class TokenizerManager:
 
     async def _handle_loop(self) -> None:
         while True:
-            recv = await self.recv_from_detokenizer.recv_pyobj()
+            recv = await self.recv_from_detokenizer.aget()
             try:
                 if isinstance(recv, BatchStrOut):
                     self._handle_batch_str_out(recv)
@@ -327,12 +326,16 @@ class TokenizerManager:
                 logger.exception("Error handling %s", type(recv).__name__)
 
     def _handle_batch_str_out(self, recv: BatchStrOut) -> None:
+        """The columns -> each waiting request's state. What rarely happens (a first message,
+        a finish, logprobs) is looked up by position; the common step is a few assignments."""
+        news = Updates(recv)
+        states = self.rid_to_state
         for i, rid in enumerate(recv.rids):
-            state = self.rid_to_state.get(rid)
+            state = states.get(rid)
             if state is None:  # aborted or already finished: nobody is waiting
                 continue
             try:
-                self._update_state(state, recv, i)
+                self._update_state(state, recv, i, news)
             except Exception as e:  # a bug with one request's output fails that request only
                 logger.exception("Error handling the output of request %s", rid)
                 state.finished_reason = finish_abort(f"Internal error while handling the output: {type(e).__name__}: {e}",
@@ -340,20 +343,17 @@ class TokenizerManager:
                 state.finish_time = time.time()
             state.notify()
 
-    def _update_state(self, state: ReqState, recv: BatchStrOut, i: int) -> None:
+    def _update_state(self, state: ReqState, recv: BatchStrOut, i: int, news: "Updates") -> None:
         if state.finished_reason is not None:  # timed out or failed here already: the rest is moot
             return
+        lo, hi = recv.offsets[i], recv.offsets[i + 1]
         if self.metrics is not None and state.stream:
-            self.metrics.on_output(state, len(recv.output_ids[i]))
-        state.text += recv.output_strs[i]
-        state.output_ids.extend(recv.output_ids[i])
-        state.prompt_tokens = recv.prompt_tokens[i]
+            self.metrics.on_output(state, hi - lo)
+        state.text += recv.texts[i]
+        if hi > lo:
+            state.output_ids += recv.ids[lo:hi]
         state.completion_tokens = recv.completion_tokens[i]
-        state.cached_tokens = recv.cached_tokens[i]
-        if state.logprobs is not None:
-            state.logprobs.add(recv, i)
-        if recv.finished_reasons[i] is not None:
-            state.finished_reason = recv.finished_reasons[i]
+        if news.rare and news.apply(state, i):
             state.finish_time = time.time()
 
     # ---- liveness -----------------------------------------------------------------------

@@ -5,14 +5,13 @@ with the real stop rules (stop strings, stop token ids / EOS, max_new_tokens).""
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import zmq
 
 from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
 from sglserve.io_struct import (
     AbortReq,
-    BatchTokenIDOut,
     FlushCacheReq,
     FlushCacheReqOutput,
     GetLoadReq,
@@ -23,6 +22,8 @@ from sglserve.io_struct import (
     finish_stop,
 )
 from sglserve.server_args import PortArgs
+from sglserve.utils.zmq_queue import PullQueue, PushQueue
+from tests.unit.messages import token_ids_out
 
 REPLY = "The capital of France is Paris. 你好 🎉 café!"
 EOS = 2
@@ -39,6 +40,7 @@ class FakeScheduler:
         self.running: Dict[str, TokenizedGenerateReqInput] = {}
         self.outputs: Dict[str, List[int]] = {}
         self.sent: Dict[str, int] = {}
+        self.announced: Set[str] = set()  # rids whose first message went out
         self.received: List[object] = []
         self.aborted: List[str] = []
         self._stop = threading.Event()
@@ -51,23 +53,21 @@ class FakeScheduler:
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        recv = ctx.socket(zmq.PULL)
-        recv.bind(self.port_args.scheduler_input_ipc_name)
-        send = ctx.socket(zmq.PUSH)
-        send.connect(self.port_args.tokenizer_ipc_name)
+        recv = PullQueue(ctx, self.port_args.scheduler_input_ipc_name, bind=True)
+        send = PushQueue(ctx, self.port_args.tokenizer_ipc_name)
         try:
             while not self._stop.is_set():
                 if recv.poll(timeout=self.step_s * 1000 if self.running else 20):
                     while True:
                         try:
-                            self._handle(recv.recv_pyobj(zmq.NOBLOCK), send)
+                            self._handle(recv.get(block=False), send)
                         except zmq.Again:
                             break
                 if self.running:
                     self._step(send)
         finally:
-            recv.close(0)
-            send.close(0)
+            recv.close()
+            send.close()
             ctx.term()
 
     def _handle(self, msg, send) -> None:
@@ -82,9 +82,10 @@ class FakeScheduler:
                 out = self.outputs[msg.rid]
                 self._emit(send, [(req, out[self.sent.get(msg.rid, 0):], finish_abort("Aborted by the client."))])
         elif isinstance(msg, FlushCacheReq) and not self.silent:
-            send.send_pyobj(FlushCacheReqOutput(not self.running))
+            send.put(FlushCacheReqOutput(success=not self.running))
         elif isinstance(msg, GetLoadReq) and not self.silent:
-            send.send_pyobj(GetLoadReqOutput(1000, 900, 100, 0, len(self.running), 0, 0.0))
+            send.put(GetLoadReqOutput(max_total_num_tokens=1000, available_tokens=900, evictable_tokens=100, used_tokens=0,
+                                      num_running_reqs=len(self.running), num_waiting_reqs=0, cache_hit_rate=0.0))
 
     def _step(self, send) -> None:
         news = []
@@ -119,19 +120,15 @@ class FakeScheduler:
     def _emit(self, send, news) -> None:
         if not news:
             return
-        n = len(news)
         sps = [r.sampling_params for r, _, _ in news]
-        msg = BatchTokenIDOut(
-            rids=[r.rid for r, _, _ in news],
-            finished_reasons=[f for _, _, f in news],
-            decode_ids=[ids for _, ids, _ in news],
-            skip_special_tokens=[sp.skip_special_tokens for sp in sps],
-            spaces_between_special_tokens=[sp.spaces_between_special_tokens for sp in sps],
-            no_stop_trim=[sp.no_stop_trim for sp in sps],
+        first = [r.rid not in self.announced for r, _, _ in news]  # as the real scheduler: flags once
+        self.announced.update(r.rid for r, _, _ in news)
+        msg = token_ids_out(
+            [r.rid for r, _, _ in news], [ids for _, ids, _ in news], [f for _, _, f in news],
             prompt_tokens=[len(r.input_ids) for r, _, _ in news],
             completion_tokens=[len(self.outputs[r.rid]) for r, _, _ in news],
             cached_tokens=[min(2, len(r.input_ids) - 1) for r, _, _ in news],
-            stop_strs=[list(sp.stop_strs) for sp in sps],
+            stop_strs=[sp.stop_strs for sp in sps], skip=[sp.skip_special_tokens for sp in sps],
+            no_stop_trim=[sp.no_stop_trim for sp in sps], first=first,
         )
-        assert n == len(msg.rids)
-        send.send_pyobj(self.detok.handle_batch_token_id_out(msg))
+        send.put(self.detok.handle_batch_token_id_out(msg))

@@ -10,6 +10,7 @@ import pytest
 
 from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
 from sglserve.io_struct import BatchTokenIDOut, finish_length, finish_stop
+from tests.unit.messages import token_ids_out
 
 
 def _gguf_path() -> Optional[str]:
@@ -31,18 +32,8 @@ def tokenizer():
 
 
 def _msg(rid: str, ids: List[int], finished=None, stop_strs=(), skip=True, no_stop_trim=False) -> BatchTokenIDOut:
-    return BatchTokenIDOut(
-        rids=[rid],
-        finished_reasons=[finished],
-        decode_ids=[list(ids)],
-        skip_special_tokens=[skip],
-        spaces_between_special_tokens=[True],
-        no_stop_trim=[no_stop_trim],
-        prompt_tokens=[3],
-        completion_tokens=[0],
-        cached_tokens=[0],
-        stop_strs=[list(stop_strs)],
-    )
+    return token_ids_out([rid], [list(ids)], [finished], [3], [0], stop_strs=[list(stop_strs)], skip=[skip],
+                         no_stop_trim=[no_stop_trim])
 
 
 def _stream(mgr: DetokenizerManager, ids: List[int], finished=None, **kw) -> List[str]:
@@ -51,7 +42,7 @@ def _stream(mgr: DetokenizerManager, ids: List[int], finished=None, **kw) -> Lis
     for k, tok in enumerate(ids):
         last = k == len(ids) - 1
         out = mgr.handle_batch_token_id_out(_msg("r", [tok], finished if last else None, **kw))
-        pieces.append(out.output_strs[0])
+        pieces.append(out.texts[0])
     return pieces
 
 
@@ -113,7 +104,7 @@ def test_stop_string_hold_back_releases_text_while_unfinished(tokenizer):
     pieces = _stream(mgr, ids, None, stop_strs=["abcd"])  # 3 characters held back
     assert "".join(pieces) == text[:-3]
     out = mgr.handle_batch_token_id_out(_msg("r", [], finish_length(len(ids)), stop_strs=["abcd"]))
-    assert "".join(pieces) + out.output_strs[0] == text
+    assert "".join(pieces) + out.texts[0] == text
 
 
 def test_no_stop_trim_keeps_stop_string(tokenizer):
@@ -145,9 +136,9 @@ def test_batch_of_interleaved_requests(tokenizer):
                 ids.append([seq[k]])
                 fins.append(finish_length(len(seq)) if k == len(seq) - 1 else None)
         n = len(rids)
-        msg = BatchTokenIDOut(rids, fins, ids, [True] * n, [True] * n, [False] * n, [1] * n, [k] * n, [0] * n)
+        msg = token_ids_out(rids, ids, fins, [1] * n, [k] * n, first=[k == 0] * n)
         out = mgr.handle_batch_token_id_out(msg)
-        for rid, s in zip(out.rids, out.output_strs):
+        for rid, s in zip(out.rids, out.texts):
             got[rid] += s
     assert got == {"a": "alpha 中文 beta", "b": "🎉 gamma delta"}
     assert mgr.decode_status == {}
@@ -156,15 +147,15 @@ def test_batch_of_interleaved_requests(tokenizer):
 def test_several_tokens_per_message_and_abort(tokenizer):
     ids = tokenizer.encode("chunked output arrives in pieces")
     mgr = DetokenizerManager(tokenizer)
-    text = mgr.handle_batch_token_id_out(_msg("r", ids[:3])).output_strs[0]
-    text += mgr.handle_batch_token_id_out(_msg("r", ids[3:], {"type": "abort", "message": "x"})).output_strs[0]
+    text = mgr.handle_batch_token_id_out(_msg("r", ids[:3])).texts[0]
+    text += mgr.handle_batch_token_id_out(_msg("r", ids[3:], {"type": "abort", "message": "x"})).texts[0]
     assert text == "chunked output arrives in pieces"
 
 
 def test_skip_tokenizer_init_passes_ids_only():
     mgr = DetokenizerManager(None)
     out = mgr.handle_batch_token_id_out(_msg("r", [5, 6], finish_length(2)))
-    assert out.output_strs == [""] and out.output_ids == [[5, 6]]
+    assert out.texts == [""] and out.new_ids(0) == [5, 6]
 
 
 def test_detokenizer_process_reports_ready_and_serves(tokenizer):
@@ -176,11 +167,11 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
 
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
     from sglserve.server_args import PortArgs, ServerArgs
+    from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
     port_args = PortArgs.create()
     ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.bind(port_args.tokenizer_ipc_name)
+    pull = PullQueue(ctx, port_args.tokenizer_ipc_name, bind=True)
     reader, writer = mp.get_context("spawn").Pipe(duplex=False)
     proc = mp.get_context("spawn").Process(
         target=run_detokenizer_process, args=(ServerArgs(device="cpu", model_path=_gguf_path()), port_args, writer), daemon=True
@@ -190,18 +181,17 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
         assert reader.poll(120), "no ReadyMsg"
         ready = reader.recv()
         assert ready.who == "detokenizer" and ready.error is None
-        push = ctx.socket(zmq.PUSH)
-        push.connect(port_args.detokenizer_ipc_name)
+        push = PushQueue(ctx, port_args.detokenizer_ipc_name)
         ids = tokenizer.encode("héllo 🎉")
-        push.send_pyobj(_msg("r", ids, finish_length(len(ids))))
+        push.put(_msg("r", ids, finish_length(len(ids))))
         assert pull.poll(30000)
-        out = pull.recv_pyobj()
-        assert out.rids == ["r"] and out.output_strs == ["héllo 🎉"] and out.output_ids == [ids]
-        push.close(0)
+        out = pull.get()
+        assert out.rids == ["r"] and out.texts == ["héllo 🎉"] and out.new_ids(0) == ids
+        push.close()
     finally:
         proc.kill()  # the server's children ignore SIGTERM (the launcher stops them with SIGKILL)
         proc.join(10)
-        pull.close(0)
+        pull.close()
         ctx.term()
         shutil.rmtree(port_args.ipc_dir, ignore_errors=True)
 
@@ -225,3 +215,48 @@ def test_detokenizer_process_reports_start_failure():
     proc.join(30)
     shutil.rmtree(port_args.ipc_dir, ignore_errors=True)
     assert msg.who == "detokenizer" and msg.error and proc.exitcode not in (0, None)
+
+
+class _BatchDecodeOnly:
+    """The real tokenizer behind batch_decode only: the detokenizer's general path (decode
+    every context window), against which its byte-level shortcuts are checked."""
+
+    def __init__(self, tokenizer):
+        self.batch_decode = tokenizer.batch_decode
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_byte_level_shortcuts_match_the_general_path(tokenizer, seed):
+    import random
+
+    rng = random.Random(seed)
+    specials = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")]
+    fast, general = DetokenizerManager(tokenizer), DetokenizerManager(_BatchDecodeOnly(tokenizer))
+    assert fast.concatenative and not general.concatenative
+    streams = {}
+    for k in range(6):
+        ids = tokenizer.encode(rng.choice(TEXTS)) + rng.sample(specials, 1)
+        ids += [rng.randrange(tokenizer.vocab_size) for _ in range(5)]  # byte fragments: invalid UTF-8
+        if k % 3 == 0:
+            rng.shuffle(ids)
+        streams[f"r{k}"] = (ids, [rng.choice(["xyz", "。", "🎉 "])] if k % 2 else [], k % 4 == 1)
+    pos = {rid: 0 for rid in streams}
+    got = {"fast": {r: [] for r in streams}, "general": {r: [] for r in streams}}  # every increment
+    while pos:
+        rids = list(pos)
+        chunks, fins = [], []
+        for rid in rids:
+            ids = streams[rid][0]
+            step = rng.randint(1, 3)
+            chunks.append(ids[pos[rid]: pos[rid] + step])
+            pos[rid] += step
+            fins.append(finish_length(len(ids)) if pos[rid] >= len(ids) else None)
+        for name, mgr in (("fast", fast), ("general", general)):
+            msg = token_ids_out(rids, chunks, fins, [1] * len(rids), [1] * len(rids),
+                                stop_strs=[streams[r][1] for r in rids], skip=[not streams[r][2] for r in rids])
+            out = mgr.handle_batch_token_id_out(msg)
+            for rid, text in zip(out.rids, out.texts):
+                got[name][rid].append(text)
+        pos = {r: p for r, p in pos.items() if p < len(streams[r][0])}
+    assert got["fast"] == got["general"]
+    assert fast.decode_status == {} and general.decode_status == {}

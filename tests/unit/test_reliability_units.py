@@ -10,11 +10,11 @@ import pytest
 
 from sglserve.tokenizer.admission import AdmissionControl
 from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
-from sglserve.io_struct import BatchTokenIDOut
 from sglserve.tokenizer.req_state import Overloaded, ReqState
 from sglserve.server_args import ServerArgs, ServerArgsError, default_model_path
 from sglserve.utils.aio import merge_streams
 from sglserve.utils.logging_utils import RequestContext, RequestIdFilter, request_context
+from tests.unit.messages import token_ids_out
 
 # ---- flags ------------------------------------------------------------------------------------
 
@@ -75,19 +75,19 @@ class PoisonTokenizer:
 
 def msg(rids, ids, finished=None):
     n = len(rids)
-    return BatchTokenIDOut(list(rids), finished or [None] * n, ids, [True] * n, [True] * n, [False] * n,
-                           [1] * n, [len(i) for i in ids], [0] * n, stop_strs=[[] for _ in rids])
+    return token_ids_out(list(rids), ids, finished or [None] * n, [1] * n, [len(i) for i in ids])
 
 
 def test_detokenizer_error_fails_only_that_request():
     detok = DetokenizerManager(PoisonTokenizer())
     out = detok.handle_batch_token_id_out(msg(["a", "bad", "c"], [[0, 1], [2, 13], [4]]))
-    assert out.rids == ["a", "bad", "c"] and out.output_strs[0] == "ab" and out.output_strs[2] == "e"
-    assert out.finished_reasons[1]["type"] == "abort" and out.finished_reasons[1]["status_code"] == 500
-    assert out.finished_reasons[0] is None and "bad" not in detok.decode_status
+    finished = out.finish_map()
+    assert out.rids == ["a", "bad", "c"] and out.texts[0] == "ab" and out.texts[2] == "e"
+    assert finished[1]["type"] == "abort" and finished[1]["status_code"] == 500
+    assert 0 not in finished and "bad" not in detok.decode_status
     # the others' state was restored before the retry: nothing doubled
     out = detok.handle_batch_token_id_out(msg(["a", "c"], [[2], [5]], [{"type": "length", "length": 3}, None]))
-    assert out.output_strs == ["c", "f"]
+    assert out.texts == ["c", "f"]
     assert "a" not in detok.decode_status and detok.decode_status["c"].decode_ids == [4, 5]
 
 
@@ -147,7 +147,8 @@ def test_metrics_collector_names_and_values():
     m.on_output(st, 2, now=100.7)  # two more: ITL 0.1 each
     st.prompt_tokens, st.completion_tokens, st.cached_tokens, st.finish_time = 10, 3, 4, 101.0
     m.on_finish(st, aborted=False)
-    text = m.render(GetLoadReqOutput(1000, 600, 300, 100, 2, 5, 0.25), inflight=7).decode()
+    text = m.render(GetLoadReqOutput(max_total_num_tokens=1000, available_tokens=600, evictable_tokens=300, used_tokens=100,
+                                      num_running_reqs=2, num_waiting_reqs=5, cache_hit_rate=0.25), inflight=7).decode()
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert values["sglserve:prompt_tokens_total"] == 10 and values["sglserve:generation_tokens_total"] == 3
     assert values["sglserve:time_to_first_token_seconds_sum"] == pytest.approx(0.5)

@@ -32,7 +32,7 @@ class KeepReqs(CollectingScheduler):
 def submit(s, rid, ids, max_new=6, logprobs=False, start=-1, top=0, group=None, **sp_kw):
     sp = SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True, **sp_kw)
     sp.verify()
-    s.handle_generate_request(TokenizedGenerateReqInput(rid, None, ids, sp, return_logprob=logprobs,
+    s.handle_generate_request(TokenizedGenerateReqInput(rid=rid, input_text=None, input_ids=ids, sampling_params=sp, return_logprob=logprobs,
                                                         logprob_start_len=start, top_logprobs_num=top,
                                                         prefix_group=group))
 

@@ -55,7 +55,7 @@ def make(model_dir, **kw) -> CollectingScheduler:
 def submit(s: Scheduler, rid: str, ids: List[int], max_new: int) -> None:
     sp = SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)
     sp.verify()
-    s.handle_generate_request(TokenizedGenerateReqInput(rid, None, ids, sp))
+    s.handle_generate_request(TokenizedGenerateReqInput(rid=rid, input_text=None, input_ids=ids, sampling_params=sp))
 
 
 def run_until_idle(s: Scheduler, max_steps: int = 10000) -> None:
@@ -225,7 +225,8 @@ def _submit_open_ended(s: Scheduler, n: int) -> None:
     for i in range(n):
         sp = SamplingParams(temperature=0, ignore_eos=True)
         sp.verify()
-        s.handle_generate_request(TokenizedGenerateReqInput(f"open{i}", None, [rng.randrange(128) for _ in range(20)], sp))
+        s.handle_generate_request(TokenizedGenerateReqInput(rid=f"open{i}", input_text=None,
+                                                            input_ids=[rng.randrange(128) for _ in range(20)], sampling_params=sp))
 
 
 def test_open_ended_requests_run_together_with_clip(tiny_model_dir, monkeypatch):

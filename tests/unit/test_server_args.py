@@ -26,3 +26,14 @@ def test_cpu_defaults_and_step_budget_alias():
     # vLLM's name for the step's token budget sets the same field
     assert prepare_server_args(["--device", "cpu", "--max-num-batched-tokens", "256"]).chunked_prefill_size == 256
     assert prepare_server_args(["--device", "cpu", "--chunked-prefill-size", "512"]).chunked_prefill_size == 512
+
+
+def test_stream_interval_flag():
+    import pytest
+
+    from sglserve.server_args import ServerArgsError
+
+    assert prepare_server_args(["--device", "cpu"]).stream_interval == 1
+    assert prepare_server_args(["--device", "cpu", "--stream-interval", "8"]).stream_interval == 8
+    with pytest.raises(ServerArgsError, match="--stream-interval=0 must be >= 1"):
+        ServerArgs(device="cpu", stream_interval=0)

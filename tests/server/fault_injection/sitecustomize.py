@@ -74,10 +74,10 @@ def _install() -> None:
 
     orig_update = tokenizer_manager.TokenizerManager._update_state
 
-    def _update_state(self, state, recv, i):
+    def _update_state(self, state, *args):
         if state.rid.startswith("POISON-HTTP"):
             raise RuntimeError("injected HTTP-process fault")
-        return orig_update(self, state, recv, i)
+        return orig_update(self, state, *args)
 
     tokenizer_manager.TokenizerManager._update_state = _update_state
 
