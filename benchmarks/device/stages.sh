@@ -22,7 +22,8 @@
 #                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each)
 #   sweep   carry .whl .tok .data .old            W3 at rate inf with other step budgets (SWEEP_BUDGETS,
 #                                                 default "2048 8192"); W2 of the commit in .old (prep:
-#                                                 OLD=<commit> ... prep) and of this tree, alternated twice
+#                                                 OLD=<commit> ... prep), of this tree, and of this tree
+#                                                 with the offline step budgets in W2_BUDGETS
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
@@ -118,7 +119,7 @@ perf)
       --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1
   log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
       --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1
-  start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server
+  [ "${SKIP_STARTUP:-0}" = 1 ] || { start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server; }
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
   log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests tests/gpu tests/kernels -p no:cacheprovider 2>&1 | tail -4 ;;
 online)
@@ -158,15 +159,16 @@ sweep)
   done
   if [ -d "$CARRY_ROOT/.old" ]; then
     mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels
-    for round in 1 2; do
-      for tree in old new; do
-        log "W2 $tree tree, round $round"
-        if [ $tree = old ]; then dir=$CARRY_ROOT/.old; pp=/tmp/site:$(cd "$dir" && pwd):/tmp/kpath_old; else dir=.; pp=$PYTHONPATH; fi
-        model=$(realpath "$L")
-        (cd "$dir" && PYTHONPATH=$pp timeout "$(cap 100)" $PY -m sglserve.bench_offline_throughput --model-path \
-          "$model" $D $DEV --num-prompts $W2_N --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 \
-          $BUSY 2>&1 | tail -1 | cut -c1-400)
-      done
+    # W2 of the old tree, this tree, and this tree with other offline step budgets (W2_BUDGETS)
+    for run in old new ${W2_BUDGETS:-}; do
+      log "W2 $run"
+      dir=.; pp=$PYTHONPATH; extra=""
+      if [ "$run" = old ]; then dir=$CARRY_ROOT/.old; pp=/tmp/site:$(cd "$dir" && pwd):/tmp/kpath_old
+      elif [ "$run" != new ]; then extra="--chunked-prefill-size $run"; fi
+      model=$(realpath "$L")
+      (cd "$dir" && PYTHONPATH=$pp timeout "$(cap 100)" $PY -m sglserve.bench_offline_throughput --model-path \
+        "$model" $D $DEV $extra --num-prompts $W2_N --random-input-len 256 --random-output-len 256 \
+        --random-range-ratio 1.0 $BUSY 2>&1 | tail -1 | cut -c1-400)
     done
   fi ;;
 esac
