@@ -60,7 +60,7 @@ class _ReqResult:
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
 
 
-OFFLINE_STEP_BUDGET = 16384  # tokens per step (the server's --chunked-prefill-size); vLLM's LLM class uses as much
+OFFLINE_STEP_BUDGET = 32768  # tokens per step (the server's --chunked-prefill-size); W2 on an H200: 15,604 out tok/s vs 15,088 at 16384
 
 
 class Engine:

@@ -122,7 +122,7 @@ class ServerArgs:
         "chunked_prefill_size": "Token budget of one step: every running request's decode token plus prefill "
                                 "chunks of waiting requests; it bounds the step's time, hence inter-token latency "
                                 "(alias --max-num-batched-tokens; -1: no bound; default 4096 on CUDA, 2048 on CPU, "
-                                "16384 in the offline Engine).",
+                                "32768 in the offline Engine).",
         "page_size": "Tokens per KV cache page.",
         "schedule_policy": "Waiting-queue order: fcfs, or lpm (longest prefix match first).",
         "disable_radix_cache": "No prefix sharing between requests.",

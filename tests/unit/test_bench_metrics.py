@@ -350,3 +350,21 @@ def test_hf_peer_throughput_on_cpu_bounds_its_cache(tmp_path):
     assert row["successful_requests"] == 4 and row["total_output_tokens"] == 16, row
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2  # KiB -> GiB
     assert peak_gb < 4, f"peer peaked at {peak_gb:.1f} GiB"
+
+
+def test_client_procs_share_the_requests_and_the_schedule(fake_server):
+    """--client-procs 3: every request is sent once, from three processes, on the single loop's
+    Poisson schedule, with real chunk timing and a per-process share of --max-concurrency."""
+    rate, n = 20.0, 9
+    res = _run(fake_server, backend="sglserve", tokenizer="none", dataset_name="random", num_prompts=n,
+               random_input_len=4, random_output_len=3, random_range_ratio=1.0, request_rate=rate,
+               client_procs=3, output_details=True)
+    assert res["completed"] == n and res["failed"] == 0, res["errors"]
+    assert len(fake_server.bodies) == n and res["total_output_tokens"] == n * 3
+    assert all(len(itls) == 2 for itls in res["itls"])
+    assert GAP_S * 1000 * 0.5 <= res["median_itl_ms"] < GAP_S * 1000 + 40
+    gaps = np.random.default_rng(0 + 1).exponential(1.0 / rate, size=n)
+    last_arrival = float(gaps[: n - 1].sum())
+    assert last_arrival + TTFT_S <= res["duration"] < last_arrival + 1.5
+    with pytest.raises(ValueError, match="--client-procs"):
+        bench_serving.run_benchmark(dict(base_url=fake_server.base_url, client_procs=0))
