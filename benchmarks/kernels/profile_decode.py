@@ -1,6 +1,6 @@
 """Where a decode step's time goes: host phases vs GPU time, and the top CUDA kernels.
 
-    python benchmarks/device/profile_decode.py --model-path benchmarks/configs/Llama-3.1-8B-Instruct \
+    python benchmarks/kernels/profile_decode.py --model-path benchmarks/configs/Llama-3.1-8B-Instruct \
         --load-format dummy --context-length 4096 --batch-size 1 64 256 --input-len 256
 """
 
