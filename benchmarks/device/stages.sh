@@ -88,7 +88,7 @@ else
   L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; DEV=""; BUSY="--measure-gpu-busy"
   D="--load-format dummy --context-length 4096"
   W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
-  SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS="inf:1000 4:240 8:480 16:960"; HP_ARGS=""
+  SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS=${W3_RUNS:-"inf:1000 4:240 8:480 16:960"}; HP_ARGS=""
 fi
 
 SPID=""
