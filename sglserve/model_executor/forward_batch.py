@@ -43,9 +43,6 @@ class ForwardBatch:
     extend_seq_lens_cpu: Optional[List[int]] = None
     # Logits for every input position (input logprobs, parity tests), not just the last
     return_all_logits: bool = False
-    # EXTEND only: the last num_decoding requests are running ones extending by one token (a
-    # mixed step); a backend may send them through its decode kernel
-    num_decoding: int = 0
     # Pools and backend, set by the model runner
     req_to_token_pool: Optional["ReqToTokenPool"] = None
     token_to_kv_pool: Optional["MHATokenToKVPool"] = None
@@ -69,7 +66,6 @@ class ForwardBatch:
         out_cache_loc: torch.Tensor,
         device: torch.device | str,
         return_all_logits: bool = False,
-        num_decoding: int = 0,
     ) -> "ForwardBatch":
         """From per-request host lists: request i computes positions prefix_lens[i]..seq_lens[i]-1."""
         extend_lens = [s - p for p, s in zip(prefix_lens, seq_lens)]
@@ -93,7 +89,6 @@ class ForwardBatch:
             out_cache_loc=out_cache_loc.to(device, torch.int64),
             seq_lens_cpu=list(seq_lens),
             return_all_logits=return_all_logits,
-            num_decoding=num_decoding,
         )
         if mode.is_extend():
             fb.extend_prefix_lens = t(prefix_lens, torch.int32)

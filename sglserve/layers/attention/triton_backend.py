@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,11 +47,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TritonExtendMetadata:
-    max_extend_len: int  # over the requests the extend kernel runs (a mixed step: the prefill ones)
-    # A mixed step's last requests decode one token each: the decode kernel serves them, with
-    # split-KV parallelism, instead of the extend kernel's one-live-row query tiles
-    num_decoding: int = 0
-    decode: Optional["TritonDecodeMetadata"] = None
+    max_extend_len: int
 
 
 @dataclass
@@ -92,12 +88,7 @@ class TritonAttnBackend(AttentionBackend):
             lens = forward_batch.extend_seq_lens_cpu
             if lens is None or forward_batch.extend_start_loc is None or forward_batch.extend_prefix_lens is None:
                 raise ValueError("an EXTEND ForwardBatch needs extend_prefix_lens, extend_seq_lens(_cpu), extend_start_loc")
-            k = forward_batch.num_decoding
-            n_prefill = forward_batch.batch_size - k
-            meta = TritonExtendMetadata(max_extend_len=max(lens[:n_prefill], default=0), num_decoding=k)
-            if k:
-                meta.decode = self._decode_metadata(k, forward_batch.seq_lens[n_prefill:])
-            forward_batch.attn_metadata = meta
+            forward_batch.attn_metadata = TritonExtendMetadata(max_extend_len=max(lens, default=0))
         else:
             forward_batch.attn_metadata = None
 
@@ -152,18 +143,12 @@ class TritonAttnBackend(AttentionBackend):
         k3 = self._heads(k, layer.tp_k_head_num, layer.qk_head_dim)
         v3 = self._heads(v, layer.tp_v_head_num, layer.v_head_dim)
         o = q.new_empty(q3.shape[0], layer.tp_q_head_num, layer.v_head_dim)
-        req_to_token, rows = forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices
-        k_dec = meta.num_decoding
-        n_req, n_tok = forward_batch.batch_size - k_dec, q3.shape[0] - k_dec  # decode rows: the last k tokens
-        if n_req:
-            extend_attention_fwd(
-                q3[:n_tok], k3[:n_tok], v3[:n_tok], o[:n_tok], k_buf, v_buf, req_to_token, rows[:n_req],
-                forward_batch.extend_prefix_lens[:n_req], forward_batch.extend_seq_lens[:n_req],
-                forward_batch.extend_start_loc[:n_req], meta.max_extend_len, layer.scaling,
-            )  # fmt: skip
-        if k_dec:  # their K/V is in the pool already (_save_kv above): plain decode attention
-            self._decode(q3[n_tok:], o[n_tok:], k_buf, v_buf, req_to_token, rows[n_req:],
-                         forward_batch.seq_lens[n_req:], meta.decode, layer)
+        extend_attention_fwd(
+            q3, k3, v3, o, k_buf, v_buf,
+            forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
+            forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens, forward_batch.extend_start_loc,
+            meta.max_extend_len, layer.scaling,
+        )  # fmt: skip
         return o.view(o.shape[0], -1)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
@@ -173,17 +158,14 @@ class TritonAttnBackend(AttentionBackend):
         bs = forward_batch.batch_size
         q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty(bs, layer.tp_q_head_num, layer.v_head_dim)
-        self._decode(q3, o, k_buf, v_buf, forward_batch.req_to_token_pool.req_to_token,
-                     forward_batch.req_pool_indices, forward_batch.seq_lens, meta, layer)
-        return o.view(bs, -1)
-
-    def _decode(self, q3, o, k_buf, v_buf, req_to_token, rows, seq_lens, meta: TritonDecodeMetadata,
-                layer: "RadixAttention") -> None:
         mid_o, mid_lse = meta.mid_o, meta.mid_lse
         if mid_o.shape[1] != layer.tp_q_head_num or mid_o.shape[3] != layer.v_head_dim:
             raise ValueError(
                 f"layer {layer.layer_id} has {layer.tp_q_head_num} heads x {layer.v_head_dim}, the backend was sized "
                 f"for {self.num_heads} x {self.head_dim} (model_config)"
             )
-        decode_attention_fwd(q3, k_buf, v_buf, o, req_to_token, rows, seq_lens, meta.num_kv_splits, mid_o, mid_lse,
-                             layer.scaling)
+        decode_attention_fwd(
+            q3, k_buf, v_buf, o, forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
+            forward_batch.seq_lens, meta.num_kv_splits, mid_o, mid_lse, layer.scaling,
+        )  # fmt: skip
+        return o.view(bs, -1)
