@@ -217,10 +217,6 @@ class ScheduleBatch:
             self.seq_lens, out_cache_loc, self.device, self.return_all_logits,
         )
 
-    def decode_tokens_needed(self) -> int:
-        page = self.allocator.page_size
-        return sum(page for r in self.reqs if r.kv_len % page == 0)
-
     def prepare_for_decode(self) -> ForwardBatch:
         """One new token per request: the last sampled one goes through the model.
 
