@@ -12,7 +12,7 @@ else
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${CARRY_ROOT:-.}"/.fi/*.whl
   fi
   mkdir -p /tmp/kpath && ln -sfn "$PWD/kernels" /tmp/kpath/sglserve_kernels
-  export PYTHONPATH=/tmp/site:$PWD:/tmp/kpath PYTHONUNBUFFERED=1
+  export PYTHONPATH=/tmp/site:$PWD:/tmp/kpath PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
   unset TRITON_INTERPRET
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/env.txt"
 fi

@@ -20,6 +20,11 @@
 #                                                 bf16 check; the CPU host-path bench on this host
 #   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
 #                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each)
+#   ab      carry .whl .tok                       SmolLM2's config with dummy weights (same speed as the
+#                                                 GGUF, no GGUF to carry): decode profile at AB_PROFILE_BS,
+#                                                 offline Engine per --cuda-graph-max-bs in AB_GRAPH, HTTP
+#                                                 /generate per step budget in AB_BUDGETS (AB_FLAGS added to
+#                                                 each), py-spy of the server's processes in the first
 #   sweep   carry .whl .tok .data .old            W3 at rate inf with other step budgets (SWEEP_BUDGETS,
 #                                                 default "2048 8192"); W2 of the commit in .old (prep:
 #                                                 OLD=<commit> ... prep), of this tree, and of this tree
@@ -76,16 +81,16 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   exit 0
 fi
 
-case "$STAGE" in perf|online|w3|sweep) ;; *) echo "stage: prep | perf | online | w3 | sweep" >&2; exit 2 ;; esac
+case "$STAGE" in perf|online|w3|sweep|ab) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab" >&2; exit 2 ;; esac
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
   TINY=$STATE/tiny; $PY -c "import sys; sys.path.insert(0, 'benchmarks/host_path'); import hp_stubs; hp_stubs.write_tiny_config(sys.argv[1])" "$TINY"
-  L=$TINY; Q=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
+  L=$TINY; Q=$TINY; S=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
   W1_OUT=8; W2_N=8; W5="--num-prompts 8 --random-input-len 64 --random-output-len 64"
   SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"; HP_ARGS="--n 16 --steps 3"
 else
-  L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; DEV=""; BUSY="--measure-gpu-busy"
+  L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; S=benchmarks/configs/SmolLM2-135M-Instruct; DEV=""; BUSY="--measure-gpu-busy"
   D="--load-format dummy --context-length 4096"
   W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
   SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS=${W3_RUNS:-"inf:1000 4:240 8:480 16:960"}; HP_ARGS=""
@@ -152,6 +157,29 @@ w3)
     serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
       --num-prompts "$n" --request-rate "$rate" --flush-cache --output-details
   done ;;
+ab)
+  SD="--load-format dummy --tokenizer-path $TOK $DEV ${AB_FLAGS:-}"
+  if [ "$DRYRUN" = 1 ]; then prof="true"; else prof="timeout $(cap 90) $PY benchmarks/kernels/profile_decode.py"; fi
+  log "decode profile"; $prof --model-path $S $SD --batch-size ${AB_PROFILE_BS:-256 2000} --input-len 384 --steps 12 \
+      --cuda-graph-max-bs 2048 > "$OUT/ab_profile.txt" 2>&1; grep '^{' "$OUT/ab_profile.txt" | cut -c1-300
+  for g in ${AB_GRAPH:-256 2048}; do
+    log "SmolLM2 (dummy) offline Engine, --cuda-graph-max-bs $g"
+    timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $S $SD --cuda-graph-max-bs "$g" \
+      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/ab.jsonl" 2>&1 | tail -1 | cut -c1-300
+  done
+  first=1
+  for b in ${AB_BUDGETS:-4096 16384}; do
+    start_server "$OUT/ab_server_$b.log" --model-path $S $SD --chunked-prefill-size "$b" || continue
+    if [ $first = 1 ] && command -v py-spy > /dev/null; then
+      py-spy record --subprocesses --nonblocking --rate 200 --duration 25 --format raw --pid "$SPID" \
+        -o "$OUT/ab_pyspy.txt" > "$OUT/ab_pyspy.log" 2>&1 &
+    fi
+    first=0
+    log "SmolLM2 (dummy) HTTP /generate stream, step budget $b"
+    serving "smol_dummy_b$b" "$OUT/ab.jsonl" --backend sglserve --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
+    stop_server
+  done
+  wait ;;
 sweep)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   for budget in ${SWEEP_BUDGETS:-2048 8192}; do

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def capture_batch_sizes(max_bs: int) -> List[int]:
-    sizes = [1, 2, 4, 8, 12, 16, 24] + list(range(32, 257, 16)) + list(range(288, 1025, 32))
+    sizes = [1, 2, 4, 8, 12, 16, 24] + list(range(32, 257, 16)) + list(range(288, 1025, 32)) + list(range(1088, 2049, 64))
     return [bs for bs in sizes if bs <= max_bs] or [1]
 
 

@@ -1,7 +1,8 @@
 """Overlap scheduling: launch decode step N+1 on the GPU before reading step N's tokens.
 
 Steady decode needs nothing from the host to build the next step: its input ids are the
-tokens just sampled, still on the device. So the scheduler launches step N+1 with those
+tokens just sampled, still on the device (the rows of the requests that have not finished:
+finishes do not break the overlap). So the scheduler launches step N+1 with those
 ids, then waits only for N's (small, asynchronous) copy of sampled ids and processes them
 while the GPU runs N+1: host work hides behind device work. A request that finished at
 step N has one wasted token in N+1, discarded when N+1 is resolved; its KV slot from N+1
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, Optional
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -45,6 +47,15 @@ class LaunchedBatch:
             event.record()
         return cls(next_ids=next_ids, host_ids=host, copy_done=event, **kw)
 
+    def carried_ids(self, rows: List[int]) -> torch.Tensor:
+        """The in-flight ids of `rows`, gathered on the device (no wait for this step)."""
+        if len(rows) == len(self.next_ids):
+            return self.next_ids
+        index = torch.from_numpy(np.array(rows, dtype=np.int64))
+        if self.next_ids.is_cuda:  # pinned, so the copy is queued and the host goes on
+            index = index.pin_memory().to(self.next_ids.device, non_blocking=True)
+        return self.next_ids[index]
+
     def host_token_ids(self) -> List[int]:
         if self.next_ids is None:
             return []
@@ -60,3 +71,17 @@ def overlap_safe(req: "Req") -> bool:
 
 def same_reqs(a: List["Req"], b: List["Req"]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def carried_rows(running: List["Req"], launched: List["Req"]) -> Optional[List[int]]:
+    """Rows of `launched` whose requests still run, when `running` is exactly `launched` less
+    the requests that finished since (the steady state: a few finish every step); else None.
+
+    The next decode step can then start from those rows of the in-flight ids, so a finish
+    does not cost a sync. An empty list means nothing is left to run."""
+    if same_reqs(running, launched):
+        return list(range(len(launched)))
+    rows = [i for i, r in enumerate(launched) if r.finished_reason is None]
+    if len(rows) != len(running) or any(launched[i] is not r for i, r in zip(rows, running)):
+        return None
+    return rows

@@ -36,7 +36,7 @@ from sglserve.scheduler.batch_runner import BatchRunner
 from sglserve.scheduler.grammar_manager import GrammarManager
 from sglserve.scheduler.kv_accounting import KVAccounting
 from sglserve.scheduler.output_sender import OutputSender
-from sglserve.scheduler.overlap import LaunchedBatch, overlap_safe, same_reqs
+from sglserve.scheduler.overlap import LaunchedBatch, carried_rows, overlap_safe
 from sglserve.scheduler.prefill_planner import PrefillPlanner
 from sglserve.scheduler.request_intake import RequestIntake
 from sglserve.scheduler.running_batch import RunningBatch
@@ -219,10 +219,11 @@ class Scheduler:
     def step(self) -> bool:
         """One scheduling iteration; False when there was nothing to run or resolve."""
         pending, self._pending = self._pending, None
-        if pending is not None and self._can_overlap(pending):
+        rows = self._overlap_rows(pending) if pending is not None else None
+        if rows is not None:
             self.running.decay()
             batch = self.kv.new_batch(list(self.running.reqs), ForwardMode.DECODE)
-            self._pending = self.batch_runner.launch(batch, pending.next_ids)
+            self._pending = self.batch_runner.launch(batch, pending.carried_ids(rows))
             self.resolve(pending)
             return True
         if pending is not None:
@@ -240,14 +241,16 @@ class Scheduler:
     def run_and_process(self, batch: ScheduleBatch) -> None:
         self.resolve(self.batch_runner.launch(batch))
 
-    def _can_overlap(self, pending: LaunchedBatch) -> bool:
-        if not pending.batch.forward_mode.is_decode() or len(self.planner) or len(self.grammar_manager):
-            return False
-        if not same_reqs(self.running.reqs, pending.batch.reqs):
-            return False
-        if not all(overlap_safe(r) for r in self.running.reqs):
-            return False
-        return self.kv.decode_tokens_needed(self.running.reqs) <= self.kv.allocator.available_size()
+    def _overlap_rows(self, pending: LaunchedBatch) -> Optional[List[int]]:
+        """The rows of the in-flight decode step that the next one continues, or None: sync first."""
+        reqs = self.running.reqs
+        if not reqs or not pending.batch.forward_mode.is_decode() or len(self.planner) or len(self.grammar_manager):
+            return None
+        if not all(overlap_safe(r) for r in reqs):
+            return None
+        if self.kv.decode_tokens_needed(reqs) > self.kv.allocator.available_size():
+            return None
+        return carried_rows(reqs, pending.batch.reqs)
 
     def resolve(self, launched: LaunchedBatch) -> None:
         batch, sample_rows, next_ids = self.batch_runner.resolve(launched)
