@@ -31,10 +31,12 @@ from sglserve.entrypoints.openai.protocol import (
     DetokenizeRequest,
     ModelCard,
     ModelList,
+    ScoringRequest,
     TokenizeRequest,
 )
 from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
 from sglserve.entrypoints.openai.serving_completions import handle_completions
+from sglserve.entrypoints.openai.serving_score import handle_score
 from sglserve.entrypoints.openai.serving_tokenize import handle_detokenize, handle_tokenize
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -205,6 +207,11 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     @guarded
     async def completions(req: CompletionRequest, raw_request: Request) -> Response:
         return await handle_completions(tm, model_name, req, raw_request)
+
+    @app.post("/v1/score")
+    @guarded
+    async def score(req: ScoringRequest, raw_request: Request) -> Response:
+        return await handle_score(tm, model_name, req, raw_request)
 
     @app.post("/tokenize")
     @guarded
