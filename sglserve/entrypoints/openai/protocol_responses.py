@@ -14,12 +14,14 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, field_validator
 
-from sglserve.entrypoints.openai.protocol import DEFAULT_MODEL_NAME, OpenAIBaseModel
+from sglserve.entrypoints.openai.protocol import DEFAULT_MODEL_NAME, OpenAIBaseModel, _SamplingRequest
 
-# Sampling fields of ChatCompletionRequest a Responses request may carry as extensions (as SGLang's does)
-SAMPLING_EXTRAS = ("top_k", "min_p", "min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty",
-                   "stop", "stop_token_ids", "seed", "ignore_eos", "logit_bias", "skip_special_tokens",
-                   "chat_template_kwargs", "separate_reasoning")
+# ChatCompletionRequest fields a Responses request may carry as extensions (SGLang's sampling
+# extras: top_k, min_p, regex, ebnf, ...); the rest have Responses names of their own
+SAMPLING_EXTRAS = tuple(sorted(
+    (set(_SamplingRequest.model_fields) | {"chat_template_kwargs", "separate_reasoning"})
+    - {"model", "temperature", "top_p", "n", "stream", "stream_options", "response_format", "user"}
+))
 
 
 class ResponseTextFormat(OpenAIBaseModel):
