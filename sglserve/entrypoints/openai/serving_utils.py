@@ -107,12 +107,10 @@ def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1,
             prompt += m["prompt_tokens"]
         completion += m["completion_tokens"]
         cached += m["cached_tokens"]
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-             "prompt_tokens_details": {"cached_tokens": cached}}
     counts = [r for r in reasoning or [] if r is not None]
-    if counts:
-        usage["completion_tokens_details"] = {"reasoning_tokens": sum(counts)}
-    return usage
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": sum(counts)} if counts else None}
 
 
 def reject_unimplemented(req: Any) -> None:
