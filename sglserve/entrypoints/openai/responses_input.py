@@ -129,8 +129,9 @@ def _response_format(req: ResponsesRequest) -> Optional[Dict[str, Any]]:
 def to_chat_request(req: ResponsesRequest, messages: List[Dict[str, Any]]) -> ChatCompletionRequest:
     """The chat request that serves this Responses request (messages: instructions, history, input)."""
     extra = {k: v for k, v in (req.model_extra or {}).items() if k in SAMPLING_EXTRAS}
-    if req.reasoning is not None and req.reasoning.effort is not None:  # templates that know it read it
-        extra["chat_template_kwargs"] = {"reasoning_effort": req.reasoning.effort, **extra.get("chat_template_kwargs", {})}
+    kwargs = extra.get("chat_template_kwargs")
+    if req.reasoning is not None and req.reasoning.effort is not None and isinstance(kwargs, (dict, type(None))):
+        extra["chat_template_kwargs"] = {"reasoning_effort": req.reasoning.effort, **(kwargs or {})}  # for templates that read it
     return ChatCompletionRequest(
         model=req.model, messages=messages, max_tokens=req.max_output_tokens, temperature=req.temperature,
         top_p=req.top_p, stream=req.stream, tools=_tools(req), tool_choice=_tool_choice(req.tool_choice),
