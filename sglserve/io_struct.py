@@ -41,6 +41,8 @@ class GenerateReqInput:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    # SGLang's: the logprobs of these token ids at every output position (output_token_ids_logprobs)
+    token_ids_logprob: Optional[List[int]] = None
 
     @property
     def is_single(self) -> bool:
@@ -67,6 +69,7 @@ class GenerateReqInput:
             logprob_start_len=self.logprob_start_len,
             top_logprobs_num=self.top_logprobs_num,
             return_text_in_logprobs=self.return_text_in_logprobs,
+            token_ids_logprob=self.token_ids_logprob,
         )
 
 
@@ -82,6 +85,7 @@ class TokenizedGenerateReqInput(Msg, tag=True, kw_only=True):
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
+    token_ids_logprob: Optional[List[int]] = None
     # Copies of one prompt (n > 1) share a group: the scheduler prefills one, the rest reuse its KV
     prefix_group: Optional[str] = None
 
@@ -131,14 +135,17 @@ class ReqInfo(Msg, array_like=True, kw_only=True):
 
 class LogprobNews(Msg, array_like=True, kw_only=True):
     """The new logprob entries of the message's requests that asked (`index`: their positions
-    in the message): output entries since the previous message (top: one list per position);
-    input entries once, complete (None until then)."""
+    in the message): output entries since the previous message (top and the asked token ids:
+    one list per position); input entries once, complete (None until then)."""
 
     index: List[int]
     output: List[List[Entry]]
     output_top: List[List[List[Entry]]]
     input: List[Optional[List[Entry]]]
     input_top: List[Optional[List[List[Entry]]]]
+    output_ids: List[List[List[Entry]]] = msgspec.field(default_factory=list)  # token_ids_logprob
+
+    FIELDS = ("output", "output_top", "input", "input_top", "output_ids")
 
 
 class Columns(Msg, kw_only=True):

@@ -75,6 +75,8 @@ class ServerArgs:
     grammar_backend: str = "xgrammar"
     tool_call_parser: Optional[str] = None
     reasoning_parser: Optional[str] = None
+    # /v1/responses
+    responses_store_size: int = 1000  # responses kept for GET and previous_response_id (LRU); 0: none
     # Logging
     log_level: str = "info"
     decode_log_interval: int = 40
@@ -137,6 +139,9 @@ class ServerArgs:
         "grammar_backend": "Structured output backend (xgrammar, or none to refuse constrained requests).",
         "tool_call_parser": "Parse tool calls out of the output (the model's format).",
         "reasoning_parser": "Split <think> reasoning into reasoning_content (the model's format).",
+        "responses_store_size": "How many /v1/responses results (store: true) the server keeps in memory for "
+                                "GET /v1/responses/{id} and previous_response_id; the least recently used goes "
+                                "first (0: keep none).",
         "log_level": "Log level of every process.",
         "decode_log_interval": "Log a decode summary every this many decode steps.",
         "enable_cache_report": "Report the prefix cache hit rate in the prefill log lines.",
@@ -190,6 +195,8 @@ class ServerArgs:
             raise ServerArgsError(
                 f"--chunked-prefill-size={self.chunked_prefill_size} must be -1 (off) or >= --page-size ({self.page_size})"
             )
+        if self.responses_store_size < 0:
+            raise ServerArgsError(f"--responses-store-size={self.responses_store_size} must be >= 0")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ServerArgsError(f"--request-timeout={self.request_timeout} must be > 0 (seconds)")
         if not self.shutdown_grace_period >= 0:

@@ -192,8 +192,7 @@ def _pick(recv: BatchTokenIDOut, i: int) -> BatchTokenIDOut:
     lp = recv.logprobs
     if lp is not None and i in lp.index:
         k = lp.index.index(i)
-        lp = LogprobNews(index=[0], output=lp.output[k : k + 1], output_top=lp.output_top[k : k + 1],
-                         input=lp.input[k : k + 1], input_top=lp.input_top[k : k + 1])
+        lp = LogprobNews(index=[0], **{f: getattr(lp, f)[k : k + 1] for f in LogprobNews.FIELDS})
     else:
         lp = None
     ids = recv.new_ids(i)
@@ -222,7 +221,7 @@ def _concat(parts: List[BatchStrOut]) -> BatchStrOut:
         out.finished_reasons += p.finished_reasons
         if p.logprobs is not None:
             lp.index += [base + j for j in p.logprobs.index]
-            for f in ("output", "output_top", "input", "input_top"):
+            for f in LogprobNews.FIELDS:
                 getattr(lp, f).extend(getattr(p.logprobs, f))
     out.logprobs = lp if lp.index else None
     return out

@@ -31,10 +31,15 @@ from sglserve.entrypoints.openai.protocol import (
     DetokenizeRequest,
     ModelCard,
     ModelList,
+    ScoringRequest,
     TokenizeRequest,
 )
 from sglserve.entrypoints.openai.serving_chat import handle_chat_completions
 from sglserve.entrypoints.openai.serving_completions import handle_completions
+from sglserve.entrypoints.openai.serving_score import handle_score
+from sglserve.entrypoints.openai import serving_responses
+from sglserve.entrypoints.openai.protocol_responses import ResponsesRequest
+from sglserve.entrypoints.openai.responses_store import ResponsesStore
 from sglserve.entrypoints.openai.serving_tokenize import handle_detokenize, handle_tokenize
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -205,6 +210,28 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     @guarded
     async def completions(req: CompletionRequest, raw_request: Request) -> Response:
         return await handle_completions(tm, model_name, req, raw_request)
+
+    responses_store = ResponsesStore(server_args.responses_store_size)
+
+    @app.post("/v1/responses")
+    @guarded
+    async def responses(req: ResponsesRequest, raw_request: Request) -> Response:
+        return await serving_responses.handle_responses(tm, model_name, responses_store, req, raw_request)
+
+    @app.get("/v1/responses/{response_id}")
+    @guarded
+    async def retrieve_response(response_id: str) -> Response:
+        return serving_responses.retrieve(responses_store, response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    @guarded
+    async def delete_response(response_id: str) -> Response:
+        return serving_responses.delete(responses_store, response_id)
+
+    @app.post("/v1/score")
+    @guarded
+    async def score(req: ScoringRequest, raw_request: Request) -> Response:
+        return await handle_score(tm, model_name, req, raw_request)
 
     @app.post("/tokenize")
     @guarded

@@ -6,6 +6,10 @@
 - deepseek-r1: the template opens `<think>` in the prompt, so the output starts inside the
   reasoning (a leading `<think>` is tolerated) and the answer starts after `</think>`.
 
+`reasoning_tokens(ids, decode)` counts the output tokens spent reasoning (usage's
+completion_tokens_details.reasoning_tokens): those up to and including the one that
+completes `</think>`, or every one when the block never closes; 0 without a think block.
+
 `split(text, final)` works on the whole text so far and is monotonic: what it returns for
 a prefix of the text is a prefix of what it returns later, so a stream can send the
 difference each time. While not final, a trailing piece that could be the start of a tag
@@ -15,7 +19,7 @@ is held back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, List, Sequence, Tuple
 
 THINK_START, THINK_END = "<think>", "</think>"
 REASONING_PARSERS = ("qwen3", "deepseek-r1")
@@ -54,3 +58,22 @@ class ReasoningParser:
             hold = 0 if final else _partial_suffix(body, THINK_END)
             return body[: len(body) - hold], ""
         return body[:end], body[end + len(THINK_END):].lstrip("\n")
+
+    def reasoning_tokens(self, output_ids: Sequence[int], decode: Callable[[List[int]], str]) -> int:
+        """How many of the output tokens are reasoning (see the module docstring). The first
+        prefix whose text holds the end tag is found by bisection: log2(n) decodes."""
+        ids = list(output_ids)
+        text = decode(ids)
+        body = text.lstrip()
+        if not (body.startswith(THINK_START) or self.starts_inside) or not ids:
+            return 0
+        if THINK_END not in body:
+            return len(ids)
+        lo, hi = 1, len(ids)  # the answer is in [lo, hi]: decode(ids[:hi]) holds the tag
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if THINK_END in decode(ids[:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo

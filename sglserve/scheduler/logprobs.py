@@ -24,19 +24,22 @@ Entry = Tuple[Optional[float], int]  # (logprob, token id)
 @dataclass
 class LogprobState:
     top_num: int = 0
+    token_ids: Optional[List[int]] = None  # token_ids_logprob: these ids' logprobs at every output position
     start_len: int = -1  # -1: no input logprobs
     input_done: bool = True
     output: List[Entry] = field(default_factory=list)
     output_top: List[List[Entry]] = field(default_factory=list)
+    output_ids: List[List[Entry]] = field(default_factory=list)  # per position, one entry per token_ids
     input: List[Entry] = field(default_factory=list)
     input_top: List[List[Entry]] = field(default_factory=list)
     sent_output: int = 0  # output entries already streamed
     sent_input: bool = False
 
     @classmethod
-    def create(cls, top_num: int, start_len: int, input_ids: Sequence[int]) -> "LogprobState":
+    def create(cls, top_num: int, start_len: int, input_ids: Sequence[int],
+               token_ids: Optional[List[int]] = None) -> "LogprobState":
         start = -1 if start_len is None or start_len < 0 else min(start_len, len(input_ids))
-        st = cls(top_num=top_num, start_len=start, input_done=start < 0 or start >= len(input_ids))
+        st = cls(top_num=top_num, token_ids=token_ids or None, start_len=start, input_done=start < 0 or start >= len(input_ids))
         if start == 0:
             st.input.append((None, input_ids[0]))
             if top_num:
@@ -81,6 +84,8 @@ def output_logprobs_end(reqs: Sequence[Any], pending, next_ids: Sequence[int]) -
         st.output.append((chosen[j], next_ids[i]))
         if st.top_num:
             st.output_top.append(tops[j][: st.top_num])
+        if st.token_ids:
+            st.output_ids.append(list(zip(lp[j, st.token_ids].tolist(), st.token_ids)))
 
 
 def wants_input_logprobs(reqs: Sequence[Any]) -> bool:
@@ -110,15 +115,17 @@ def record_input_logprobs(reqs: Sequence[Any], prefix_lens: List[int], seq_lens:
         offset += s - p
 
 
-def take_new(req: Any) -> Tuple[Optional[list], Optional[list], Optional[list], Optional[list]]:
-    """The logprob entries not yet streamed: (output, output_top, input, input_top)."""
+def take_new(req: Any) -> Tuple[Optional[list], ...]:
+    """The logprob entries not yet streamed: (output, output_top, input, input_top, output_ids)."""
     st = req.logprobs
     if st is None:
-        return None, None, None, None
-    out, out_top = st.output[st.sent_output:], st.output_top[st.sent_output:] if st.top_num else []
+        return None, None, None, None, None
+    sent = st.sent_output
+    out, out_top = st.output[sent:], st.output_top[sent:] if st.top_num else []
+    out_ids = st.output_ids[sent:] if st.token_ids else []
     st.sent_output = len(st.output)
     inp = inp_top = None
     if not st.sent_input and st.input_done:
         inp, inp_top = st.input, st.input_top
         st.sent_input = True
-    return out, out_top, inp, inp_top
+    return out, out_top, inp, inp_top, out_ids

@@ -77,8 +77,9 @@ def _info(req: "Req") -> ReqInfo:
 
 
 def _add_logprobs(news: LogprobNews, pos: int, req: "Req") -> None:
-    out, out_top, inp, inp_top = logprobs.take_new(req)
+    out, out_top, inp, inp_top, out_ids = logprobs.take_new(req)
     news.index.append(pos)
+    news.output_ids.append(out_ids)
     news.output.append(out)
     news.output_top.append(out_top)
     news.input.append(inp)

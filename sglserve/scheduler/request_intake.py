@@ -56,7 +56,8 @@ class RequestIntake:
             self.finish([req])
             return
         if recv.return_logprob:
-            req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids)
+            req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids,
+                                               recv.token_ids_logprob)
             req.plain = False
         if not self.disable_radix_cache:
             req.prefix_group = recv.prefix_group

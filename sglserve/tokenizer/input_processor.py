@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
 from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.sampling.sampling_params import SamplingParams
-from sglserve.tokenizer.logprob_output import validate_logprob_args
+from sglserve.tokenizer.logprob_output import checked_token_ids_logprob, validate_logprob_args
 from sglserve.tokenizer.request_checks import MAX_N, check_shape, check_text_size, max_token_chars, out_of_vocab
 
 
@@ -56,6 +56,7 @@ class InputProcessor:
         if (obj.text is None) == (obj.input_ids is None):
             raise ValueError("Either text or input_ids should be provided (exactly one of them).")
         validate_logprob_args(obj.return_logprob, obj.top_logprobs_num, obj.logprob_start_len)
+        checked_token_ids_logprob(obj.return_logprob, obj.token_ids_logprob, self.vocab_size)
         sp = SamplingParams.from_dict(obj.sampling_params, self.vocab_size)
         if sp.n > MAX_N:
             raise ValueError(f"n must be at most {MAX_N}, got {sp.n}.")
@@ -92,6 +93,7 @@ class InputProcessor:
             rid=rid, input_text=obj.text, input_ids=list(input_ids), sampling_params=sp, stream=obj.stream,
             return_logprob=obj.return_logprob,
             logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
+            token_ids_logprob=checked_token_ids_logprob(obj.return_logprob, obj.token_ids_logprob, self.vocab_size),
         )
 
     def check_room(self, n: Optional[int], max_new: Optional[int]) -> None:

@@ -24,12 +24,15 @@ class LogprobAccumulator:
     output_top: List[list] = field(default_factory=list)
     input: List[tuple] = field(default_factory=list)
     input_top: List[list] = field(default_factory=list)
+    output_ids: List[list] = field(default_factory=list)  # token_ids_logprob: one list per position
 
     def add(self, news: LogprobNews, k: int) -> None:
         """Entry k of a message's LogprobNews (one request's new entries)."""
         self.output.extend(news.output[k])
         if news.output_top[k]:
             self.output_top.extend(news.output_top[k])
+        if k < len(news.output_ids) and news.output_ids[k]:
+            self.output_ids.extend(news.output_ids[k])
         if news.input[k] is not None:
             self.input = list(news.input[k])
             self.input_top = list(news.input_top[k] or [])
@@ -45,12 +48,13 @@ class LogprobAccumulator:
             "output_top_logprobs": [fmt(top) for top in self.output_top],
             "input_token_logprobs": fmt(self.input),
             "input_top_logprobs": [fmt(top) for top in self.input_top],
+            "output_token_ids_logprobs": [fmt(entries) for entries in self.output_ids] if self.output_ids else None,
         }
 
 
 def _texts(tokenizer: Any, acc: LogprobAccumulator) -> Dict[int, str]:
     ids = {t for _, t in acc.output} | {t for _, t in acc.input}
-    for tops in (acc.output_top, acc.input_top):
+    for tops in (acc.output_top, acc.input_top, acc.output_ids):
         for top in tops:
             ids.update(t for _, t in top)
     ids = sorted(ids)
@@ -64,6 +68,19 @@ def validate_logprob_args(return_logprob: bool, top_logprobs_num: Any, logprob_s
         raise ValueError(f"logprob_start_len must be -1 (no input logprobs) or a non-negative integer, got {logprob_start_len!r}.")
     if (top_logprobs_num or logprob_start_len >= 0) and not return_logprob:
         raise ValueError("top_logprobs_num and logprob_start_len need return_logprob=true.")
+
+
+def checked_token_ids_logprob(return_logprob: bool, token_ids: Any, vocab_size: int) -> Optional[List[int]]:
+    """SGLang's token_ids_logprob (ignored without return_logprob, like its other logprob fields there):
+    the ids whose logprobs every output position reports, or None."""
+    if not return_logprob or token_ids is None:
+        return None
+    if not isinstance(token_ids, list) or set(map(type, token_ids)) - {int}:
+        raise ValueError(f"token_ids_logprob must be a list of token ids, got {token_ids!r}.")
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"token_ids_logprob has ids outside the vocabulary [0, {vocab_size}): {bad[:8]}.")
+    return token_ids or None
 
 
 # ---- OpenAI shapes -----------------------------------------------------------------------

@@ -24,8 +24,8 @@ from tests.server.reliability_helpers import AUTH, wait_kv_clean  # noqa: E402
 
 TOTAL_CASES = 2000
 TOKEN_CAPS = {"max_tokens": 1, "max_completion_tokens": 1, "max_new_tokens": 1, "min_tokens": 1, "n": 2,
-              "best_of": 2, "top_logprobs": 3, "logprobs": 3}
-GENERATING = {"/v1/chat/completions", "/v1/completions", "/generate"}
+              "best_of": 2, "top_logprobs": 3, "logprobs": 3, "max_output_tokens": 1}
+GENERATING = {"/v1/chat/completions", "/v1/completions", "/generate", "/v1/responses", "/v1/score"}
 GENERATING_POSITIVE = 80  # valid bodies that run the model, per generating route
 STATS: Dict[str, Any] = {"cases": 0, "by_status": {}, "by_route": {}, "seconds": 0.0}
 
@@ -38,7 +38,10 @@ def cap_body(path: str, body: Any) -> Any:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > cap:
             body[key] = cap
-    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+    if path == "/v1/responses":
+        if body.get("max_output_tokens") is None:
+            body["max_output_tokens"] = TOKEN_CAPS["max_output_tokens"]
+    elif path != "/v1/score" and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = TOKEN_CAPS["max_tokens"]  # absent or null: up to the context otherwise
     return body
 

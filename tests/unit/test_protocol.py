@@ -183,7 +183,8 @@ def test_completions_forms(client):
     one = client.post("/v1/completions", json={"model": "x", "prompt": "Say:", "max_tokens": 50}).json()
     assert one["object"] == "text_completion" and one["model"] == "smollm-test"
     assert one["choices"] == [{"index": 0, "text": REPLY, "logprobs": None, "finish_reason": "stop", "matched_stop": EOS}]
-    assert set(one["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
+    assert set(one["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details",
+                                 "completion_tokens_details"}
     default = client.post("/v1/completions", json={"prompt": "Say:"}).json()
     assert default["usage"]["completion_tokens"] <= 16  # OpenAI's default max_tokens
     many = client.post("/v1/completions", json={"prompt": ["a", "b", "c"], "max_tokens": 5}).json()

@@ -29,7 +29,10 @@ def same_json(built, model) -> None:
 def test_usage_matches_usage_info():
     same_json(usage_of(METAS, 2), UsageInfo.model_validate(usage_of(METAS, 2)))
     assert usage_of(METAS, 2) == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15,
-                                  "prompt_tokens_details": {"cached_tokens": 2}}
+                                  "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": None}
+    with_reasoning = usage_of(METAS, 2, [3, None])
+    same_json(with_reasoning, UsageInfo.model_validate(with_reasoning))
+    assert with_reasoning["completion_tokens_details"] == {"reasoning_tokens": 3}
 
 
 @pytest.mark.parametrize("fields, reason, matched, usage, logprobs", [

@@ -48,11 +48,16 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0  # with --reasoning-parser: output tokens up to the end of the think block
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: Optional[PromptTokensDetails] = None
+    completion_tokens_details: Optional[CompletionTokensDetails] = None
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -340,6 +345,23 @@ class AbortRequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rid: str = ""
     abort_all: bool = False
+
+
+class ScoringRequest(OpenAIBaseModel):
+    """/v1/score (SGLang's): P(label next | query + item), item + query with item_first; text or token ids."""
+    model: str = DEFAULT_MODEL_NAME
+    query: Union[str, List[int]]
+    items: Union[str, List[str], List[List[int]]]
+    label_token_ids: List[int]
+    apply_softmax: bool = False  # softmax over the labels (sums to 1), else each label's own probability
+    item_first: bool = False
+
+
+class ScoringResponse(BaseModel):
+    object: str = "scoring"
+    model: str
+    scores: List[List[float]]  # one list per item, one probability per label
+    usage: UsageInfo
 
 
 # ---- tokenizer routes (vLLM's /tokenize and /detokenize) -------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import Request, Response
@@ -75,9 +76,18 @@ def render_chat_prompt(tokenizer: Any, req: ChatCompletionRequest, plan: Optiona
         raise OpenAIError(f"Failed to apply the chat template: {e}") from e
 
 
-async def handle_chat_completions(
-    tm: TokenizerManager, model_name: str, req: ChatCompletionRequest, raw_request: Request
-) -> Response:
+@dataclass
+class ChatRun:
+    """A chat request on its way: the generation and one ChoiceOutput (parsers) per choice.
+    /v1/chat/completions and /v1/responses both start here."""
+
+    gen: AsyncIterator[Any]
+    rid: str
+    created: int
+    outputs: List[ChoiceOutput]
+
+
+async def start_chat(tm: TokenizerManager, req: ChatCompletionRequest, raw_request: Request) -> ChatRun:
     reject_unimplemented(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise OpenAIError("top_logprobs needs logprobs=true.", param="top_logprobs")
@@ -100,26 +110,42 @@ async def handle_chat_completions(
     )
     gen = await tm.generate_request(obj, raw_request)  # ValueError here -> 400 before any byte is sent
     rid = obj.rid if isinstance(obj.rid, str) else obj.rid[0].rsplit("-", 1)[0]
-    created = int(time.time())
     # JSON by construction (forced tool calls, response_format): no reasoning to split off
     json_only = "json_schema" in sampling_params and sampling_params["json_schema"] is not None
     reasoning = None if json_only else _reasoning_parser(tm, req)
     outputs = [ChoiceOutput(reasoning, plan.parser() if plan else None) for _ in range(req.n)]
-    if req.stream:
-        return stream_response(_stream(gen, rid, created, model_name, req, outputs))
+    return ChatRun(gen, rid, int(time.time()), outputs)
 
-    outs = await final_outputs(gen)
-    choices = []
+
+def reasoning_tokens(tm: TokenizerManager, choice_out: ChoiceOutput, output_ids: List[int]) -> Optional[int]:
+    """usage's reasoning_tokens of one choice: None when the server runs no reasoning parser
+    (no completion_tokens_details then), 0 when this request's output is not parsed for it."""
+    if tm.server_args.reasoning_parser is None:
+        return None
+    parser = choice_out.reasoning_parser
+    return 0 if parser is None else parser.reasoning_tokens(output_ids, tm.tokenizer.decode)
+
+
+async def handle_chat_completions(
+    tm: TokenizerManager, model_name: str, req: ChatCompletionRequest, raw_request: Request
+) -> Response:
+    run = await start_chat(tm, req, raw_request)
+    if req.stream:
+        return stream_response(_stream(tm, run, model_name, req))
+
+    outs = await final_outputs(run.gen)
+    choices, reasoning = [], []
     for i, out in enumerate(outs):
         reason, matched = finish_reason_fields(out["meta_info"])
-        choice_out = outputs[i]
+        choice_out = run.outputs[i]
         choice_out.update(out["text"], final=True)
+        reasoning.append(reasoning_tokens(tm, choice_out, out["output_ids"]))
         choices.append(ChatCompletionResponseChoice(
             index=i, message=ChatMessage(**choice_out.message()), finish_reason=choice_out.finish_reason(reason),
             matched_stop=matched, logprobs=chat_logprobs(out["meta_info"]) if req.logprobs else None,
         ))
-    resp = ChatCompletionResponse(id=rid, created=created, model=model_name, choices=choices,
-                                  usage=usage_of([o["meta_info"] for o in outs], req.n))
+    resp = ChatCompletionResponse(id=run.rid, created=run.created, model=model_name, choices=choices,
+                                  usage=usage_of([o["meta_info"] for o in outs], req.n, reasoning))
     return json_response(resp.model_dump())
 
 
@@ -140,14 +166,15 @@ def _reasoning_parser(tm: TokenizerManager, req: ChatCompletionRequest) -> Optio
     return ReasoningParser(name)
 
 
-async def _stream(
-    gen: AsyncIterator[Dict[str, Any]], rid: str, created: int, model_name: str, req: ChatCompletionRequest,
-    outputs: List[ChoiceOutput],
-) -> AsyncIterator[bytes]:
+async def _stream(tm: TokenizerManager, run: ChatRun, model_name: str, req: ChatCompletionRequest
+                  ) -> AsyncIterator[bytes]:
+    gen, rid, created, outputs = run.gen, run.rid, run.created, run.outputs
+
     def chunk(index: int, delta: Dict[str, Any], reason=None, matched=None, usage=None, logprobs=None) -> bytes:
         return sse(chat_chunk(rid, created, model_name, index, delta, reason, matched, usage, logprobs))
 
     metas: Dict[int, Dict[str, Any]] = {}
+    reasoning: Dict[int, Optional[int]] = {}
     for i in range(req.n):
         yield chunk(i, chat_delta(role="assistant", content=""))
     async for out in gen:
@@ -166,7 +193,9 @@ async def _stream(
         if delta or logprobs:
             yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
+            reasoning[index] = reasoning_tokens(tm, choice_out, out["output_ids"]) if req.include_usage else None
             yield chunk(index, {}, choice_out.finish_reason(reason), matched, usage)
     if req.include_usage and metas:
+        order = sorted(metas)
         yield sse(usage_chunk("chat.completion.chunk", rid, created, model_name,
-                              usage_of([metas[i] for i in sorted(metas)], req.n)))
+                              usage_of([metas[i] for i in order], req.n, [reasoning.get(i) for i in order])))

@@ -95,18 +95,22 @@ def finish_reason_fields(meta_info: Dict[str, Any]) -> Tuple[Optional[str], Any]
     return fr.get("type"), fr.get("matched") if fr.get("type") == "stop" else None
 
 
-def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1) -> Dict[str, Any]:
+def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1,
+             reasoning: Optional[List[Optional[int]]] = None) -> Dict[str, Any]:
     """Token counts of a response (protocol.UsageInfo's JSON, a plain dict: streams send it per chunk).
     With n > 1 the metas come prompt-major (n per prompt) and each prompt counts once, as SGLang
-    counts it; completions and cached tokens add up."""
+    counts it; completions and cached tokens add up. `reasoning`: each choice's reasoning tokens
+    (None entries: no reasoning parser), summed into completion_tokens_details."""
     prompt = completion = cached = 0
     for i, m in enumerate(metas):
         if i % n == 0:
             prompt += m["prompt_tokens"]
         completion += m["completion_tokens"]
         cached += m["cached_tokens"]
+    counts = [r for r in reasoning or [] if r is not None]
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": sum(counts)} if counts else None}
 
 
 def reject_unimplemented(req: Any) -> None:
