@@ -99,6 +99,14 @@ class ModelConfig:
     vocab_size: int
     architecture: str
 
+    def params_per_token(self) -> int:
+        """Weights every token multiplies through (attention and MLP projections; dense models):
+        a step's compute is about twice this times its tokens, so it sizes the step budget."""
+        hf, hidden = self.hf_config, self.hidden_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        inter = getattr(hf, "intermediate_size", None) or 4 * hidden
+        return self.num_hidden_layers * (hidden * (2 * q + 2 * kv) + 3 * hidden * inter)
+
     @classmethod
     def from_server_args(cls, server_args: Any) -> "ModelConfig":
         return cls.from_pretrained(

@@ -27,6 +27,7 @@ class ModelRunner:
     def __init__(self, model_config: ModelConfig, server_args: ServerArgs) -> None:
         self.model_config = model_config
         self.server_args = server_args
+        server_args.resolve_model_defaults(model_config.params_per_token())
         self.device = torch.device(server_args.device)
         self.dtype = model_config.dtype
         self.page_size = server_args.page_size

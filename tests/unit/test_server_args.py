@@ -37,3 +37,34 @@ def test_stream_interval_flag():
     assert prepare_server_args(["--device", "cpu", "--stream-interval", "8"]).stream_interval == 8
     with pytest.raises(ServerArgsError, match="--stream-interval=0 must be >= 1"):
         ServerArgs(device="cpu", stream_interval=0)
+
+
+def test_model_sized_defaults_on_cuda():
+    """Step budget and graph batch sizes follow the model's weights per token; flags win."""
+    from pathlib import Path
+
+    from sglserve.configs.model_config import ModelConfig
+
+    configs = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
+    got = {}
+    for folder in sorted(str(p) for p in configs.iterdir()):
+        params = ModelConfig.from_pretrained(folder, load_format="dummy").params_per_token()
+        sa = ServerArgs(model_path=folder, load_format="dummy", device="cpu")
+        sa.chunked_prefill_size = sa.cuda_graph_max_bs = None  # as on CUDA before the model is read
+        sa.resolve_model_defaults(params)
+        got[folder.rsplit("/", 1)[-1]] = (sa.chunked_prefill_size, sa.cuda_graph_max_bs)
+    assert got["Llama-3.1-8B-Instruct"] == (4096, 256)
+    assert got["Qwen2.5-7B-Instruct"] == (4096, 256)
+    assert got["SmolLM2-135M-Instruct"] == (32768, 2048)
+    assert got["Qwen3-0.6B"] == (32768, 2048)
+    sa = ServerArgs(model_path=str(configs / "Qwen3-0.6B"), load_format="dummy", device="cpu",
+                    chunked_prefill_size=1024, cuda_graph_max_bs=64)
+    sa.resolve_model_defaults(10**8)
+    assert (sa.chunked_prefill_size, sa.cuda_graph_max_bs) == (1024, 64)
+    big = ServerArgs(model_path=str(configs / "Qwen3-0.6B"), load_format="dummy", device="cpu")
+    big.chunked_prefill_size = None
+    big.resolve_model_defaults(7 * 10**10)  # 70B: the floor
+    assert big.chunked_prefill_size == 2048
+    # The CPU keeps its fixed defaults
+    cpu = ServerArgs(model_path=str(configs / "Qwen3-0.6B"), load_format="dummy", device="cpu")
+    assert (cpu.chunked_prefill_size, cpu.cuda_graph_max_bs) == (2048, 256)
