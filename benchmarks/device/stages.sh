@@ -24,7 +24,8 @@
 #                                                 GGUF, no GGUF to carry): decode profile at AB_PROFILE_BS,
 #                                                 offline Engine per --cuda-graph-max-bs in AB_GRAPH, HTTP
 #                                                 /generate per step budget in AB_BUDGETS (AB_FLAGS added to
-#                                                 each), py-spy of the server's processes in the first
+#                                                 each), py-spy of the first Engine run and of the first
+#                                                 server's processes ("none" skips a part)
 #   sweep   carry .whl .tok .data .old            W3 at rate inf with other step budgets (SWEEP_BUDGETS,
 #                                                 default "2048 8192"); W2 of the commit in .old (prep:
 #                                                 OLD=<commit> ... prep), of this tree, and of this tree
@@ -160,26 +161,34 @@ w3)
 ab)
   SD="--load-format dummy --tokenizer-path $TOK $DEV ${AB_FLAGS:-}"
   if [ "$DRYRUN" = 1 ]; then prof="true"; else prof="timeout $(cap 90) $PY benchmarks/kernels/profile_decode.py"; fi
+  [ "${AB_PROFILE_BS:-}" = none ] && prof="true"
   log "decode profile"; $prof --model-path $S $SD --batch-size ${AB_PROFILE_BS:-256 2000} --input-len 384 --steps 12 \
       --cuda-graph-max-bs 2048 > "$OUT/ab_profile.txt" 2>&1; grep '^{' "$OUT/ab_profile.txt" | cut -c1-300
-  for g in ${AB_GRAPH:-256 2048}; do
+  graphs=${AB_GRAPH:-256 2048}
+  for g in $graphs; do
     log "SmolLM2 (dummy) offline Engine, --cuda-graph-max-bs $g"
-    timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $S $SD --cuda-graph-max-bs "$g" \
-      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/ab.jsonl" 2>&1 | tail -1 | cut -c1-300
+    spy=""  # py-spy of the first run (the whole process; the run itself is the generate() part)
+    if [ "$g" = "${graphs%% *}" ] && command -v py-spy > /dev/null; then
+      spy="py-spy record --nonblocking --rate 250 --format raw -o $OUT/ab_pyspy_engine.txt --"; fi
+    timeout "$(cap 90)" $spy $PY -m sglserve.bench_offline_throughput --model-path $S $SD --cuda-graph-max-bs "$g" \
+      --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/ab.jsonl" 2>&1 | grep '^{' | cut -c1-300
   done
   first=1
-  for b in ${AB_BUDGETS:-4096 16384}; do
+  budgets=${AB_BUDGETS:-4096 16384}; [ "$budgets" = none ] && budgets=""
+  for b in $budgets; do
     start_server "$OUT/ab_server_$b.log" --model-path $S $SD --chunked-prefill-size "$b" || continue
+    SPY=""
     if [ $first = 1 ] && command -v py-spy > /dev/null; then
       py-spy record --subprocesses --nonblocking --rate 200 --duration 25 --format raw --pid "$SPID" \
         -o "$OUT/ab_pyspy.txt" > "$OUT/ab_pyspy.log" 2>&1 &
+      SPY=$!
     fi
     first=0
     log "SmolLM2 (dummy) HTTP /generate stream, step budget $b"
     serving "smol_dummy_b$b" "$OUT/ab.jsonl" --backend sglserve --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
     stop_server
-  done
-  wait ;;
+    [ -n "$SPY" ] && wait "$SPY"  # only py-spy: a bare wait would also wait for the log's tee
+  done ;;
 sweep)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   for budget in ${SWEEP_BUDGETS:-2048 8192}; do
