@@ -41,6 +41,7 @@ class GenerateReqInput:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    cache_salt: Optional[Union[str, List[str]]] = None  # a batch may give one per prompt
 
     @property
     def is_single(self) -> bool:
@@ -67,6 +68,7 @@ class GenerateReqInput:
             logprob_start_len=self.logprob_start_len,
             top_logprobs_num=self.top_logprobs_num,
             return_text_in_logprobs=self.return_text_in_logprobs,
+            cache_salt=pick(self.cache_salt),
         )
 
 
@@ -84,6 +86,7 @@ class TokenizedGenerateReqInput(Msg, tag=True, kw_only=True):
     top_logprobs_num: int = 0
     # Copies of one prompt (n > 1) share a group: the scheduler prefills one, the rest reuse its KV
     prefix_group: Optional[str] = None
+    cache_salt: Optional[str] = None  # prefix-cache namespace: only requests with the same salt share KV
 
 
 class AbortReq(Msg, tag=True, kw_only=True):
@@ -127,6 +130,7 @@ class ReqInfo(Msg, array_like=True, kw_only=True):
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
     stop_strs: List[str] = msgspec.field(default_factory=list)
+    stop_regex: List[str] = msgspec.field(default_factory=list)
 
 
 class LogprobNews(Msg, array_like=True, kw_only=True):

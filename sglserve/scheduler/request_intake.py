@@ -58,6 +58,7 @@ class RequestIntake:
         if recv.return_logprob:
             req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids)
             req.plain = False
+        req.cache_salt = recv.cache_salt
         if not self.disable_radix_cache:
             req.prefix_group = recv.prefix_group
         if sp.json_schema is not None or sp.regex is not None or sp.ebnf is not None:

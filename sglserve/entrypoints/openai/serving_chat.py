@@ -18,6 +18,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     final_outputs,
     finish_reason_fields,
     json_response,
+    check_model_name,
     reject_unimplemented,
     sse,
     stream_response,
@@ -79,6 +80,7 @@ async def handle_chat_completions(
     tm: TokenizerManager, model_name: str, req: ChatCompletionRequest, raw_request: Request
 ) -> Response:
     reject_unimplemented(req)
+    check_model_name(tm.server_args, req)
     if req.top_logprobs is not None and not req.logprobs:
         raise OpenAIError("top_logprobs needs logprobs=true.", param="top_logprobs")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
@@ -94,6 +96,7 @@ async def handle_chat_completions(
         sampling_params=sampling_params,
         stream=req.stream,
         rid=req.rid,
+        cache_salt=req.cache_salt,
         return_logprob=req.logprobs,
         top_logprobs_num=req.top_logprobs or 0,
         return_text_in_logprobs=True,
@@ -166,7 +169,7 @@ async def _stream(
         if delta or logprobs:
             yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
-            yield chunk(index, {}, choice_out.finish_reason(reason), matched, usage)
+            yield chunk(index, chat_delta(), choice_out.finish_reason(reason), matched, usage)
     if req.include_usage and metas:
         yield sse(usage_chunk("chat.completion.chunk", rid, created, model_name,
                               usage_of([metas[i] for i in sorted(metas)], req.n)))
