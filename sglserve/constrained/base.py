@@ -1,6 +1,6 @@
 """What the grammar backends share (`--grammar-backend xgrammar | llguidance`).
 
-- `grammar_key(sp)`: the grammar a request asks for, ("json" | "regex" | "ebnf", text).
+- `grammar_key(sp)`: the grammar a request asks for, ("json" | "regex" | "ebnf" | "structural_tag", text).
 - `BaseGrammarBackend` lives in the scheduler: it compiles grammars on a thread pool (off
   the scheduler loop) and caches the compiled grammar by key (LRU), so the same schema
   compiles once; `new_matcher` gives a request its own matcher state. A matcher has
@@ -19,9 +19,9 @@ from typing import Any, Iterable, Optional, Tuple
 
 import torch
 
-GrammarKey = Tuple[str, str]  # ("json" | "regex" | "ebnf", the grammar text)
+GrammarKey = Tuple[str, str]  # ("json" | "regex" | "ebnf" | "structural_tag", the grammar text)
 CACHE_SIZE = 1024
-NAMES = {"json": "json_schema", "regex": "regex", "ebnf": "ebnf"}
+NAMES = {"json": "json_schema", "regex": "regex", "ebnf": "ebnf", "structural_tag": "structural_tag"}
 
 
 def grammar_key(sp: Any) -> Optional[GrammarKey]:
@@ -32,6 +32,8 @@ def grammar_key(sp: Any) -> Optional[GrammarKey]:
         return ("regex", sp.regex)
     if sp.ebnf is not None:
         return ("ebnf", sp.ebnf)
+    if sp.structural_tag is not None:
+        return ("structural_tag", sp.structural_tag)
     return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from sglserve.constrained import structural_tag
 from sglserve.constrained.base import NAMES, BaseGrammarBackend, GrammarKey, check_text
 
 JSON_OPTIONS = {"whitespace_flexible": False}
@@ -30,6 +31,8 @@ def _serialize(key: GrammarKey) -> str:
         return llg.LLMatcher.grammar_from_json_schema(text, defaults=JSON_OPTIONS)
     if kind == "regex":
         return llg.LLMatcher.grammar_from_regex(text)
+    if kind == "structural_tag":
+        return llg.LLMatcher.grammar_from_lark(structural_tag.to_lark(text))
     if "::=" in text:  # GBNF
         return llg.grammar_from("gbnf", text)
     return llg.LLMatcher.grammar_from_lark(text)
@@ -42,7 +45,9 @@ def validate(key: GrammarKey) -> None:
     check_text(key)
     try:
         error = llg.LLMatcher.validate_grammar(_serialize(key), None)
-    except ValueError as e:  # not JSON, or GBNF that does not convert
+    except ValueError as e:  # not JSON, or GBNF that does not convert, or a malformed structural_tag
+        if str(e).startswith("Invalid structural_tag"):
+            raise
         error = str(e)
     if error:
         raise ValueError(f"Invalid {NAMES[key[0]]}: {error.strip()}")

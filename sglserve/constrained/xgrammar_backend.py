@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from sglserve.constrained import structural_tag
 from sglserve.constrained.base import NAMES, BaseGrammarBackend, GrammarKey, check_text
 
 # xgrammar prefixes its messages with "[time] /path/file.cc:line: "
@@ -36,8 +37,14 @@ def validate(key: GrammarKey) -> None:
             xgr.Grammar.from_json_schema(text, any_whitespace=False)
         elif kind == "regex":
             xgr.Grammar.from_regex(text)
+        elif kind == "structural_tag":
+            xgr.Grammar.from_structural_tag(structural_tag.to_xgrammar(text))
         else:
             xgr.Grammar.from_ebnf(text)
+    except ValueError as e:
+        if str(e).startswith("Invalid structural_tag"):  # our own shape check: its message as is
+            raise
+        raise ValueError(f"Invalid {NAMES[kind]}: {clean_error(e)}") from None
     except Exception as e:  # xgrammar raises RuntimeError / InvalidJSONError with its parser's message
         raise ValueError(f"Invalid {NAMES[kind]}: {clean_error(e)}") from None
 
@@ -56,6 +63,8 @@ class XGrammarBackend(BaseGrammarBackend):
             return self.compiler.compile_json_schema(text, any_whitespace=False)
         if kind == "regex":
             return self.compiler.compile_regex(text)
+        if kind == "structural_tag":
+            return self.compiler.compile_structural_tag(structural_tag.to_xgrammar(text))
         return self.compiler.compile_grammar(text)
 
     def new_matcher(self, compiled: Any) -> Any:

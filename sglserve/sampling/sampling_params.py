@@ -39,6 +39,7 @@ class SamplingParams:
     json_schema: Optional[str] = None
     regex: Optional[str] = None
     ebnf: Optional[str] = None
+    structural_tag: Optional[str] = None  # SGLang's: JSON {structures, triggers} (constrained/structural_tag.py)
 
     # Derived in normalize()
     stop_strs: List[str] = field(default_factory=list)
@@ -117,9 +118,9 @@ class SamplingParams:
                 raise SamplingParamsError(str(e)) from None
         if self.logit_bias is not None:
             self.logit_bias = _check_logit_bias(self.logit_bias, vocab_size)
-        grammars = [g for g in (self.json_schema, self.regex, self.ebnf) if g is not None]
+        grammars = [g for g in (self.json_schema, self.regex, self.ebnf, self.structural_tag) if g is not None]
         if len(grammars) > 1:
-            raise SamplingParamsError("Only one of json_schema, regex and ebnf can be set.")
+            raise SamplingParamsError("Only one of json_schema, regex, ebnf and structural_tag can be set.")
         self.normalize()
 
     def normalize(self) -> None:

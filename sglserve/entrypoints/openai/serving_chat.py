@@ -91,6 +91,9 @@ async def handle_chat_completions(
     sampling_params = req.to_sampling_params(req.requested_max_tokens)
     if plan is not None and plan.json_schema is not None:
         sampling_params["json_schema"] = plan.json_schema
+    if plan is not None and plan.structural_tag is not None and not any(
+            sampling_params.get(k) for k in ("json_schema", "regex", "ebnf")):  # a request's own grammar wins
+        sampling_params["structural_tag"] = plan.structural_tag
     obj = GenerateReqInput(
         input_ids=input_ids,
         sampling_params=sampling_params,
