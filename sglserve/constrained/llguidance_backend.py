@@ -5,7 +5,9 @@ EBNF: llguidance's native grammar language is Lark (`start: "a" | "b"`). An `ebn
 may be written in either dialect: GBNF (`root ::= ...`, what xgrammar takes, so one request
 works on both backends) is translated to Lark by llguidance's converter; Lark is used as is.
 
-JSON grammars use compact separators and no free whitespace, as the xgrammar backend does.
+JSON grammars use compact separators and no free whitespace, and object schemas admit no keys
+beyond their `properties` unless they say `additionalProperties` (`strict_objects`):
+what xgrammar's strict mode does, so one request gives the same kind of output on both.
 
 llguidance's matcher stops by itself once the grammar is complete and then allows only the
 stop tokens; `_Matcher` reports termination only once a stop token was accepted, which is
@@ -14,6 +16,7 @@ when xgrammar reports it too, so the scheduler treats both backends alike.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from sglserve.constrained import structural_tag
@@ -22,13 +25,31 @@ from sglserve.constrained.base import NAMES, BaseGrammarBackend, GrammarKey, che
 JSON_OPTIONS = {"whitespace_flexible": False}
 
 
+def strict_objects(schema: Any) -> Any:
+    """A copy of `schema` where every object schema (type object, or with properties) that does not
+    say additionalProperties / unevaluatedProperties / patternProperties gets additionalProperties: false."""
+    if isinstance(schema, list):
+        return [strict_objects(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_objects(v) for k, v in schema.items()}
+    is_object = "properties" in out or out.get("type") == "object"
+    if is_object and not {"additionalProperties", "unevaluatedProperties", "patternProperties"} & set(out):
+        out["additionalProperties"] = False
+    return out
+
+
 def _serialize(key: GrammarKey) -> str:
     """The request's grammar as llguidance's grammar text; ValueError when it cannot be converted."""
     import llguidance as llg
 
     kind, text = key
     if kind == "json":
-        return llg.LLMatcher.grammar_from_json_schema(text, defaults=JSON_OPTIONS)
+        try:
+            schema = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"not JSON: {e}") from None
+        return llg.LLMatcher.grammar_from_json_schema(json.dumps(strict_objects(schema)), defaults=JSON_OPTIONS)
     if kind == "regex":
         return llg.LLMatcher.grammar_from_regex(text)
     if kind == "structural_tag":
