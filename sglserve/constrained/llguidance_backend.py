@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from sglserve.constrained import structural_tag
 from sglserve.constrained.base import NAMES, BaseGrammarBackend, GrammarKey, check_text
 
-JSON_OPTIONS = {"whitespace_flexible": False}
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # as xgrammar writes JSON
 
 
 def strict_objects(schema: Any) -> Any:
