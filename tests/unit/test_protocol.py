@@ -509,3 +509,21 @@ def test_duplicate_rid_rejected(fresh):
 
     asyncio.run(main())
     assert _wait_for(lambda: any(isinstance(m, AbortReq) for m in fresh.sched.received))
+
+
+def test_strict_model_name(tokenizer):
+    """--strict-model-name: another model name is a 404; the served name, the path and an omitted
+    model are accepted. Without the flag any name is (the other tests send "m")."""
+    args = ServerArgs(device="cpu", served_model_name="smollm-test", strict_model_name=True)
+    s = Stack(tokenizer, args)
+    try:
+        with TestClient(create_app(args, s.tm)) as c:
+            body = {"messages": QUESTION, "max_tokens": 2}
+            err = assert_error(c.post("/v1/chat/completions", json={**body, "model": "gpt-4o"}), 404)
+            assert "model_not_found" in err["message"] and err["param"] == "model"
+            assert_error(c.post("/v1/completions", json={"prompt": "hi", "model": "other"}), 404)
+            for name in ("smollm-test", args.model_path, args.short_model_name):
+                assert c.post("/v1/chat/completions", json={**body, "model": name}).status_code == 200, name
+            assert c.post("/v1/chat/completions", json=body).status_code == 200
+    finally:
+        s.close()
