@@ -43,6 +43,7 @@ class GenerateReqInput:
     return_text_in_logprobs: bool = False
     # SGLang's: the logprobs of these token ids at every output position (output_token_ids_logprobs)
     token_ids_logprob: Optional[List[int]] = None
+    cache_salt: Optional[Union[str, List[str]]] = None  # a batch may give one per prompt
 
     @property
     def is_single(self) -> bool:
@@ -70,6 +71,7 @@ class GenerateReqInput:
             top_logprobs_num=self.top_logprobs_num,
             return_text_in_logprobs=self.return_text_in_logprobs,
             token_ids_logprob=self.token_ids_logprob,
+            cache_salt=pick(self.cache_salt),
         )
 
 
@@ -88,6 +90,7 @@ class TokenizedGenerateReqInput(Msg, tag=True, kw_only=True):
     token_ids_logprob: Optional[List[int]] = None
     # Copies of one prompt (n > 1) share a group: the scheduler prefills one, the rest reuse its KV
     prefix_group: Optional[str] = None
+    cache_salt: Optional[str] = None  # prefix-cache namespace: only requests with the same salt share KV
 
 
 class AbortReq(Msg, tag=True, kw_only=True):
@@ -131,6 +134,7 @@ class ReqInfo(Msg, array_like=True, kw_only=True):
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
     stop_strs: List[str] = msgspec.field(default_factory=list)
+    stop_regex: List[str] = msgspec.field(default_factory=list)
 
 
 class LogprobNews(Msg, array_like=True, kw_only=True):

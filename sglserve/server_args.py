@@ -43,6 +43,7 @@ class ServerArgs:
     dtype: str = "auto"
     context_length: Optional[int] = None
     served_model_name: Optional[str] = None
+    strict_model_name: bool = False
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     # HTTP
@@ -92,8 +93,8 @@ class ServerArgs:
         "device": ["auto", "cuda", "cpu"],
         "schedule_policy": ["fcfs", "lpm"],
         "attention_backend": ["torch_native", "triton", "flashinfer"],
-        "grammar_backend": ["xgrammar", "none"],
-        "tool_call_parser": ["llama3", "qwen25", "hermes"],
+        "grammar_backend": ["xgrammar", "llguidance", "none"],
+        "tool_call_parser": ["llama3", "qwen25", "hermes", "mistral", "pythonic"],
         "reasoning_parser": ["qwen3", "deepseek-r1"],
         "log_level": ["debug", "info", "warning", "error", "critical"],
     }
@@ -108,7 +109,10 @@ class ServerArgs:
         "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
         "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
         "context_length": "Override the model's context length.",
-        "served_model_name": "Model name in responses and /v1/models (default: derived from the path).",
+        "served_model_name": "Model name in responses and /v1/models (default: --model-path exactly as given, as SGLang; "
+                             "requests may also name the model by its short name, the file or folder name without .gguf).",
+        "strict_model_name": "Refuse (404 model_not_found, as OpenAI) a request whose `model` is not the served model's "
+                             "name or short name; by default any name is accepted, as SGLang does.",
         "skip_tokenizer_init": "No tokenizer: requests send input_ids and get output_ids.",
         "trust_remote_code": "Allow custom code of hub models (transformers' trust_remote_code).",
         "host": "HTTP host to bind.",
@@ -141,8 +145,10 @@ class ServerArgs:
                            "token and its finish); larger values cost the server less per token.",
         "tp_size": "Tensor parallel size (only 1 for now).",
         "random_seed": "Seed of the server's sampling generators and dummy weights.",
-        "grammar_backend": "Structured output backend (xgrammar, or none to refuse constrained requests).",
-        "tool_call_parser": "Parse tool calls out of the output (the model's format).",
+        "grammar_backend": "Structured output backend for json_schema / regex / ebnf requests: xgrammar (default), "
+                           "llguidance (ebnf in GBNF or Lark syntax), or none to refuse constrained requests.",
+        "tool_call_parser": "Parse tool calls out of the output (the model's format): llama3, qwen25 / hermes "
+                            "(<tool_call> blocks), mistral ([TOOL_CALLS] [...]), pythonic ([f(a=1), g(b='x')]).",
         "reasoning_parser": "Split <think> reasoning into reasoning_content (the model's format).",
         "responses_store_size": "How many /v1/responses results (store: true) the server keeps in memory for "
                                 "GET /v1/responses/{id} and previous_response_id; the least recently used goes "
@@ -163,8 +169,7 @@ class ServerArgs:
         if self.tokenizer_path is None:
             self.tokenizer_path = self.model_path
         if self.served_model_name is None:
-            base = os.path.basename(os.path.normpath(self.model_path))
-            self.served_model_name = base[: -len(".gguf")] if base.endswith(".gguf") else self.model_path
+            self.served_model_name = self.model_path
         if self.device == "auto":
             import torch
 
@@ -200,6 +205,11 @@ class ServerArgs:
             self.cuda_graph_max_bs = 2048 if params_per_token < SMALL_MODEL_PARAMS else 256
 
     def validate(self) -> None:
+        from sglserve.constrained import backend_problem
+
+        problem = backend_problem(self.grammar_backend)  # before CHOICES: outlines gets its own message
+        if problem:
+            raise ServerArgsError(problem)
         for name, allowed in self.CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -242,6 +252,17 @@ class ServerArgs:
             raise ServerArgsError(f"--model-path={self.model_path!r} does not exist (a local path, or a hub id 'org/name')")
 
     @property
+    def short_model_name(self) -> str:
+        """The model's file or folder name without .gguf: the name the served model had before it
+        defaulted to the path, still accepted in requests and /v1/models/{id}."""
+        base = os.path.basename(os.path.normpath(str(self.model_path)))
+        return base[: -len(".gguf")] if base.endswith(".gguf") else base
+
+    def model_names(self) -> List[str]:
+        """Every name a request may use for the served model."""
+        return list(dict.fromkeys([self.served_model_name, self.model_path, self.short_model_name]))
+
+    @property
     def is_gguf(self) -> bool:
         return self.load_format == "gguf" or (self.load_format == "auto" and str(self.model_path).endswith(".gguf"))
 
@@ -256,12 +277,15 @@ class ServerArgs:
         defaults = ServerArgs.__dataclass_fields__
         for f in dataclasses.fields(ServerArgs):
             flags = ["--" + f.name.replace("_", "-")] + ServerArgs.ALIASES.get(f.name, [])
-            choices = ServerArgs.CHOICES.get(f.name)
+            # grammar_backend: validate() answers an unknown or uninstalled backend in one line
+            choices = None if f.name == "grammar_backend" else ServerArgs.CHOICES.get(f.name)
             help_text = ServerArgs.HELP.get(f.name)
             if f.type in ("bool", bool):
                 parser.add_argument(*flags, action="store_true", default=f.default, help=help_text)
                 continue
             kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            if f.name == "grammar_backend":
+                help_text = f"{help_text} {{{','.join(ServerArgs.CHOICES[f.name])}}}"
             parser.add_argument(*flags, type=kind, default=f.default, choices=choices, help=help_text)
         del defaults
 

@@ -13,7 +13,8 @@ Per step, the windows of every request in the message go to the tokenizer in one
 Stop strings (docs/CONTRACTS.md): while unfinished, the last (stop_str_max_len - 1)
 characters are held back so a stop string is never streamed; on a finish matched by a
 string the text is cut at its first occurrence (unless no_stop_trim); on a finish matched
-by a token id that token is dropped before decoding.
+by a token id that token is dropped before decoding. stop_regex likewise: the text from the
+earliest partial match on is held back, and the finished text is cut at the first match.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import zmq
 
 from sglserve.detokenizer.batch_decode import Key, decode_grouped, is_concatenative, make_decoder
+from sglserve.sampling import stop_regex
 from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyMsg, ReqInfo, finish_abort
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
@@ -47,7 +49,8 @@ class DecodeStatus:
 
     key: Key  # (skip_special_tokens, spaces_between_special_tokens)
     no_stop_trim: bool
-    hold: int  # characters held back while unfinished (longest stop string - 1); -1: no stop strings
+    hold: int  # characters held back while unfinished (longest stop string - 1); -1: no stop strings nor regexes
+    stop_regex: List[str]  # also held back: text that could still become a match (sampling/stop_regex.py)
     decode_ids: List[int] = dataclasses.field(default_factory=list)
     surr_offset: int = 0  # start of the context window (ids already emitted)
     read_offset: int = 0  # ids before this are committed into decoded_text
@@ -58,7 +61,10 @@ class DecodeStatus:
     @classmethod
     def create(cls, info: ReqInfo) -> "DecodeStatus":
         hold = max((len(x) for x in info.stop_strs), default=0) - 1
-        return cls((info.skip_special_tokens, info.spaces_between_special_tokens), info.no_stop_trim, hold)
+        if info.stop_regex:
+            hold = max(hold, 0)  # keep the text: the patterns are searched in it
+        return cls((info.skip_special_tokens, info.spaces_between_special_tokens), info.no_stop_trim, hold,
+                   list(info.stop_regex))
 
 
 class DetokenizerManager:
@@ -165,11 +171,16 @@ class DetokenizerManager:
                     continue
                 text = s.decoded_text
                 visible_end = len(text) - s.hold if s.hold > 0 else len(text)
+                if s.stop_regex:
+                    visible_end = min(visible_end, stop_regex.hold_start(text, s.stop_regex))
             else:
                 text = s.decoded_text + new_text
                 matched = _matched(finished)
                 if isinstance(matched, str) and matched and not s.no_stop_trim:
                     pos = text.find(matched)
+                    m = stop_regex.first_match(text, s.stop_regex) if s.stop_regex else None
+                    if m is not None and (pos == -1 or m.start() < pos):
+                        pos = m.start()
                     if pos != -1:
                         text = text[:pos]
                 visible_end = len(text)

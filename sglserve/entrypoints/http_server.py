@@ -256,7 +256,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
 
     @app.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> Response:
-        if model != model_name:
+        if model not in server_args.model_names():  # the served name, the path as given, the short name
             return error_response(f"The model {model!r} does not exist; this server serves {model_name!r}.", 404, "model")
         return json_response(model_card().model_dump())
 

@@ -43,7 +43,7 @@ class SamplingBatchInfo:
     seeds: List[Optional[int]]  # per row: seed + output position, or None
     # Set by the scheduler after from_params when some row needs them (None: nothing to do)
     adjust: Optional["LogitAdjust"] = None  # penalties, logit_bias, min_tokens (sampling/penalties.py)
-    vocab_mask: Optional[torch.Tensor] = None  # xgrammar token bitmask [bs, ceil(V/32)] int32, on the logits' device
+    vocab_mask: Optional[torch.Tensor] = None  # grammar token bitmask [bs, ceil(V/32)] int32, on the logits' device
 
     @classmethod
     def all_greedy(cls, bs: int) -> "SamplingBatchInfo":
@@ -92,7 +92,7 @@ class Sampler:
         if info.adjust is not None:
             logits = info.adjust.apply(logits)
         if info.vocab_mask is not None:
-            from sglserve.constrained.xgrammar_backend import apply_vocab_mask
+            from sglserve.constrained.base import apply_vocab_mask
 
             apply_vocab_mask(logits, info.vocab_mask)
         return logits

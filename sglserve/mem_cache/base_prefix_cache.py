@@ -9,7 +9,7 @@ Ownership of KV slots (the one rule every method follows):
   request only keeps it alive by holding a lock on `req.last_node`.
 
 Request fields read here (see `sglserve.scheduler.schedule_batch.Req`): origin_input_ids,
-output_ids, fill_ids, req_pool_idx, prefix_indices, last_node.
+output_ids, fill_ids, req_pool_idx, prefix_indices, last_node, cache_salt (if present).
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ class BasePrefixCache(ABC):
 
     # ---- lookup and storage -------------------------------------------------------
     @abstractmethod
-    def match_prefix(self, key: List[int]) -> MatchResult:
-        """Longest cached prefix of `key`, whole pages only; refreshes its LRU time."""
+    def match_prefix(self, key: List[int], salt: Optional[str] = None) -> MatchResult:
+        """Longest cached prefix of `key`, whole pages only; refreshes its LRU time. Only prefixes
+        inserted with the same `salt` (a request's cache_salt; None: unsalted) can match."""
 
     @abstractmethod
-    def insert(self, key: List[int], value: torch.Tensor) -> int:
-        """Cache `key` -> `value` (len(key) a multiple of page_size).
+    def insert(self, key: List[int], value: torch.Tensor, salt: Optional[str] = None) -> int:
+        """Cache `key` -> `value` (len(key) a multiple of page_size) under `salt`.
 
         Returns how many leading tokens were already cached; the caller still owns (and
         must free) value[:returned]'s slots past its own cached prefix. The cache owns

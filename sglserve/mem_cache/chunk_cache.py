@@ -7,7 +7,7 @@ state that survives a step is a chunked request's own KV, kept on the request it
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 
@@ -20,11 +20,11 @@ class ChunkCache(BasePrefixCache):
     def reset(self) -> None:
         """Nothing to forget."""
 
-    def match_prefix(self, key: List[int]) -> MatchResult:
+    def match_prefix(self, key: List[int], salt: Optional[str] = None) -> MatchResult:
         """Never a hit: empty indices and last_node None (locking None is a no-op)."""
         return MatchResult(self._empty_indices(), None)
 
-    def insert(self, key: List[int], value: torch.Tensor) -> int:
+    def insert(self, key: List[int], value: torch.Tensor, salt: Optional[str] = None) -> int:
         """Stores nothing: the slots are freed right away (ownership passed here) and 0 returned."""
         if len(key) != len(value):
             raise ValueError(f"insert: {len(key)} tokens but {len(value)} slots")

@@ -7,6 +7,12 @@ first page (a tuple of page_size ids; the bare id when page_size == 1).
 LRU time is a counter bumped once per match/insert (reproducible, unlike a clock). An
 operation stamps exactly the nodes whose every token it covered; when it stops inside a
 node the node is split first, so the untouched remainder keeps its older time.
+
+cache_salt (vLLM's and SGLang's request field): each salt has a tree of its own, a root in
+`salt_roots` (made on its first insert, dropped when eviction empties it), so requests with
+different salts never share a prefix and one tenant cannot learn another's prompts from
+cache-hit timing. Unsalted requests use `root_node` exactly as before. A root is a node
+without a parent; it holds no tokens.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class RadixCache(BasePrefixCache):
         self._clock = 0
         self.root_node = TreeNode(next(self._node_ids))
         self.root_node.value = self._empty_indices()
+        self.salt_roots: Dict[str, TreeNode] = {}
         self._evictable = 0
         self._protected = 0
 
@@ -107,22 +114,32 @@ class RadixCache(BasePrefixCache):
         return upper
 
     # ---- lookup and storage -------------------------------------------------------
-    def match_prefix(self, key: List[int]) -> MatchResult:
-        """Longest cached page-aligned prefix of key; splits the last node at the match end."""
+    def _root(self, salt: Optional[str], create: bool = False) -> Optional[TreeNode]:
+        """The tree of `salt` (None: the shared tree); None when that salt has no tree yet."""
+        if salt is None:
+            return self.root_node
+        root = self.salt_roots.get(salt)
+        if root is None and create:
+            root = self.salt_roots[salt] = TreeNode(next(self._node_ids), value=self._empty_indices())
+        return root
+
+    def match_prefix(self, key: List[int], salt: Optional[str] = None) -> MatchResult:
+        """Longest cached page-aligned prefix of key (in salt's tree); splits the last node at the match end."""
         tick = self._tick()
         key = list(key[: self._floor_page(len(key))])
-        if self.disable or not key:
+        root = self._root(salt)
+        if self.disable or not key or root is None:
             return MatchResult(self._empty_indices(), self.root_node)
-        node, values = self.root_node, []
-        for node, _ in self._walk(key, tick):
+        node, values = root, []
+        for node, _ in self._walk(key, tick, root):
             values.append(node.value)
         indices = torch.cat(values) if values else self._empty_indices()
         return MatchResult(indices, node)
 
-    def _walk(self, key: List[int], tick: int) -> Iterator[Tuple[TreeNode, int]]:
-        """Follow `key` down from the root, splitting a node it only partly matches, so every node
+    def _walk(self, key: List[int], tick: int, root: TreeNode) -> Iterator[Tuple[TreeNode, int]]:
+        """Follow `key` down from `root`, splitting a node it only partly matches, so every node
         yielded is matched whole; yields (node, tokens of key it covers) and stamps it as used."""
-        node = self.root_node
+        node = root
         while key:
             child = node.children.get(self._child_key(key))
             if child is None:
@@ -134,7 +151,7 @@ class RadixCache(BasePrefixCache):
             yield child, plen
             node, key = child, key[plen:]
 
-    def insert(self, key: List[int], value: torch.Tensor) -> int:
+    def insert(self, key: List[int], value: torch.Tensor, salt: Optional[str] = None) -> int:
         """Add key -> value; returns the already-cached prefix length (caller frees those slots).
 
         A disabled cache stores nothing: it frees `value` right away and returns 0.
@@ -148,8 +165,8 @@ class RadixCache(BasePrefixCache):
             return 0
         tick = self._tick()
         key, value = list(key), value.to(torch.int64)
-        node, prefix_len = self.root_node, 0
-        for node, plen in self._walk(key, tick):
+        node, prefix_len = self._root(salt, create=bool(key)) or self.root_node, 0
+        for node, plen in self._walk(key, tick, node):
             prefix_len += plen
         key, value = key[prefix_len:], value[prefix_len:]
         if key:
@@ -172,8 +189,10 @@ class RadixCache(BasePrefixCache):
             parent = node.parent
             del parent.children[self._child_key(node.key)]
             self._evictable -= len(node.key)
-            if parent is not self.root_node and not parent.children and parent.lock_ref == 0:
+            if parent.parent is not None and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, parent.id, parent))
+        if self.salt_roots:  # a salt whose tree emptied leaves no root behind
+            self.salt_roots = {s: r for s, r in self.salt_roots.items() if r.children}
         if released:  # one free call: one device-to-host copy however many leaves went
             self.token_to_kv_pool_allocator.free(torch.cat(released))
 
@@ -181,7 +200,7 @@ class RadixCache(BasePrefixCache):
     def inc_lock_ref(self, node: Optional[TreeNode]) -> int:
         """Lock root..node; returns the (negative) change of evictable_size()."""
         delta = 0
-        while node is not None and node is not self.root_node:
+        while node is not None and node.parent is not None:  # roots (no parent) are never locked
             if node.lock_ref == 0:
                 self._evictable -= len(node.key)
                 self._protected += len(node.key)
@@ -192,10 +211,10 @@ class RadixCache(BasePrefixCache):
 
     def dec_lock_ref(self, node: Optional[TreeNode]) -> int:
         """Unlock root..node; returns the (positive) change of evictable_size()."""
-        if node is not None and node is not self.root_node and node.lock_ref <= 0:
+        if node is not None and node.parent is not None and node.lock_ref <= 0:
             raise RuntimeError(f"dec_lock_ref on unlocked node {node!r}")
         delta = 0
-        while node is not None and node is not self.root_node:
+        while node is not None and node.parent is not None:
             if node.lock_ref == 1:
                 self._evictable += len(node.key)
                 self._protected -= len(node.key)
@@ -216,7 +235,7 @@ class RadixCache(BasePrefixCache):
             alloc.free(kv)
         elif is_insert:
             aligned = self._floor_page(len(token_ids))
-            new_len = self.insert(token_ids[:aligned], kv[:aligned])
+            new_len = self.insert(token_ids[:aligned], kv[:aligned], getattr(req, "cache_salt", None))
             alloc.free(kv[old_len:new_len])
             alloc.free(kv[aligned:])
         else:
@@ -233,9 +252,10 @@ class RadixCache(BasePrefixCache):
             return
         aligned = self._floor_page(len(token_ids))
         old_len = self._floor_page(len(req.prefix_indices))
-        new_len = self.insert(token_ids[:aligned], kv[:aligned])
+        salt = getattr(req, "cache_salt", None)
+        new_len = self.insert(token_ids[:aligned], kv[:aligned], salt)
         self.token_to_kv_pool_allocator.free(kv[old_len:new_len])
-        new_indices, new_node = self.match_prefix(token_ids[:aligned])
+        new_indices, new_node = self.match_prefix(token_ids[:aligned], salt)
         if len(new_indices) != aligned:
             raise RuntimeError(f"cache_unfinished_req: re-match found {len(new_indices)} of {aligned} tokens")
         # Duplicated pages were just freed: point the row at the tree's copies instead.
@@ -257,8 +277,10 @@ class RadixCache(BasePrefixCache):
         return sum(len(n.key) for n in self._nodes())
 
     def _nodes(self) -> Iterator[TreeNode]:
-        """Every node except the root, parents before children."""
+        """Every node except the roots, parents before children."""
         stack = list(self.root_node.children.values())
+        for root in self.salt_roots.values():
+            stack.extend(root.children.values())
         while stack:
             node = stack.pop()
             yield node
@@ -277,6 +299,9 @@ class RadixCache(BasePrefixCache):
                 walk(child, depth + 1)
 
         walk(self.root_node, 1)
+        for salt, root in self.salt_roots.items():
+            lines.append(f"  salt {salt!r}:")
+            walk(root, 2)
         text = "\n".join(lines)
         print(text)
         return text
@@ -290,7 +315,7 @@ class RadixCache(BasePrefixCache):
                 raise RuntimeError(f"{where}: {len(node.key)} tokens, {len(node.value)} slots, page_size {ps}")
             if node.parent.children.get(self._child_key(node.key)) is not node:
                 raise RuntimeError(f"{where}: not linked from its parent under its first page")
-            if node.lock_ref < 0 or (node.parent is not self.root_node and node.lock_ref > node.parent.lock_ref):
+            if node.lock_ref < 0 or (node.parent.parent is not None and node.lock_ref > node.parent.lock_ref):
                 raise RuntimeError(f"{where}: lock_ref {node.lock_ref} vs parent {node.parent.lock_ref}")
             values.append(node.value)
             if node.lock_ref:

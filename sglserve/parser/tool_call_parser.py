@@ -6,6 +6,8 @@ Formats (`--tool-call-parser`, or forced by tool_choice):
   Output that does not start with `{` / `<|python_tag|>` is plain content.
 - hermes (= qwen25): `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks;
   text outside the blocks is content.
+- mistral: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`; text before the tag is content.
+- pythonic (Llama-3.2 / Llama-4): `[f(a=1), g(b="x")]` (pythonic_tool_parser.py).
 - json_array (tool_choice "required", grammar-enforced): `[{"name": ..., "parameters": {...}}, ...]`.
 - named (tool_choice naming one function, grammar-enforced): the output is its arguments.
 
@@ -21,8 +23,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-TOOL_CALL_PARSERS = ("llama3", "qwen25", "hermes")
+from sglserve.parser.pythonic_tool_parser import parse_pythonic
+
+TOOL_CALL_PARSERS = ("llama3", "qwen25", "hermes", "mistral", "pythonic")
 PYTHON_TAG = "<|python_tag|>"
+MISTRAL_TAG = "[TOOL_CALLS]"
 HERMES_START, HERMES_END = "<tool_call>", "</tool_call>"
 _WS = " \t\n\r"
 
@@ -157,7 +162,7 @@ class ToolCallParser:
     def __init__(self, fmt: str, named: Optional[str] = None) -> None:
         if fmt == "qwen25":
             fmt = "hermes"
-        if fmt not in ("llama3", "hermes", "json_array", "named"):
+        if fmt not in ("llama3", "hermes", "mistral", "pythonic", "json_array", "named"):
             raise ValueError(f"Unknown tool-call format {fmt!r}")
         self.fmt, self.named = fmt, named
 
@@ -194,6 +199,29 @@ class ToolCallParser:
         if final and not calls:
             return ToolParse(text)  # not a tool call after all
         return ToolParse("", calls)
+
+    def _parse_mistral(self, text: str, final: bool) -> ToolParse:
+        start = text.find(MISTRAL_TAG)
+        if start == -1:
+            hold = 0 if final else _partial_suffix(text, MISTRAL_TAG)
+            return ToolParse(text[: len(text) - hold])
+        content = text[:start]
+        j = _skip(text, start + len(MISTRAL_TAG))
+        if j >= len(text):
+            return ToolParse(text if final else content)
+        if text[j] == "{":  # a single call without the list
+            calls = self._objects(text, j, ",")
+        elif text[j] == "[":
+            calls = self._objects(text, j + 1, ",")
+        else:
+            calls = []
+        if final and not calls:
+            return ToolParse(text)
+        return ToolParse(content, calls)
+
+    def _parse_pythonic(self, text: str, final: bool) -> ToolParse:
+        content, calls = parse_pythonic(text, final, ToolCallDraft)
+        return ToolParse(content if content is not None else "", calls)
 
     def _parse_json_array(self, text: str, final: bool) -> ToolParse:
         j = _skip(text, 0)

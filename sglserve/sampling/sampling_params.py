@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
+from sglserve.sampling import stop_regex
+
 _SAMPLING_EPS = 1e-6
+DERIVED = ("stop_strs", "stop_str_max_len", "stop_regex_strs")  # set by normalize(), not by requests
 
 
 class SamplingParamsError(ValueError):
@@ -25,6 +28,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: Optional[Union[str, List[str]]] = None
     stop_token_ids: Optional[List[int]] = None
+    stop_regex: Optional[Union[str, List[str]]] = None  # SGLang's: stop where a pattern matches (stop_regex.py)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -35,19 +39,21 @@ class SamplingParams:
     json_schema: Optional[str] = None
     regex: Optional[str] = None
     ebnf: Optional[str] = None
+    structural_tag: Optional[str] = None  # SGLang's: JSON {structures, triggers} (constrained/structural_tag.py)
 
     # Derived in normalize()
     stop_strs: List[str] = field(default_factory=list)
     stop_str_max_len: int = 0
+    stop_regex_strs: List[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Optional[dict], vocab_size: Optional[int] = None) -> "SamplingParams":
         """Parse and verify (token ids against vocab_size when given) a request's sampling_params."""
         d = dict(d or {})
-        known = {k for k in cls.__dataclass_fields__ if k not in ("stop_strs", "stop_str_max_len")}
+        known = {k for k in cls.__dataclass_fields__ if k not in DERIVED}
         unknown = set(d) - known
         if unknown:
-            raise SamplingParamsError(f"Unknown sampling parameter(s): {sorted(unknown)}")
+            raise SamplingParamsError(f"Unknown sampling parameter(s) {sorted(unknown)}; allowed: {sorted(known)}")
         try:
             obj = cls(**d)
         except TypeError as e:  # pragma: no cover - dataclass guards the names above
@@ -100,17 +106,21 @@ class SamplingParams:
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
             ):
                 raise SamplingParamsError(f"stop_token_ids must be a list of non-negative integers, got {self.stop_token_ids!r}.")
-            if vocab_size is not None and any(t >= vocab_size for t in self.stop_token_ids):
-                raise SamplingParamsError(f"stop_token_ids must be < vocab size {vocab_size}.")
+            # ids outside the vocabulary are accepted, as SGLang accepts them: they can never be sampled, so never match
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
                 raise SamplingParamsError(f"stop must be a string or a list of strings, got {self.stop!r}.")
+        if self.stop_regex is not None:
+            try:
+                self.stop_regex = stop_regex.as_list(self.stop_regex)
+            except stop_regex.StopRegexError as e:
+                raise SamplingParamsError(str(e)) from None
         if self.logit_bias is not None:
             self.logit_bias = _check_logit_bias(self.logit_bias, vocab_size)
-        grammars = [g for g in (self.json_schema, self.regex, self.ebnf) if g is not None]
+        grammars = [g for g in (self.json_schema, self.regex, self.ebnf, self.structural_tag) if g is not None]
         if len(grammars) > 1:
-            raise SamplingParamsError("Only one of json_schema, regex and ebnf can be set.")
+            raise SamplingParamsError("Only one of json_schema, regex, ebnf and structural_tag can be set.")
         self.normalize()
 
     def normalize(self) -> None:
@@ -119,6 +129,7 @@ class SamplingParams:
         else:
             self.stop_strs = [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
         self.stop_str_max_len = max((len(s) for s in self.stop_strs), default=0)
+        self.stop_regex_strs = [self.stop_regex] if isinstance(self.stop_regex, str) else list(self.stop_regex or [])
         if self.is_greedy:
             self.top_k, self.top_p, self.min_p = 1, 1.0, 0.0
 

@@ -11,21 +11,23 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, List, Optional, Tuple
 
-from sglserve.constrained.xgrammar_backend import GrammarBackend, clean_error, fill_vocab_mask, grammar_key
+from sglserve.constrained import create_backend
+from sglserve.constrained.base import BaseGrammarBackend, fill_vocab_mask, grammar_key
+from sglserve.constrained.xgrammar_backend import clean_error
 
 logger = logging.getLogger(__name__)
 
 
 class GrammarManager:
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int], backend_name: str) -> None:
-        self.backend: Optional[GrammarBackend] = None
+        self.backend: Optional[BaseGrammarBackend] = None
         self.disabled_reason = ""
         if backend_name == "none":
             self.disabled_reason = "the server runs with --grammar-backend none"
         elif tokenizer is None:
             self.disabled_reason = "the server runs with --skip-tokenizer-init"
         else:
-            self.backend = GrammarBackend(tokenizer, vocab_size, eos_token_ids)
+            self.backend = create_backend(backend_name, tokenizer, vocab_size, eos_token_ids)
         self.queue: List[Any] = []
 
     def __len__(self) -> int:

@@ -73,7 +73,8 @@ def _info(req: "Req") -> ReqInfo:
     return ReqInfo(prompt_tokens=len(req.origin_input_ids), cached_tokens=req.cached_tokens,
                    skip_special_tokens=sp.skip_special_tokens,
                    spaces_between_special_tokens=sp.spaces_between_special_tokens,
-                   no_stop_trim=sp.no_stop_trim, stop_strs=list(sp.stop_strs))
+                   no_stop_trim=sp.no_stop_trim, stop_strs=list(sp.stop_strs),
+                   stop_regex=list(sp.stop_regex_strs))
 
 
 def _add_logprobs(news: LogprobNews, pos: int, req: "Req") -> None:

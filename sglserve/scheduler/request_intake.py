@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, List, Optional, Set
 
+from sglserve.constrained.base import grammar_key
 from sglserve.io_struct import TokenizedGenerateReqInput, finish_abort, finish_length
 from sglserve.scheduler.logprobs import LogprobState
 from sglserve.scheduler.schedule_batch import Req
@@ -59,9 +60,10 @@ class RequestIntake:
             req.logprobs = LogprobState.create(recv.top_logprobs_num, recv.logprob_start_len, recv.input_ids,
                                                recv.token_ids_logprob)
             req.plain = False
+        req.cache_salt = recv.cache_salt
         if not self.disable_radix_cache:
             req.prefix_group = recv.prefix_group
-        if sp.json_schema is not None or sp.regex is not None or sp.ebnf is not None:
+        if grammar_key(sp) is not None:
             error = self.grammar_manager.add(req)  # waits there until its grammar is compiled
             if error is not None:
                 req.finished_reason = finish_abort(error, status_code=400)

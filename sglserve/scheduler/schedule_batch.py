@@ -18,6 +18,7 @@ from sglserve.io_struct import finish_abort, finish_length, finish_stop
 from sglserve.scheduler.logprobs import LogprobState
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.sampling.sampling_params import SamplingParams
+from sglserve.sampling import stop_regex
 
 if TYPE_CHECKING:
     from sglserve.mem_cache.memory_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool
@@ -46,7 +47,7 @@ class Req:
         # strings, a grammar or an abort: Scheduler.process_batch_result skips check_finished for it
         sp = sampling_params
         self.finish_token_ids = frozenset(sp.stop_token_ids or ()) | frozenset(() if sp.ignore_eos else eos_token_ids)
-        self.has_stop_strs = bool(sp.stop_strs)
+        self.has_stop_strs = bool(sp.stop_strs or sp.stop_regex_strs)
         # Per-step host work is skipped for plain requests: greedy argmax with no penalties,
         # bias, seeded draws, grammar or logprobs (RequestIntake clears it for logprobs), once
         # min_new_tokens are out. Read by BatchRunner.launch and overlap_safe.
@@ -80,6 +81,7 @@ class Req:
         self.logprobs: Optional[LogprobState] = None  # set when the request asked for logprobs
         # n > 1 copies of one prompt share a group: one prefills first, the others hit its KV
         self.prefix_group: Optional[str] = None
+        self.cache_salt: Optional[str] = None  # prefixes are shared only between requests of the same salt
 
     @property
     def seqlen(self) -> int:
@@ -96,7 +98,7 @@ class Req:
         limit = None if self.logprobs is None else self.logprobs.match_limit()
         if limit is not None:  # input logprobs need the logits of these positions: compute them
             key = key[:limit]
-        match = tree_cache.match_prefix(key)
+        match = tree_cache.match_prefix(key, self.cache_salt)
         self.prefix_indices, self.last_node = match.device_indices, match.last_node
         self.extend_input_len = len(self.fill_ids) - len(self.prefix_indices)
 
@@ -123,6 +125,12 @@ class Req:
                     if stop in tail:
                         self.finished_reason = finish_stop(stop)
                         return
+            if sp.stop_regex_strs and tokenizer is not None:
+                tail = tokenizer.decode(self.output_ids[-stop_regex.TAIL_TOKENS:], skip_special_tokens=sp.skip_special_tokens)
+                match = stop_regex.first_match(tail, sp.stop_regex_strs)
+                if match is not None:
+                    self.finished_reason = finish_stop(match.group())
+                    return
         if len(self.output_ids) >= self.max_new_tokens:
             self.finished_reason = finish_length(self.max_new_tokens)
         elif self.seqlen >= context_len:

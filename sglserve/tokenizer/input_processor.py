@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from sglserve.constrained.xgrammar_backend import grammar_key, validate_grammar
+from sglserve.constrained import validate_grammar
+from sglserve.constrained.base import grammar_key
 from sglserve.io_struct import GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.tokenizer.logprob_output import checked_token_ids_logprob, validate_logprob_args
@@ -85,15 +86,18 @@ class InputProcessor:
         key = grammar_key(sp)
         if key is not None:  # a bad grammar is a 400 here, never a problem for the scheduler
             if self.grammar_backend == "none" or self.tokenizer is None:
-                raise ValueError("Constrained decoding (json_schema / regex / ebnf) needs --grammar-backend xgrammar and a tokenizer.")
-            validate_grammar(key)
+                raise ValueError("Constrained decoding (json_schema / regex / ebnf) needs a --grammar-backend "
+                                 "(xgrammar or llguidance) and a tokenizer.")
+            validate_grammar(self.grammar_backend, key)
         self.check_room(n, sp.max_new_tokens)
         rid = obj.rid or uuid.uuid4().hex
         return TokenizedGenerateReqInput(
             rid=rid, input_text=obj.text, input_ids=list(input_ids), sampling_params=sp, stream=obj.stream,
-            return_logprob=obj.return_logprob,
-            logprob_start_len=obj.logprob_start_len, top_logprobs_num=obj.top_logprobs_num,
+            return_logprob=obj.return_logprob,  # without it the other two are ignored (not refused), as in SGLang
+            logprob_start_len=obj.logprob_start_len if obj.return_logprob else -1,
+            top_logprobs_num=obj.top_logprobs_num if obj.return_logprob else 0,
             token_ids_logprob=checked_token_ids_logprob(obj.return_logprob, obj.token_ids_logprob, self.vocab_size),
+            cache_salt=obj.cache_salt or None,
         )
 
     def check_room(self, n: Optional[int], max_new: Optional[int]) -> None:

@@ -62,12 +62,13 @@ def _texts(tokenizer: Any, acc: LogprobAccumulator) -> Dict[int, str]:
 
 
 def validate_logprob_args(return_logprob: bool, top_logprobs_num: Any, logprob_start_len: Any) -> None:
+    """Without return_logprob the other two are ignored, as SGLang ignores them (InputProcessor drops them)."""
+    if not return_logprob:
+        return
     if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or not 0 <= top_logprobs_num <= MAX_TOP_LOGPROBS:
         raise ValueError(f"top_logprobs_num must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs_num!r}.")
     if not isinstance(logprob_start_len, int) or isinstance(logprob_start_len, bool) or logprob_start_len < -1:
         raise ValueError(f"logprob_start_len must be -1 (no input logprobs) or a non-negative integer, got {logprob_start_len!r}.")
-    if (top_logprobs_num or logprob_start_len >= 0) and not return_logprob:
-        raise ValueError("top_logprobs_num and logprob_start_len need return_logprob=true.")
 
 
 def checked_token_ids_logprob(return_logprob: bool, token_ids: Any, vocab_size: int) -> Optional[List[int]]:

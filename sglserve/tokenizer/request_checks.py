@@ -26,7 +26,7 @@ def check_shape(obj: GenerateReqInput) -> None:
     ):
         raise ValueError("input_ids must be a list of integers or a list of lists of integers.")
     n = None if obj.is_single else obj.batch_size
-    for name, kind in (("sampling_params", dict), ("rid", str)):
+    for name, kind in (("sampling_params", dict), ("rid", str), ("cache_salt", str)):
         v = getattr(obj, name)
         if v is None or isinstance(v, kind):
             continue

@@ -32,6 +32,20 @@ CASES = [
     ("hermes", "<tool_call>broken</tool_call> then text", "<tool_call>broken</tool_call> then text", []),
     ("json_array", '[{"name": "a", "parameters": {"k": [1, {"z": null}]}}, {"name": "b", "parameters": {}}]', "",
      [("a", '{"k": [1, {"z": null}]}'), ("b", "{}")]),
+    ("mistral", 'Sure. [TOOL_CALLS] [{"name": "get_weather", "arguments": ' + WEATHER_ARGS + '}, {"name": "b", '
+     '"arguments": {}}]', "Sure. ", [("get_weather", WEATHER_ARGS), ("b", "{}")]),
+    ("mistral", '[TOOL_CALLS]{"name": "a", "arguments": {"x": "[TOOL_CALLS]"}}', "", [("a", '{"x": "[TOOL_CALLS]"}')]),
+    ("mistral", "No calls, just [TOOL text.", "No calls, just [TOOL text.", []),
+    ("mistral", "[TOOL_CALLS] nonsense", "[TOOL_CALLS] nonsense", []),
+    ("pythonic", '[get_weather(city="Pa\\"ris", unit={"deg": [1, 2]}), get_time(timezone=\'UTC\', dst=True, n=None)]', "",
+     [("get_weather", '{"city": "Pa\\"ris", "unit": {"deg": [1, 2]}}'),
+      ("get_time", '{"timezone": "UTC", "dst": true, "n": null}')]),
+    ("pythonic", '<|python_start|>[noargs(), ns.fn(x=1.5)]<|python_end|>', "", [("noargs", "{}"), ("ns.fn", '{"x": 1.5}')]),
+    ("pythonic", "The answer is [1, 2].", "The answer is [1, 2].", []),
+    ("pythonic", "[1, 2, 3]", "[1, 2, 3]", []),
+    ("pythonic", "[f(x=y)]", "[f(x=y)]", []),  # not a literal: not a call
+    ("pythonic", '[trunc(a="x', '[trunc(a="x', []),  # cut off before any call completed: text
+    ("pythonic", '[ok(a=1), bad(b=c)]', "", [("ok", '{"a": 1}')]),
 ]
 
 

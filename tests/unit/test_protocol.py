@@ -115,15 +115,16 @@ def test_chat_stream_shape(client):
     assert done
     assert all(e["object"] == "chat.completion.chunk" and e["model"] == "smollm-test" for e in events)
     assert len({e["id"] for e in events}) == 1
-    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning_content": None,
+                                               "tool_calls": None}
+    text = "".join(e["choices"][0]["delta"]["content"] or "" for e in events if e["choices"])
     assert text == REPLY
     finishes = [(e["choices"][0]["finish_reason"], e["choices"][0]["matched_stop"]) for e in events
                 if e["choices"] and e["choices"][0]["finish_reason"]]
     assert finishes == [("stop", EOS)]
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
     assert all(e["usage"] is None for e in events[:-1])
-    assert all("\ufffd" not in e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert all("\ufffd" not in (e["choices"][0]["delta"]["content"] or "") for e in events if e["choices"])
 
 
 def test_chat_stream_without_usage_and_with_continuous_usage(client):
@@ -141,7 +142,7 @@ def test_chat_stop_string_and_max_tokens(client):
     assert (choice["finish_reason"], choice["matched_stop"]) == ("stop", "Paris")
     events, _ = sse_events(client.post("/v1/chat/completions", json={
         "messages": QUESTION, "stop": "Paris", "stream": True}).text)
-    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "The capital of France is "
+    assert "".join(e["choices"][0]["delta"]["content"] or "" for e in events) == "The capital of France is "
     body = client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 3}).json()
     assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
     assert body["choices"][0]["matched_stop"] is None
@@ -294,7 +295,8 @@ BAD = [
     ("/v1/chat/completions", {"messages": QUESTION, "top_p": 1.5}, "top_p"),
     ("/v1/chat/completions", {"messages": QUESTION, "top_k": 0}, "top_k"),
     ("/v1/chat/completions", {"messages": QUESTION, "stream": "sometimes"}, "stream"),
-    ("/v1/chat/completions", {"messages": QUESTION, "stop_token_ids": [10**9]}, "stop_token_ids"),
+    ("/v1/chat/completions", {"messages": QUESTION, "stop_token_ids": [-1]}, "stop_token_ids"),
+    ("/v1/chat/completions", {"messages": QUESTION, "stop_regex": "(a"}, "stop_regex"),
     ("/v1/chat/completions", {"messages": QUESTION, "n": 0}, "n"),
     ("/v1/chat/completions", {"messages": QUESTION, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("/v1/chat/completions", {"messages": QUESTION, "top_logprobs": 3}, "top_logprobs"),
@@ -341,7 +343,8 @@ BAD = [
     ("/generate", {"input_ids": [1, "x"]}, "input_ids"),
     ("/generate", {"text": "hi", "bogus": 1}, "bogus"),
     ("/generate", {"text": "hi", "stream": "yes"}, "stream"),
-    ("/generate", {"text": "hi", "top_logprobs_num": 2}, "return_logprob"),
+    ("/generate", {"text": "hi", "sampling_params": {"stop_regex": "x*"}}, "empty string"),
+    ("/generate", {"text": "hi", "sampling_params": {"stop_regexp": "x"}}, "stop_regexp"),
     ("/generate", {"text": "hi", "return_logprob": True, "top_logprobs_num": 21}, "top_logprobs_num"),
     ("/generate", {"text": "hi", "return_logprob": True, "logprob_start_len": -2}, "logprob_start_len"),
     ("/generate", {"text": ["a", "b"], "sampling_params": [{}]}, "sampling_params"),
@@ -507,3 +510,21 @@ def test_duplicate_rid_rejected(fresh):
 
     asyncio.run(main())
     assert _wait_for(lambda: any(isinstance(m, AbortReq) for m in fresh.sched.received))
+
+
+def test_strict_model_name(tokenizer):
+    """--strict-model-name: another model name is a 404; the served name, the path and an omitted
+    model are accepted. Without the flag any name is (the other tests send "m")."""
+    args = ServerArgs(device="cpu", served_model_name="smollm-test", strict_model_name=True)
+    s = Stack(tokenizer, args)
+    try:
+        with TestClient(create_app(args, s.tm)) as c:
+            body = {"messages": QUESTION, "max_tokens": 2}
+            err = assert_error(c.post("/v1/chat/completions", json={**body, "model": "gpt-4o"}), 404)
+            assert "model_not_found" in err["message"] and err["param"] == "model"
+            assert_error(c.post("/v1/completions", json={"prompt": "hi", "model": "other"}), 404)
+            for name in ("smollm-test", args.model_path, args.short_model_name):
+                assert c.post("/v1/chat/completions", json={**body, "model": name}).status_code == 200, name
+            assert c.post("/v1/chat/completions", json=body).status_code == 200
+    finally:
+        s.close()

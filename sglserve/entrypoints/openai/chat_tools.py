@@ -2,8 +2,9 @@
 
 tool_choice decides:
 - "none" (or no tools): tools are not shown to the model and nothing is parsed.
-- "auto": the server's --tool-call-parser format (llama3 JSON or hermes/qwen25
-  `<tool_call>` blocks); the model may answer in text instead.
+- "auto": the server's --tool-call-parser format (llama3 JSON, hermes/qwen25 `<tool_call>`
+  blocks, mistral `[TOOL_CALLS] [...]` or pythonic `[f(a=1)]`); the model may answer in text
+  instead. Tools with `function.strict: true` are then enforced by a grammar (tool_grammar.py).
 - "required": the output is grammar-constrained to a JSON array of calls
   `[{"name": ..., "parameters": {...}}]` built from the tools' schemas, so it always parses.
 - a named function: the output is grammar-constrained to that function's parameters.
@@ -22,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from sglserve.entrypoints.openai.chat_tool_grammar import named_schema, required_schema, strict_structural_tag
 from sglserve.entrypoints.openai.serving_utils import OpenAIError
 from sglserve.parser.tool_call_parser import ToolCallParser
 
@@ -31,13 +33,10 @@ class ToolPlan:
     fmt: str  # llama3 | hermes | json_array | named
     named: Optional[str] = None
     json_schema: Optional[str] = None  # grammar for required / named
+    structural_tag: Optional[str] = None  # grammar for auto with strict tools
 
     def parser(self) -> ToolCallParser:
         return ToolCallParser(self.fmt, self.named)
-
-
-def _params(tool: Any) -> Dict[str, Any]:
-    return tool.function.parameters or {"type": "object", "properties": {}}
 
 
 def plan_tools(req: Any, server_parser: Optional[str]) -> Optional[ToolPlan]:
@@ -56,25 +55,22 @@ def plan_tools(req: Any, server_parser: Optional[str]) -> Optional[ToolPlan]:
         if server_parser is None:
             raise OpenAIError(
                 "tools with tool_choice 'auto' need the server to run with --tool-call-parser "
-                "(llama3, qwen25 or hermes); tool_choice 'required' or a named function work without it.",
+                "(llama3, qwen25, hermes, mistral or pythonic); tool_choice 'required' or a named function work "
+                "without it.",
                 param="tool_choice",
             )
-        return ToolPlan("hermes" if server_parser in ("qwen25", "hermes") else server_parser)
+        fmt = "hermes" if server_parser in ("qwen25", "hermes") else server_parser
+        tag = None
+        if req.response_format is None or req.response_format.type == "text":  # else the response_format rules
+            tag = strict_structural_tag(fmt, req.tools)
+        return ToolPlan(fmt, structural_tag=tag)
     if choice == "required":
-        calls = [
-            {"type": "object", "properties": {"name": {"type": "string", "enum": [t.function.name]}, "parameters": _params(t)},
-             "required": ["name", "parameters"], "additionalProperties": False}
-            for t in req.tools
-        ]
-        schema: Dict[str, Any] = {"type": "array", "minItems": 1, "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
-        if req.parallel_tool_calls is False:
-            schema["maxItems"] = 1
-        return ToolPlan("json_array", json_schema=json.dumps(schema))
+        return ToolPlan("json_array", json_schema=required_schema(req.tools, req.parallel_tool_calls))
     name = choice.function.name
     tool = next((t for t in req.tools if t.function.name == name), None)
     if tool is None:
         raise OpenAIError(f"tool_choice names {name!r}, which is not among the tools {names}.", param="tool_choice")
-    return ToolPlan("named", named=name, json_schema=json.dumps(_params(tool)))
+    return ToolPlan("named", named=name, json_schema=named_schema(tool))
 
 
 def template_supports_tools(tokenizer: Any) -> bool:
@@ -86,6 +82,14 @@ def _call_text(fmt: str, name: str, arguments: Any) -> str:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     if fmt == "hermes":
         return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": {args}}}\n</tool_call>'
+    if fmt == "mistral":
+        return f'[TOOL_CALLS] [{{"name": {json.dumps(name)}, "arguments": {args}}}]'
+    if fmt == "pythonic":
+        try:
+            kwargs = ", ".join(f"{k}={v!r}" for k, v in json.loads(args).items())
+        except (ValueError, AttributeError):
+            kwargs = ""
+        return f"[{name}({kwargs})]"
     return f'{{"name": {json.dumps(name)}, "parameters": {args}}}'
 
 
@@ -101,6 +105,14 @@ def instructions(plan: ToolPlan, tools: List[Any]) -> str:
         return ("You have access to the following functions. To call a function, respond only with a JSON object "
                 'of the form {"name": function name, "parameters": dictionary of argument name and its value}. '
                 f"Do not use variables.\n\n{specs}")
+    if plan.fmt == "mistral":
+        return ("You have access to the following functions. To call functions, respond only with [TOOL_CALLS] "
+                'followed by a JSON array of calls, each of the form {"name": function name, "arguments": '
+                f"dictionary of argument name and its value}}.\n\n{specs}")
+    if plan.fmt == "pythonic":
+        return ("You have access to the following functions. To call functions, respond only with a Python list "
+                "of calls with keyword arguments, like [func_name1(param1=value1, param2=value2), "
+                f"func_name2(param=value)].\n\n{specs}")
     if plan.fmt == "json_array":
         return ("You have access to the following functions. Respond with a JSON array of the function calls to "
                 'make, each of the form {"name": function name, "parameters": dictionary of argument name and its '
@@ -111,7 +123,7 @@ def instructions(plan: ToolPlan, tools: List[Any]) -> str:
 def prepare_messages(messages: List[Dict[str, Any]], plan: Optional[ToolPlan], tools: Optional[List[Any]],
                      native: bool) -> List[Dict[str, Any]]:
     """Assistant tool calls and tool results in the shape the template expects."""
-    fmt = plan.fmt if plan is not None and plan.fmt in ("hermes", "llama3") else "llama3"
+    fmt = plan.fmt if plan is not None and plan.fmt in ("hermes", "llama3", "mistral", "pythonic") else "llama3"
     out = []
     for msg in messages:
         msg = dict(msg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_MODEL_NAME = "default"
 
@@ -122,6 +122,7 @@ class _SamplingRequest(OpenAIBaseModel):
     min_tokens: int = 0
     repetition_penalty: float = 1.0
     stop_token_ids: Optional[List[int]] = None
+    stop_regex: Optional[Union[str, List[str]]] = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -130,6 +131,7 @@ class _SamplingRequest(OpenAIBaseModel):
     ebnf: Optional[str] = None
     response_format: Optional[ResponseFormat] = None
     rid: Optional[str] = None
+    cache_salt: Optional[str] = None  # requests share prefix-cache entries only with the same salt
 
     @field_validator("n")
     @classmethod
@@ -159,6 +161,7 @@ class _SamplingRequest(OpenAIBaseModel):
             "repetition_penalty": self.repetition_penalty,
             "stop": self.stop,
             "stop_token_ids": self.stop_token_ids,
+            "stop_regex": self.stop_regex,
             "ignore_eos": self.ignore_eos,
             "skip_special_tokens": self.skip_special_tokens,
             "spaces_between_special_tokens": self.spaces_between_special_tokens,
@@ -264,11 +267,7 @@ class DeltaMessage(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
     reasoning_content: Optional[str] = None
-    tool_calls: Optional[List[Dict[str, Any]]] = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler):  # a delta carries only what changed
-        return {k: v for k, v in handler(self).items() if v is not None}
+    tool_calls: Optional[List[Dict[str, Any]]] = None  # unused fields are null, as SGLang sends them
 
 
 class ChatCompletionResponseStreamChoice(BaseModel):

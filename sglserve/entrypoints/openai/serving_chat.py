@@ -19,6 +19,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     final_outputs,
     finish_reason_fields,
     json_response,
+    check_model_name,
     reject_unimplemented,
     sse,
     stream_response,
@@ -89,6 +90,7 @@ class ChatRun:
 
 async def start_chat(tm: TokenizerManager, req: ChatCompletionRequest, raw_request: Request) -> ChatRun:
     reject_unimplemented(req)
+    check_model_name(tm.server_args, req)
     if req.top_logprobs is not None and not req.logprobs:
         raise OpenAIError("top_logprobs needs logprobs=true.", param="top_logprobs")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
@@ -99,11 +101,15 @@ async def start_chat(tm: TokenizerManager, req: ChatCompletionRequest, raw_reque
     sampling_params = req.to_sampling_params(req.requested_max_tokens)
     if plan is not None and plan.json_schema is not None:
         sampling_params["json_schema"] = plan.json_schema
+    if plan is not None and plan.structural_tag is not None and not any(
+            sampling_params.get(k) for k in ("json_schema", "regex", "ebnf")):  # a request's own grammar wins
+        sampling_params["structural_tag"] = plan.structural_tag
     obj = GenerateReqInput(
         input_ids=input_ids,
         sampling_params=sampling_params,
         stream=req.stream,
         rid=req.rid,
+        cache_salt=req.cache_salt,
         return_logprob=req.logprobs,
         top_logprobs_num=req.top_logprobs or 0,
         return_text_in_logprobs=True,
@@ -194,7 +200,7 @@ async def _stream(tm: TokenizerManager, run: ChatRun, model_name: str, req: Chat
             yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
             reasoning[index] = reasoning_tokens(tm, choice_out, out["output_ids"]) if req.include_usage else None
-            yield chunk(index, {}, choice_out.finish_reason(reason), matched, usage)
+            yield chunk(index, chat_delta(), choice_out.finish_reason(reason), matched, usage)
     if req.include_usage and metas:
         order = sorted(metas)
         yield sse(usage_chunk("chat.completion.chunk", rid, created, model_name,

@@ -17,6 +17,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     final_outputs,
     finish_reason_fields,
     json_response,
+    check_model_name,
     reject_unimplemented,
     sse,
     stream_response,
@@ -47,6 +48,7 @@ def _echo_texts(tm: TokenizerManager, prompts: List[Union[str, List[int]]]) -> L
 
 async def handle_completions(tm: TokenizerManager, model_name: str, req: CompletionRequest, raw_request: Request) -> Response:
     reject_unimplemented(req)
+    check_model_name(tm.server_args, req)
     if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
         raise OpenAIError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.logprobs}.", param="logprobs")
     prompts = _prompts(req.prompt)
@@ -62,6 +64,7 @@ async def handle_completions(tm: TokenizerManager, model_name: str, req: Complet
         sampling_params=req.to_sampling_params(req.max_tokens),
         stream=req.stream,
         rid=req.rid,
+        cache_salt=req.cache_salt,
         return_logprob=want_lp,
         top_logprobs_num=req.logprobs or 0,
         logprob_start_len=0 if (want_lp and req.echo) else -1,  # echo: the prompt's logprobs too

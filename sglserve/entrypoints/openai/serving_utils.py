@@ -113,6 +113,28 @@ def usage_of(metas: Iterable[Dict[str, Any]], n: int = 1,
             "completion_tokens_details": {"reasoning_tokens": sum(counts)} if counts else None}
 
 
+# Sampling fields of vLLM / other servers that sglserve does not implement (other unknown fields,
+# like OpenAI's store or metadata, are accepted and ignored, as OpenAI-compatible servers do)
+_GUIDED = "; use response_format, regex or ebnf"
+UNSUPPORTED_SAMPLING = {
+    "guided_json": _GUIDED, "guided_regex": _GUIDED, "guided_choice": _GUIDED, "guided_grammar": _GUIDED,
+    "guided_decoding_backend": _GUIDED, "structured_outputs": _GUIDED, "use_beam_search": "", "length_penalty": "",
+    "include_stop_str_in_output": "; use no_stop_trim", "truncate_prompt_tokens": "", "bad_words": "; use logit_bias",
+    "allowed_token_ids": "; use logit_bias", "prompt_logprobs": "", "typical_p": "", "top_a": "", "tfs": "",
+    "mirostat": "", "dry_multiplier": "", "xtc_probability": "",
+}
+
+
+def check_model_name(server_args: Any, req: Any) -> None:
+    """--strict-model-name: a request naming another model is a 404 model_not_found, as OpenAI answers;
+    otherwise any name is accepted, as SGLang does (a request that leaves `model` out always is)."""
+    if not server_args.strict_model_name or "model" not in req.model_fields_set:
+        return
+    if req.model not in server_args.model_names():
+        raise OpenAIError(f"The model {req.model!r} does not exist; this server serves "
+                          f"{server_args.served_model_name!r} (model_not_found).", 404, "model")
+
+
 def reject_unimplemented(req: Any) -> None:
     """Known OpenAI fields whose behaviour is not implemented: 400 naming the field."""
     checks = []
@@ -122,6 +144,9 @@ def reject_unimplemented(req: Any) -> None:
             ("best_of", req.best_of is not None and req.best_of != req.n, "best_of other than n is not supported"),
         ]
     extra = getattr(req, "model_extra", None) or {}
+    for name, hint in UNSUPPORTED_SAMPLING.items():  # other servers' sampling fields: refused, never ignored
+        if extra.get(name) is not None:
+            checks.append((name, True, f"{name} is not supported{hint}"))
     for legacy in ("functions", "function_call"):  # the pre-tools API: answer with tools / tool_choice
         if extra.get(legacy) is not None:
             checks.append((legacy, True, f"{legacy} is not supported; use tools / tool_choice"))

@@ -14,8 +14,9 @@ DELTA_KEYS = ("role", "content", "reasoning_content", "tool_calls")  # DeltaMess
 
 
 def chat_delta(**fields: Any) -> Dict[str, Any]:
-    """A chat delta with only the fields that are set, in DeltaMessage's order."""
-    return {k: fields[k] for k in DELTA_KEYS if fields.get(k) is not None}
+    """A chat delta in DeltaMessage's order: every key, null when unused (as SGLang sends it, so a
+    delta has the keys of the non-streamed message)."""
+    return {k: fields.get(k) for k in DELTA_KEYS}
 
 
 def chat_chunk(rid: str, created: int, model: str, index: int, delta: Dict[str, Any], finish_reason: Optional[str] = None,
