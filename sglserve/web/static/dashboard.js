@@ -52,7 +52,7 @@ const dashboard = {
       setText("hit-rate", fmt(100 * load.cache_hit_rate, 1) + " %");
       setText("cache-size", fmt(load.cache_tokens) + " tokens");
       const total = Math.max(load.max_total_num_tokens, 1);
-      setText("kv-use", fmt(100 * load.token_usage, 1) + " % (" + fmt(load.used_tokens) + " / "
+      setText("kv-use", fmt(100 * load.token_usage, 2) + " % (" + fmt(load.used_tokens) + " / "
         + fmt(load.max_total_num_tokens) + " tokens)");
       document.getElementById("kv-bar-used").style.width = (100 * load.used_tokens / total) + "%";
       document.getElementById("kv-bar-cache").style.width = (100 * load.evictable_tokens / total) + "%";
