@@ -35,7 +35,7 @@ class LineChart {
     for (let i = 0; i <= 4; i++) {
       const v = max * i / 4;
       g.beginPath(); g.moveTo(left, y(v) + 0.5); g.lineTo(left + pw, y(v) + 0.5); g.stroke();
-      g.fillText(fmt(v, v < 10 ? 2 : 0), left - 4, y(v) + 4);
+      g.fillText(fmt(v, v < 10 ? 2 : 1), left - 4, y(v) + 4);
     }
     g.textAlign = "left";
     g.fillText("-" + Math.round(this.windowS / 60) + " min", left, h - 4);
