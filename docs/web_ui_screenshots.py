@@ -18,8 +18,8 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import ServerProcess  # noqa: E402
-from tests.server.web_browser import chat, chromium_missing, launch  # noqa: E402
+from tests.helpers import ServerProcess
+from tests.server.web_browser import chat, chromium_missing, launch
 
 DOCS = Path(__file__).resolve().parent
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglserve.entrypoints.openai.serving_utils import error_payload
 from sglserve.utils.logging_utils import RequestContext, request_context
+
+if TYPE_CHECKING:
+    from sglserve.web.page import WebPage
 
 
 async def send_error(send: Callable, message: str, status_code: int, headers: list = ()) -> None:
@@ -58,10 +61,10 @@ class ApiKeyMiddleware:
 
     EXEMPT_PATHS = frozenset({"/health"})
 
-    def __init__(self, app: Any, api_key: str, login_page: Any = None) -> None:
+    def __init__(self, app: Any, api_key: str, login_page: Optional["WebPage"] = None) -> None:
         # Compare digests: constant time whatever the length of what the client sent
         self.app, self.expected = app, hashlib.sha256(f"Bearer {api_key}".encode()).digest()
-        self.login_page = login_page  # the web UI's WebPage (sglserve/web/routes.py), or None
+        self.login_page = login_page  # the web UI's page (sglserve/web/), or None: no web UI
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT_PATHS:

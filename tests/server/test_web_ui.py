@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.helpers import start_server
-from tests.server.reliability_helpers import AUTH, KEY, server_info, wait_for, wait_kv_clean
+from tests.server.reliability_helpers import AUTH, KEY, server_info, wait_kv_clean
 from tests.server.web_browser import PageWatch, chat, chromium_missing, launch, sse_payloads
 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed "

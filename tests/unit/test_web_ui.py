@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -145,7 +146,9 @@ def test_disable_web_ui_removes_page_and_stats(stack):
 
 def test_a_wheel_ships_the_page(tmp_path):
     """Non-editable installs get the static files (pyproject's package-data)."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)]
+    # Without build isolation when setuptools is here (fast, offline); else pip fetches the backend
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path), str(REPO)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("sglserve-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
