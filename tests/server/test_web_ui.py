@@ -13,11 +13,8 @@ import requests
 
 from tests.helpers import start_server
 from tests.server.reliability_helpers import AUTH, KEY, server_info, wait_kv_clean
-from tests.server.web_browser import PageWatch, chat, chromium_missing, launch, sse_payloads
+from tests.server.web_browser import PageWatch, chat, chromium_missing, expect, launch, sse_payloads
 
-expect = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed "
-                             "(pip install -e '.[test]')").expect
-pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 
 XSS = "<img src=x onerror=alert(1)>"
 LONG_PROMPT = "Write a very long story about a dragon."  # SmolLM2 greedy: 2000 tokens without an EOS
@@ -25,6 +22,10 @@ LONG_PROMPT = "Write a very long story about a dragon."  # SmolLM2 greedy: 2000 
 
 @pytest.fixture(scope="module")
 def browser():
+    """Every test that drives a page skips here, saying why, without chromium or Playwright."""
+    reason = chromium_missing()
+    if reason:
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

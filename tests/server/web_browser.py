@@ -23,6 +23,13 @@ def chromium_missing() -> Optional[str]:
     return None
 
 
+def expect(locator: Any) -> Any:
+    """Playwright's assertions (imported late: this module loads without Playwright)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
 
