@@ -50,7 +50,7 @@ const dashboard = {
       setText("queued", fmt(load.num_waiting_reqs));
       setText("inflight", fmt(load.num_inflight_reqs));
       setText("hit-rate", fmt(100 * load.cache_hit_rate, 1) + " %");
-      setText("cache-size", fmt(load.cache_tokens) + " tokens");
+      setText("cache-size", fmt(load.cache_tokens));
       const total = Math.max(load.max_total_num_tokens, 1);
       setText("kv-use", fmt(100 * load.token_usage, 2) + " % (" + fmt(load.used_tokens) + " / "
         + fmt(load.max_total_num_tokens) + " tokens)");
