@@ -107,7 +107,7 @@ class FlushCacheReqOutput(Msg, tag=True, kw_only=True):
 
 
 class GetLoadReq(Msg, tag=True, kw_only=True):
-    """Asks the scheduler for its KV pool and queue state (/get_server_info)."""
+    """Asks the scheduler for its KV pool, queue and token counts (/get_server_info, /metrics, /web/stats)."""
 
 
 class GetLoadReqOutput(Msg, tag=True, kw_only=True):
@@ -118,6 +118,9 @@ class GetLoadReqOutput(Msg, tag=True, kw_only=True):
     num_running_reqs: int
     num_waiting_reqs: int
     cache_hit_rate: float
+    cache_tokens: int = 0  # KV tokens in the prefix cache's tree (locked by running requests or not)
+    prefill_tokens: int = 0  # prompt tokens computed by prefill since start (cache hits not counted)
+    generated_tokens: int = 0  # output tokens sampled since start
 
 
 # ---- scheduler -> detokenizer -> HTTP process: one message per step, in columns ------------

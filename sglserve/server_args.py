@@ -53,6 +53,7 @@ class ServerArgs:
     max_payload_size: int = 32 * 1024 * 1024
     enable_metrics: bool = False
     disable_access_log: bool = False
+    disable_web_ui: bool = False  # no playground/dashboard page at / and no /web/stats (docs/web_ui.md)
     # Limits and shutdown (docs/reliability.md)
     max_queued_requests: Optional[int] = None  # beyond max_running_requests; more -> 503 + Retry-After
     request_timeout: Optional[float] = None  # seconds; a request running longer is aborted (408)
@@ -121,6 +122,7 @@ class ServerArgs:
         "max_payload_size": "Largest request body in bytes (larger: 413).",
         "enable_metrics": "Serve Prometheus metrics at /metrics.",
         "disable_access_log": "Turn off uvicorn's per-request access log.",
+        "disable_web_ui": "Do not serve the playground and dashboard page at / nor its stats route /web/stats.",
         "max_queued_requests": "Requests allowed to wait beyond --max-running-requests; more get 503 + Retry-After.",
         "request_timeout": "Seconds a request may run before it is aborted with 408.",
         "shutdown_grace_period": "On SIGTERM, seconds in-flight requests get to finish.",

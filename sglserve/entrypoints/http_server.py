@@ -51,6 +51,7 @@ from sglserve.entrypoints.openai.serving_utils import (
 from sglserve.io_struct import GenerateReqInput
 from sglserve.tokenizer.tokenizer_manager import ClientDisconnected, Overloaded, ServerError, TokenizerManager
 from sglserve.server_args import ServerArgs
+from sglserve.web.routes import WebUI
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,24 @@ GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
 def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> FastAPI:
     tm = tokenizer_manager
     model_name = server_args.served_model_name
+    web_ui = WebUI.create(server_args, tm)  # None with --disable-web-ui
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         tm.start()  # receive loop (and process watcher) on uvicorn's event loop
+        if web_ui is not None:
+            await web_ui.start()
         yield
+        if web_ui is not None:
+            await web_ui.stop()
 
     app = FastAPI(title="sglserve", version="0.1.0", lifespan=lifespan)
     _install_error_handlers(app)
     # Middlewares: the last added runs first. Auth is checked before the body is read.
     app.add_middleware(MaxPayloadMiddleware, max_bytes=server_args.max_payload_size)
     if server_args.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key,
+                           login_page=None if web_ui is None else web_ui.page)
     app.add_middleware(RequestContextMiddleware)
     if server_args.enable_metrics and tm.metrics is None:
         from sglserve.metrics.collector import MetricsCollector
@@ -260,6 +268,8 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
             return error_response(f"The model {model!r} does not exist; this server serves {model_name!r}.", 404, "model")
         return json_response(model_card().model_dump())
 
+    if web_ui is not None:
+        web_ui.install(app, tm, model_name)  # GET / and GET /web/stats (sglserve/web/)
     return app
 
 

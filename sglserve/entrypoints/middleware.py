@@ -3,7 +3,8 @@
 - `RequestContextMiddleware`: a request id per HTTP request for the logs (`[rid=...]`) and the
   `X-Request-Id` response header; the TokenizerManager runs the request under the same id.
 - `ApiKeyMiddleware`: `--api-key`: `Authorization: Bearer <key>` on every route but `/health`,
-  compared in constant time; a missing or wrong key is a 401 in OpenAI's error shape.
+  compared in constant time; a missing or wrong key is a 401 in OpenAI's error shape (to a
+  browser asking for the web UI's page, a 401 whose body is that page: it asks for the key).
 - `MaxPayloadMiddleware`: `--max-payload-size`: 413 for a larger body.
 """
 
@@ -12,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglserve.entrypoints.openai.serving_utils import error_payload
 from sglserve.utils.logging_utils import RequestContext, request_context
+
+if TYPE_CHECKING:
+    from sglserve.web.page import WebPage
 
 
 async def send_error(send: Callable, message: str, status_code: int, headers: list = ()) -> None:
@@ -57,9 +61,10 @@ class ApiKeyMiddleware:
 
     EXEMPT_PATHS = frozenset({"/health"})
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(self, app: Any, api_key: str, login_page: Optional["WebPage"] = None) -> None:
         # Compare digests: constant time whatever the length of what the client sent
         self.app, self.expected = app, hashlib.sha256(f"Bearer {api_key}".encode()).digest()
+        self.login_page = login_page  # the web UI's page (sglserve/web/), or None: no web UI
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT_PATHS:
@@ -69,9 +74,19 @@ class ApiKeyMiddleware:
             if name == b"authorization":
                 auth = value
         if not hmac.compare_digest(hashlib.sha256(auth).digest(), self.expected):
+            if self.login_page is not None and scope["path"] == "/" and _wants_html(scope):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [*self.login_page.raw_headers(), (b"www-authenticate", b"Bearer")]})
+                return await send({"type": "http.response.body", "body": self.login_page.html})
             return await send_error(send, "Unauthorized: missing or invalid API key (send 'Authorization: Bearer <key>').",
                                     401, [(b"www-authenticate", b"Bearer")])
         return await self.app(scope, receive, send)
+
+
+def _wants_html(scope: dict) -> bool:
+    """A browser's navigation (GET with Accept: text/html), not an API client."""
+    accept = b"".join(v for k, v in scope["headers"] if k == b"accept")
+    return scope["method"] == "GET" and b"text/html" in accept
 
 
 class _PayloadTooLarge(StarletteHTTPException):

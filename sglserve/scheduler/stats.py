@@ -1,5 +1,6 @@
 """What the scheduler reports: prefill/decode log lines, the prefix-cache hit rate, and the
-load it answers /get_server_info and /metrics with."""
+load it answers /get_server_info, /metrics and the web UI's /web/stats with (the token totals
+from which the HTTP process computes prefill and decode throughput)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class SchedulerStats:
         self.last_decode_log = time.perf_counter()
         self.total_prompt_tokens = 0
         self.total_cached_tokens = 0
+        self.total_prefill_tokens = 0  # computed by prefill (chunks included, cache hits not)
+        self.total_generated_tokens = 0
 
     def on_admitted(self, reqs: List["Req"]) -> None:
         """First admission of each request: its prefix hit is what the client is told it saved."""
@@ -42,11 +45,17 @@ class SchedulerStats:
 
     def load(self, num_running: int, num_waiting: int) -> GetLoadReqOutput:
         u = self.kv.usage()
+        cache = self.kv.tree_cache
         return GetLoadReqOutput(max_total_num_tokens=self.kv.max_total_num_tokens, available_tokens=u["available"],
                                 evictable_tokens=u["evictable"], used_tokens=u["used"], num_running_reqs=num_running,
-                                num_waiting_reqs=num_waiting, cache_hit_rate=self.cache_hit_rate)
+                                num_waiting_reqs=num_waiting, cache_hit_rate=self.cache_hit_rate,
+                                cache_tokens=cache.evictable_size() + cache.protected_size(),
+                                prefill_tokens=self.total_prefill_tokens, generated_tokens=self.total_generated_tokens)
 
     def log_prefill(self, reqs: List["Req"], num_running: int, num_waiting: int) -> None:
+        """Counts the step's prefill tokens and logs one line about them."""
+        num_new = sum(r.extend_input_len for r in reqs)
+        self.total_prefill_tokens += num_new
         usage = self.kv.usage()["used"] / self.kv.max_total_num_tokens
         cache_report = ""
         if self.enable_cache_report and self.total_prompt_tokens:
@@ -54,7 +63,7 @@ class SchedulerStats:
         logger.info(
             "Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
             "#running-req: %d, #queue-req: %d%s",
-            len(reqs), sum(r.extend_input_len for r in reqs), sum(len(r.prefix_indices) for r in reqs),
+            len(reqs), num_new, sum(len(r.prefix_indices) for r in reqs),
             usage, num_running, num_waiting, cache_report,
         )
 
@@ -62,6 +71,7 @@ class SchedulerStats:
         """Counts a forward; every decode_log_interval steps, one decode summary line."""
         self.forward_ct += 1
         self.num_generated_tokens += num_new_tokens
+        self.total_generated_tokens += num_new_tokens
         if self.forward_ct % self.decode_log_interval != 0 or not num_running:
             return
         now = time.perf_counter()

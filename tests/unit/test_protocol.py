@@ -28,7 +28,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server_args():
-    return ServerArgs(device="cpu", served_model_name="smollm-test")
+    # No web UI: its stats sampler's control calls would take replies meant for the silent-scheduler
+    # test (the fake drops messages while silent; a real scheduler answers every one, in order)
+    return ServerArgs(device="cpu", served_model_name="smollm-test", disable_web_ui=True)
 
 
 class Stack:
