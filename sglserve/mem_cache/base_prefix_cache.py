@@ -161,8 +161,8 @@ class BasePrefixCache(ABC):
         return list(req.fill_ids)
 
     def _row_slots(self, req: Any, length: int) -> torch.Tensor:
-        """int64 copy of the first `length` slots of the request's req_to_token row."""
-        row = self.req_to_token_pool.req_to_token[req.req_pool_idx, :length]
+        """int64 copy of the first `length` slots of the request's req_to_token row (host copy)."""
+        row = self.req_to_token_pool.host[req.req_pool_idx, :length]
         return row.to(torch.int64, copy=True)
 
     def _empty_indices(self) -> torch.Tensor:

@@ -11,15 +11,44 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 
+def to_device_async(t: torch.Tensor, device: Union[str, torch.device]) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device: a pageable copy may wait for
+    the stream to drain (all queued forwards), a pinned one is only queued."""
+    if torch.device(device).type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class ReqToTokenPool:
-    """Row r, column p -> KV slot of token p of the request that holds row r."""
+    """Row r, column p -> KV slot of token p of the request that holds row r.
+
+    The table lives on the device (attention reads it) and, on CUDA, also on the host: the
+    scheduler's own reads (the radix cache's slots, frees) come from the host copy, so no
+    bookkeeping waits for the forwards in flight."""
 
     def __init__(self, size: int, max_context_len: int, device: Union[str, torch.device]) -> None:
         self.size = size
         self.max_context_len = max_context_len
         self.device = device
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=device)
+        on_cpu = torch.device(device).type == "cpu"
+        self.host = self.req_to_token if on_cpu else torch.zeros((size, max_context_len), dtype=torch.int32)
         self.free_slots: List[int] = list(range(size))
+        self._free_set = set(self.free_slots)
+
+    def write(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """table[rows[i], cols[i]] = slots[i] on the host and (queued) on the device; int64 host tensors."""
+        self.host[rows, cols] = slots.to(torch.int32)
+        if self.host is not self.req_to_token:
+            dev = to_device_async(torch.stack([rows, cols, slots.to(torch.int64)]), self.device)
+            self.req_to_token[dev[0], dev[1]] = dev[2].to(torch.int32)
+
+    def write_row(self, row: int, start: int, slots: torch.Tensor) -> None:
+        """table[row, start:start + len(slots)] = slots (a host tensor)."""
+        end = start + len(slots)
+        self.host[row, start:end] = slots.to(torch.int32)
+        if self.host is not self.req_to_token:
+            self.req_to_token[row, start:end] = to_device_async(slots.to(torch.int32), self.device)
 
     def available_size(self) -> int:
         return len(self.free_slots)
@@ -28,20 +57,21 @@ class ReqToTokenPool:
         if need_size > len(self.free_slots):
             return None
         out, self.free_slots = self.free_slots[:need_size], self.free_slots[need_size:]
+        self._free_set.difference_update(out)
         return out
 
     def free(self, idx: Union[int, Sequence[int]]) -> None:
         """Return rows; a row freed twice would later be handed to two requests, so it raises."""
         rows = [int(i) for i in idx] if isinstance(idx, (list, tuple, range)) else [int(idx)]
-        free = set(self.free_slots)
-        for row in rows:
-            if not 0 <= row < self.size or row in free:
+        for i, row in enumerate(rows):
+            if not 0 <= row < self.size or row in self._free_set or row in rows[:i]:
                 raise RuntimeError(f"double free or invalid req_to_token row {row} (rows 0..{self.size - 1})")
-            free.add(row)
+        self._free_set.update(rows)
         self.free_slots.extend(rows)
 
     def clear(self) -> None:
         self.free_slots = list(range(self.size))
+        self._free_set = set(self.free_slots)
 
 
 class MHATokenToKVPool:

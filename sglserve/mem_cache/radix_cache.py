@@ -259,8 +259,7 @@ class RadixCache(BasePrefixCache):
         if len(new_indices) != aligned:
             raise RuntimeError(f"cache_unfinished_req: re-match found {len(new_indices)} of {aligned} tokens")
         # Duplicated pages were just freed: point the row at the tree's copies instead.
-        table = self.req_to_token_pool.req_to_token
-        table[req.req_pool_idx, old_len:aligned] = new_indices[old_len:].to(table.device, table.dtype)
+        self.req_to_token_pool.write_row(req.req_pool_idx, old_len, new_indices[old_len:])
         self.inc_lock_ref(new_node)
         self.dec_lock_ref(req.last_node)
         req.prefix_indices = torch.cat([new_indices, kv[aligned:].to(new_indices.device)])

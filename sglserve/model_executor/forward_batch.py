@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import numpy as np
 import torch
 
+from sglserve.mem_cache.memory_pool import to_device_async
+
 if TYPE_CHECKING:
     from sglserve.layers.attention.base import AttentionBackend
     from sglserve.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
@@ -75,25 +77,37 @@ class ForwardBatch:
         starts = [0]
         for n in extend_lens[:-1]:
             starts.append(starts[-1] + n)
-
-        def t(x, dtype):  # through numpy: ~3x faster than torch.tensor on long int lists
-            return torch.from_numpy(np.asarray(x, dtype=np.int64)).to(device, dtype, non_blocking=True)
-
+        # Every int column in one pinned host buffer and one queued copy: the host never waits
+        # here for the forwards still running (a pageable or blocking copy would). Columns start
+        # 16-aligned: Triton specializes kernels on pointer alignment, so unaligned views would
+        # compile new variants mid-run.
+        cols = [input_ids, positions, out_cache_loc.to("cpu").numpy(), req_pool_indices, seq_lens]
+        if mode.is_extend():
+            cols += [prefix_lens, extend_lens, starts]
+        arrays = [np.asarray(c, dtype=np.int64) for c in cols]
+        offsets = [0]
+        for a in arrays:
+            offsets.append(offsets[-1] + -(-len(a) // 16) * 16)
+        host = np.zeros(offsets[-1], dtype=np.int64)
+        for a, o in zip(arrays, offsets):
+            host[o:o + len(a)] = a
+        dev = to_device_async(torch.from_numpy(host), device)
+        col = [dev[o:o + len(a)] for a, o in zip(arrays, offsets)]
         fb = cls(
             forward_mode=mode,
             batch_size=len(seq_lens),
-            input_ids=t(input_ids, torch.int64),
-            positions=t(positions, torch.int64),
-            req_pool_indices=t(req_pool_indices, torch.int64),
-            seq_lens=t(seq_lens, torch.int32),
-            out_cache_loc=out_cache_loc.to(device, torch.int64),
+            input_ids=col[0],
+            positions=col[1],
+            req_pool_indices=col[3],
+            seq_lens=col[4].to(torch.int32),
+            out_cache_loc=col[2],
             seq_lens_cpu=list(seq_lens),
             return_all_logits=return_all_logits,
         )
         if mode.is_extend():
-            fb.extend_prefix_lens = t(prefix_lens, torch.int32)
-            fb.extend_seq_lens = t(extend_lens, torch.int32)
-            fb.extend_start_loc = t(starts, torch.int32)
+            fb.extend_prefix_lens = col[5].to(torch.int32)
+            fb.extend_seq_lens = col[6].to(torch.int32)
+            fb.extend_start_loc = col[7].to(torch.int32)
             fb.extend_prefix_lens_cpu = list(prefix_lens)
             fb.extend_seq_lens_cpu = extend_lens
         return fb

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional, Set, Tuple
 
+import numpy as np
 import torch
 
 from sglserve.layers.sampler import SamplingBatchInfo
+from sglserve.mem_cache.memory_pool import to_device_async
 from sglserve.sampling.penalties import build_logit_adjust
 from sglserve.scheduler import logprobs
 from sglserve.scheduler.overlap import LaunchedBatch
@@ -52,7 +54,8 @@ class BatchRunner:
         out = self.model_runner.forward(fb)
         logits = out.next_token_logits
         if len(sample_rows) != len(reqs):
-            logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=logits.device)]
+            rows = torch.from_numpy(np.array(sample_rows, dtype=np.int64))
+            logits = logits[to_device_async(rows, logits.device)]
         logprob_state = None
         if sample_rows and not simple:
             logprob_state = logprobs.output_logprobs_begin(sample_reqs, logits)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import numpy as np
 import torch
 
+from sglserve.mem_cache.memory_pool import to_device_async
+
 if TYPE_CHECKING:
     from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 
@@ -52,9 +54,7 @@ class LaunchedBatch:
         if len(rows) == len(self.next_ids):
             return self.next_ids
         index = torch.from_numpy(np.array(rows, dtype=np.int64))
-        if self.next_ids.is_cuda:  # pinned, so the copy is queued and the host goes on
-            index = index.pin_memory().to(self.next_ids.device, non_blocking=True)
-        return self.next_ids[index]
+        return self.next_ids[to_device_async(index, self.next_ids.device)]
 
     def host_token_ids(self) -> List[int]:
         if self.next_ids is None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sglserve.io_struct import finish_abort, finish_length, finish_stop
+from sglserve.mem_cache.memory_pool import to_device_async
 from sglserve.scheduler.logprobs import LogprobState
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.sampling.sampling_params import SamplingParams
@@ -178,10 +179,11 @@ class ScheduleBatch:
         return out
 
     def _write_req_to_token(self, rows: List[int], starts: List[int], ends: List[int], slots: torch.Tensor) -> None:
-        row_idx = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), torch.tensor([e - s for s, e in zip(starts, ends)]))
-        col_idx = torch.cat([torch.arange(s, e, dtype=torch.int64) for s, e in zip(starts, ends)])
-        table = self.req_to_token_pool.req_to_token
-        table[row_idx.to(table.device), col_idx.to(table.device)] = slots.to(table.device, torch.int32)
+        lens = np.array(ends, dtype=np.int64) - np.array(starts, dtype=np.int64)
+        row_idx = np.repeat(np.array(rows, dtype=np.int64), lens)
+        # Column of each slot: its start plus its offset within the request's run
+        col_idx = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens - np.array(starts), lens)
+        self.req_to_token_pool.write(torch.from_numpy(row_idx), torch.from_numpy(col_idx), slots.to(torch.int64))
 
     def prepare_for_extend(self) -> ForwardBatch:
         """Rows and KV slots for each request's extend_input_len new tokens after its prefix.
@@ -248,12 +250,16 @@ class ScheduleBatch:
             r.last_loc = loc
         # numpy converts the int lists about 3x faster than torch.tensor (0.34 vs 1.1 ms at 4096 rows)
         host = torch.from_numpy(np.array(
-            [[r.output_ids[-1] for r in reqs], self.prefix_lens, [r.req_pool_idx for r in reqs], self.seq_lens, locs],
+            [[r.output_ids[-1] if r.output_ids else 0 for r in reqs], self.prefix_lens, [r.req_pool_idx for r in reqs],
+             self.seq_lens, locs],
             dtype=np.int64,
         ))
-        dev = host.to(self.req_to_token_pool.req_to_token.device, non_blocking=True)
+        pool = self.req_to_token_pool
+        if pool.host is not pool.req_to_token:
+            pool.host[host[2], host[1]] = host[4].to(torch.int32)
+        dev = to_device_async(host, pool.req_to_token.device)
         input_ids, positions, rows, seq_lens, loc = dev[0], dev[1], dev[2], dev[3], dev[4]
-        self.req_to_token_pool.req_to_token[rows, positions] = loc.to(torch.int32)
+        pool.req_to_token[rows, positions] = loc.to(torch.int32)
         return ForwardBatch(
             forward_mode=ForwardMode.DECODE, batch_size=len(reqs), input_ids=input_ids, positions=positions,
             req_pool_indices=rows, seq_lens=seq_lens.to(torch.int32), out_cache_loc=loc, seq_lens_cpu=self.seq_lens,

@@ -103,6 +103,9 @@ def alone_outputs(tiny_model_dir):
         # Overlap scheduling (the GPU default) exercised on the CPU
         dict(max_total_tokens=4096, overlap=True),
         dict(max_total_tokens=200, chunked_prefill_size=32, overlap=True),
+        # The CUDA layout: req_to_token on the "device" plus the host copy the scheduler reads
+        dict(max_total_tokens=4096, chunked_prefill_size=16, page_size=4, overlap=True, mirror=True),
+        dict(max_total_tokens=200, chunked_prefill_size=32, overlap=True, mirror=True),
     ],
 )
 def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, monkeypatch):
@@ -114,8 +117,12 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
         monkeypatch.setattr(rb, "MIN_NEW_TOKEN_RATIO", 0.01)
     kw = dict(kw)
     overlap = kw.pop("overlap", False)
+    mirror = kw.pop("mirror", False)
     s = make(tiny_model_dir, **kw)
     s.enable_overlap = overlap
+    pool = s.kv.req_to_token_pool
+    if mirror:
+        pool.host = pool.req_to_token.clone()
     overlapped = []
     orig_rows = s._overlap_rows
 
@@ -139,6 +146,8 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
     run_until_idle(s)
     assert s.outputs == alone_outputs
     assert all(f["type"] == "length" for f in s.finish.values())
+    if mirror:  # every write reached both copies
+        assert torch.equal(pool.host, pool.req_to_token)
     assert s.check_memory_integrity()
     assert s.tree_cache.protected_size() == 0
     if kw["max_total_tokens"] == 200:
