@@ -30,17 +30,22 @@ class BatchRunner:
 
     def launch(self, batch: "ScheduleBatch", input_ids: Optional[torch.Tensor] = None) -> LaunchedBatch:
         """Prepare, forward and sample on the device. A request part-way through a chunked
-        prefill computes KV only: it has no row to sample."""
+        prefill computes KV only: it has no row to sample. input_ids: the decoding rows' ids
+        (the last ones of the batch) when they are still on the device."""
         reqs = batch.reqs
         if batch.forward_mode.is_extend():
             batch.return_all_logits = logprobs.wants_input_logprobs(reqs)
             fb = batch.prepare_for_extend()
+            batch.chunked_ids = {id(r) for r in reqs if r.is_chunked}
             sample_rows = [i for i, r in enumerate(reqs) if not r.is_chunked]
         else:
             fb = batch.prepare_for_decode()
             sample_rows = list(range(len(reqs)))
-        if input_ids is not None:  # overlapped decode: last step's ids, still on the device
-            fb.input_ids = input_ids
+        if input_ids is not None:  # look-ahead: the decoding rows' last tokens, still on the device
+            if batch.forward_mode.is_decode():
+                fb.input_ids = input_ids
+            else:
+                fb.input_ids[fb.input_ids.shape[0] - batch.num_decoding:] = input_ids
         sample_reqs = reqs if len(sample_rows) == len(reqs) else [reqs[i] for i in sample_rows]
         # One pass decides whether any row needs per-row sampling state (the common case: none)
         simple = all(r.plain and r.greedy and r.min_new_tokens <= len(r.output_ids) for r in sample_reqs)

@@ -8,8 +8,12 @@ while the GPU runs N+1: host work hides behind device work. A request that finis
 step N has one wasted token in N+1, discarded when N+1 is resolved; its KV slot from N+1
 is counted in its kv_len and freed with it.
 
-Only plain requests overlap: per-step state that depends on the previous token (grammar
-masks, penalties, min_tokens, logprobs, seeded sampling) forces a sync first.
+The same holds for prefill and mixed steps (Scheduler.step's look-ahead): a request whose
+prompt completes joins the running set at launch, and decodes in the next step from its
+first token still on the device; a chunk goes into the prefix cache at launch, so the next
+chunk can be planned at once. Only plain requests overlap: per-step state that depends on the
+previous token (grammar masks, penalties, min_tokens, logprobs, seeded sampling, aborts)
+forces a sync first.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class LaunchedBatch:
 
     def carried_ids(self, rows: List[int]) -> torch.Tensor:
         """The in-flight ids of `rows`, gathered on the device (no wait for this step)."""
-        if len(rows) == len(self.next_ids):
+        if len(rows) == len(self.next_ids) and all(i == r for i, r in enumerate(rows)):
             return self.next_ids
         index = torch.from_numpy(np.array(rows, dtype=np.int64))
         return self.next_ids[to_device_async(index, self.next_ids.device)]
@@ -73,15 +77,16 @@ def same_reqs(a: List["Req"], b: List["Req"]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def carried_rows(running: List["Req"], launched: List["Req"]) -> Optional[List[int]]:
-    """Rows of `launched` whose requests still run, when `running` is exactly `launched` less
-    the requests that finished since (the steady state: a few finish every step); else None.
+def carried_rows(running: List["Req"], sampled: List["Req"]) -> Optional[List[int]]:
+    """For each running request, its row in the in-flight step's sampled ids; None when one
+    of them was not sampled there (its last token is on the host only: sync first).
 
-    The next decode step can then start from those rows of the in-flight ids, so a finish
-    does not cost a sync. An empty list means nothing is left to run."""
-    if same_reqs(running, launched):
-        return list(range(len(launched)))
-    rows = [i for i, r in enumerate(launched) if r.finished_reason is None]
-    if len(rows) != len(running) or any(launched[i] is not r for i, r in zip(rows, running)):
-        return None
-    return rows
+    Fast paths for steady decode: the same requests, or the same less a few finished ones."""
+    if same_reqs(running, sampled):
+        return list(range(len(sampled)))
+    rows = [i for i, r in enumerate(sampled) if r.finished_reason is None]
+    if len(rows) == len(running) and all(sampled[i] is r for i, r in zip(rows, running)):
+        return rows
+    pos = {id(r): i for i, r in enumerate(sampled)}
+    rows = [pos.get(id(r), -1) for r in running]
+    return None if -1 in rows else rows

@@ -52,6 +52,8 @@ class PrefillPlanner:
 
         token_budget: prefill tokens this step may hold (None: no bound); kv_room: KV tokens
         left once running requests' decode and expected growth are set aside."""
+        if self.chunked_req is not None and self.chunked_req.finished_reason is not None:
+            self.chunked_req = None  # aborted while its next chunk was already in flight
         if not self.waiting and self.chunked_req is None:
             return []
         if num_running >= self.max_running_requests and self.chunked_req is None:

@@ -60,6 +60,10 @@ class RunningBatch:
             self.new_token_ratio = INIT_NEW_TOKEN_RATIO
             logger.warning("KV cache is full: retracted request %s (%d running left).", victim.rid, len(self.reqs))
 
-    def drop_finished(self, joined: List[Req]) -> None:
-        """After a step: finished requests leave, requests whose prefill completed join."""
-        self.reqs = [r for r in self.reqs if r.finished_reason is None] + joined
+    def join(self, reqs: List[Req]) -> None:
+        """Requests whose prompt is computed by the step just launched: they decode from the next."""
+        if reqs:
+            self.reqs = self.reqs + reqs
+
+    def drop_finished(self) -> None:
+        self.reqs = [r for r in self.reqs if r.finished_reason is None]

@@ -164,6 +164,9 @@ class ScheduleBatch:
     seq_lens: List[int] = field(default_factory=list)
     return_all_logits: bool = False
     num_decoding: int = 0  # mixed step: the last reqs decode one token each
+    # ids of the requests this step computes a non-final prompt chunk for (set at launch: a
+    # request's is_chunked may already describe its next chunk when this step is resolved)
+    chunked_ids: Set[int] = field(default_factory=set)
 
     def batch_size(self) -> int:
         return len(self.reqs)
@@ -216,7 +219,8 @@ class ScheduleBatch:
         input_ids: List[int] = []
         for r, p, s in zip(prefills, self.prefix_lens, self.seq_lens):
             input_ids.extend(r.fill_ids[p:s])
-        input_ids.extend(r.output_ids[-1] for r in decodes)
+        # (a request whose last token is still in flight gets it from the device: BatchRunner)
+        input_ids.extend(r.output_ids[-1] if r.output_ids else 0 for r in decodes)
         ends = list(itertools.accumulate(s - p for p, s in zip(self.prefix_lens, self.seq_lens)))
         locs = out_cache_loc.tolist()  # host tensor: no device sync
         for r, s, end in zip(self.reqs, self.seq_lens, ends):

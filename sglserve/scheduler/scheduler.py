@@ -217,47 +217,74 @@ class Scheduler:
         return None
 
     def step(self) -> bool:
-        """One scheduling iteration; False when there was nothing to run or resolve."""
+        """One scheduling iteration; False when there was nothing to run or resolve.
+
+        With overlap on, the next step is planned and launched while the last one still runs
+        (look-ahead), whenever nothing in it needs the last step's tokens on the host: its
+        decoding requests take those tokens from the device. Otherwise the last step is
+        resolved first."""
         pending, self._pending = self._pending, None
-        rows = self._overlap_rows(pending) if pending is not None else None
-        if rows is not None:
-            self.running.decay()
-            batch = self.kv.new_batch(list(self.running.reqs), ForwardMode.DECODE)
-            self._pending = self.batch_runner.launch(batch, pending.carried_ids(rows))
-            self.resolve(pending)
-            return True
         if pending is not None:
+            carried = self._look_ahead_rows(pending)
+            if carried is not None:
+                batch = self.get_next_batch_to_run()
+                if batch is not None:
+                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None)
+                self.resolve(pending)
+                return True
             self.resolve(pending)
         batch = self.get_next_batch_to_run()
         if batch is None:
             return pending is not None
-        launched = self.batch_runner.launch(batch)
-        if self.enable_overlap and batch.forward_mode.is_decode():
+        launched = self._launch(batch)
+        if self.enable_overlap:
             self._pending = launched
         else:
             self.resolve(launched)
         return True
 
     def run_and_process(self, batch: ScheduleBatch) -> None:
-        self.resolve(self.batch_runner.launch(batch))
+        self.resolve(self._launch(batch))
 
-    def _overlap_rows(self, pending: LaunchedBatch) -> Optional[List[int]]:
-        """The rows of the in-flight decode step that the next one continues, or None: sync first."""
+    def _look_ahead_rows(self, pending: LaunchedBatch) -> Optional[List[int]]:
+        """For each running request, its row among the in-flight step's sampled ids; None when
+        the next step must wait for that step on the host."""
+        if not self.enable_overlap or len(self.grammar_manager):
+            return None
         reqs = self.running.reqs
-        if not reqs or not pending.batch.forward_mode.is_decode() or len(self.planner) or len(self.grammar_manager):
+        if not reqs and not len(self.planner):
             return None
-        if not all(overlap_safe(r) for r in reqs):
+        # Per-token host state (grammar, penalties, logprobs, aborts) needs each token first
+        if not all(overlap_safe(r) for r in pending.batch.reqs):
             return None
-        if self.kv.decode_tokens_needed(reqs) > self.kv.allocator.available_size():
+        chunked = self.planner.chunked_req
+        if chunked is not None and chunked.to_abort is not None:
             return None
-        return carried_rows(reqs, pending.batch.reqs)
+        if self.kv.decode_tokens_needed(reqs) > self.kv.room():  # would retract: settle first
+            return None
+        return carried_rows(reqs, pending.sample_reqs)
+
+    def _launch(self, batch: ScheduleBatch, carried_ids=None) -> LaunchedBatch:
+        """Launch, then the bookkeeping that needs no result: a chunk's KV goes into the prefix
+        cache (the next chunk continues from it), and a request whose prompt is done joins the
+        running set (it decodes next step, its first token taken from the device)."""
+        launched = self.batch_runner.launch(batch, carried_ids)
+        if batch.forward_mode.is_extend():
+            joined = []
+            for req in batch.reqs[: len(batch.reqs) - batch.num_decoding]:
+                if not req.is_chunked:
+                    req.fill_ids = req.origin_input_ids + req.output_ids
+                    joined.append(req)
+                self.tree_cache.cache_unfinished_req(req)
+            self.running.join(joined)
+        return launched
 
     def resolve(self, launched: LaunchedBatch) -> None:
         batch, sample_rows, next_ids = self.batch_runner.resolve(launched)
         self.process_batch_result(batch, sample_rows, next_ids)
 
     def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
-        """Append each sampled token, settle finishes, cache prompts that completed, and send news."""
+        """Append each sampled token, settle finishes (their KV goes back to the cache) and send news."""
         reqs = batch.reqs
         sampled = reqs if len(sample_rows) == len(reqs) else [reqs[i] for i in sample_rows]
         for req, tok in zip(sampled, next_ids):
@@ -267,26 +294,20 @@ class Scheduler:
             if (tok in req.finish_token_ids or len(out) >= req.max_new_tokens or req.has_stop_strs
                     or req.to_abort is not None or req.grammar is not None):
                 self._settle(req, tok)
-        n_prefill = len(reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
-        joined = []
-        for req in reqs[:n_prefill]:
-            if req.is_chunked:
-                if req.to_abort is None:
-                    self.tree_cache.cache_unfinished_req(req)
-                    continue
-                req.finished_reason = finish_abort(req.to_abort)
-                self.planner.chunked_req = None
-            elif req.finished_reason is None:
-                # Let later requests hit this prompt while it decodes
-                req.fill_ids = req.origin_input_ids + req.output_ids[:-1]
-                self.tree_cache.cache_unfinished_req(req)
-                joined.append(req)
-        for req in reqs:
-            if req.finished_reason is not None:
-                self.tree_cache.cache_finished_req(req, is_insert=req.finished_reason["type"] != "abort")
-        self.running.drop_finished(joined)
+        chunked = batch.chunked_ids
+        if chunked:
+            for req in reqs:
+                if id(req) in chunked and req.to_abort is not None and req.finished_reason is None:
+                    req.finished_reason = finish_abort(req.to_abort)
+                    if self.planner.chunked_req is req:
+                        self.planner.chunked_req = None
+        finished = [r for r in reqs if r.finished_reason is not None]
+        for req in finished:
+            self.tree_cache.cache_finished_req(req, is_insert=req.finished_reason["type"] != "abort")
+        if finished:
+            self.running.drop_finished()
         # A chunk that is not the prompt's last has nothing to tell
-        self.stream_output([r for r in reqs if not r.is_chunked or r.finished_reason is not None] if n_prefill else reqs)
+        self.stream_output([r for r in reqs if id(r) not in chunked or r.finished_reason is not None] if chunked else reqs)
         self.stats.on_step(len(next_ids), len(self.running), len(self.planner.waiting))
 
     def _settle(self, req: Req, tok: int) -> None:

@@ -12,6 +12,8 @@ from typing import Dict, List
 import pytest
 import torch
 
+from sglserve.model_executor.forward_batch import ForwardMode
+
 from sglserve.io_struct import TokenizedGenerateReqInput
 from sglserve.scheduler.scheduler import Scheduler
 from sglserve.sampling.sampling_params import SamplingParams
@@ -124,14 +126,14 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
     if mirror:
         pool.host = pool.req_to_token.clone()
     overlapped = []
-    orig_rows = s._overlap_rows
+    orig_rows = s._look_ahead_rows
 
     def spy_rows(pending):
         rows = orig_rows(pending)
-        overlapped.append(None if rows is None else (len(rows), len(pending.batch.reqs)))
+        overlapped.append(None if rows is None else (len(rows), len(pending.sample_reqs), pending.batch.forward_mode))
         return rows
 
-    s._overlap_rows = spy_rows
+    s._look_ahead_rows = spy_rows
     retracted = []
     orig = s.running.make_room
 
@@ -156,6 +158,8 @@ def test_batched_equals_alone_and_no_leak(tiny_model_dir, alone_outputs, kw, mon
         assert sum(r is not None for r in overlapped) > 10, "decode steps should have overlapped"
         # Requests finish at different steps: a finish need not break the overlap
         assert any(o is not None and o[0] < o[1] for o in overlapped), "no overlapped step dropped a finished row"
+        # Prefill and mixed steps look ahead too
+        assert any(o is not None and o[2] == ForwardMode.EXTEND for o in overlapped), "no extend step looked ahead"
 
 
 def test_radix_hit_reported(tiny_model_dir):
