@@ -100,7 +100,8 @@ class StatsSampler:
             load = msgspec.structs.asdict(latest.load)
             load["num_inflight_reqs"] = latest.inflight
             load["token_usage"] = latest.load.used_tokens / max(latest.load.max_total_num_tokens, 1)
-        rows = [s.row() for s in self.samples if since is None or s.time > since]
+        # Rows carry the time rounded to ms, so `since` (a row's time) is compared at that precision
+        rows = [s.row() for s in self.samples if since is None or round(s.time, 3) > since]
         return {
             "time": time.time(),
             "sampled_at": None if latest is None else latest.time,
