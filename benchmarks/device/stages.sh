@@ -32,6 +32,7 @@
 #                                                 with the offline step budgets in W2_BUDGETS
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
+# perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
@@ -122,15 +123,16 @@ serving() {  # serving <tag> <pid-out jsonl> <bench_serving flags...>: the load,
 case "$STAGE" in
 perf)
   [ -f "$SMOL/a" ] && cp "$SMOL/a" "$STATE/smol.part_a" && log "kept GGUF part a in $STATE"
-  log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
-      --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400
-  log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
-      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1
-  log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
-      --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1
+  runs=" ${PERF_RUNS:-w1 w2 w5} "
+  [[ $runs == *" w1 "* ]] && { log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
+      --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400; }
+  [[ $runs == *" w2 "* ]] && { log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
+      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
+  [[ $runs == *" w5 "* ]] && { log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
+      --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1; }
   [ "${SKIP_STARTUP:-0}" = 1 ] || { start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server; }
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
-  log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests tests/gpu tests/kernels -p no:cacheprovider 2>&1 | tail -4 ;;
+  log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests ${GPU_TESTS:-tests/gpu tests/kernels} -p no:cacheprovider 2>&1 | tail -4 ;;
 online)
   GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
   [ -f "$SMOL/b" ] && [ -f "$STATE/smol.part_a" ] && cat "$STATE/smol.part_a" "$SMOL/b" > "$GGUF"

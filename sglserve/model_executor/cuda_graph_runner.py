@@ -41,7 +41,10 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(self.max_bs, dtype=torch.int32, device=dev)
         self.out_cache_loc = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: Dict[int, torch.Tensor] = {}
+        # Every graph writes its logits into this one buffer. Keeping each graph's own output
+        # alive instead pinned bs x vocab floats per size in the pool: 26 GB for graphs up to
+        # bs 2048 of a 152k vocabulary (Qwen3-0.6B ran out of memory capturing them).
+        self.logits: Optional[torch.Tensor] = None  # [max_bs, vocab], shaped by the first warm-up
         self.pool = None
         t0 = time.perf_counter()
         self.capture()
@@ -68,15 +71,19 @@ class CudaGraphRunner:
                 fb = self._static_batch(bs)
                 backend.init_forward_metadata(fb)
                 for _ in range(2):  # warm up: autotuning and lazy init stay outside the graph
-                    model(fb.input_ids, fb.positions, fb)
+                    warm = model(fb.input_ids, fb.positions, fb).next_token_logits
+                if self.logits is None:
+                    self.logits = torch.empty((self.max_bs,) + tuple(warm.shape[1:]), dtype=warm.dtype, device=warm.device)
+                del warm
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool, stream=stream):
                     out = model(fb.input_ids, fb.positions, fb)
+                    self.logits[:bs].copy_(out.next_token_logits)
+                del out  # its memory goes back to the pool for the next (smaller) graph
                 if self.pool is None:
                     self.pool = graph.pool()
                 self.graphs[bs] = graph
-                self.outputs[bs] = out.next_token_logits
         torch.cuda.synchronize()
 
     def can_run(self, forward_batch: ForwardBatch) -> bool:
@@ -103,4 +110,4 @@ class CudaGraphRunner:
         seq_lens_cpu = list(forward_batch.seq_lens_cpu) + [1] * (bs - raw_bs)
         self.mr.attn_backend.init_forward_metadata(self._static_batch(bs, seq_lens_cpu))
         self.graphs[bs].replay()
-        return LogitsProcessorOutput(next_token_logits=self.outputs[bs][:raw_bs])
+        return LogitsProcessorOutput(next_token_logits=self.logits[:raw_bs])
