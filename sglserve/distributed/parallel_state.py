@@ -11,6 +11,7 @@ identity, so single-GPU code pays nothing.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, List, Optional
@@ -47,7 +48,7 @@ def init_tp_group(rank: int, size: int, init_addr: str, device: torch.device) ->
     device_group = dist.group.WORLD
     cpu_group = device_group if backend == "gloo" else dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     _TP = TPGroup(rank=rank, size=size, device_group=device_group, cpu_group=cpu_group)
-    logger.info("TP rank %d/%d joined at %s (%s)", rank, size, init_addr, backend)
+    logger.info("TP rank %d/%d joined at %s (%s), pid %d", rank, size, init_addr, backend, os.getpid())
     return _TP
 
 

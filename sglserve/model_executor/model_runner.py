@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import List, Optional
 
@@ -46,6 +47,8 @@ class ModelRunner:
             if dist_init_addr is None:
                 raise ValueError("--tp-size > 1 needs the address where the ranks meet (dist_init_addr)")
             init_tp_group(tp_rank, self.tp_size, dist_init_addr, self.device)
+            if self.device.type == "cpu":  # the host's ranks share its cores; more threads would fight
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node(server_args)))
         torch.manual_seed(server_args.random_seed)  # the same on every rank: they sample alike (sampler.py)
 
         t0 = time.perf_counter()
