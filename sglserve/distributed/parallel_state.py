@@ -48,6 +48,9 @@ def init_tp_group(rank: int, size: int, init_addr: str, device: torch.device) ->
     device_group = dist.group.WORLD
     cpu_group = device_group if backend == "gloo" else dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     _TP = TPGroup(rank=rank, size=size, device_group=device_group, cpu_group=cpu_group)
+    if backend == "nccl":  # NCCL sets up its communicator on the first collective: not inside a graph capture
+        dist.all_reduce(torch.zeros(1, device=device), group=device_group)
+        torch.cuda.synchronize(device)
     logger.info("TP rank %d/%d joined at %s (%s), pid %d", rank, size, init_addr, backend, os.getpid())
     return _TP
 

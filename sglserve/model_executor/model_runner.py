@@ -11,7 +11,7 @@ import psutil
 import torch
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.distributed.parallel_state import all_reduce_min, init_tp_group
+from sglserve.distributed.parallel_state import all_reduce_min, broadcast_objects, init_tp_group
 from sglserve.distributed.shard import check_tp_shapes, kv_heads_per_rank
 from sglserve.layers.attention import create_attn_backend
 from sglserve.layers.radix_attention import RadixAttention
@@ -47,6 +47,8 @@ class ModelRunner:
             if dist_init_addr is None:
                 raise ValueError("--tp-size > 1 needs the address where the ranks meet (dist_init_addr)")
             init_tp_group(tp_rank, self.tp_size, dist_init_addr, self.device)
+            # Nodes parse their flags apart: rank 0's seed is everyone's, so all ranks sample alike
+            server_args.random_seed = broadcast_objects([server_args.random_seed])[0]
             if self.device.type == "cpu":  # the host's ranks share its cores; more threads would fight
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node(server_args)))
         torch.manual_seed(server_args.random_seed)  # the same on every rank: they sample alike (sampler.py)

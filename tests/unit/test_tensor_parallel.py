@@ -98,3 +98,22 @@ def test_shard_rules():
         check_tp_shapes(32, 8, 14336, 3)
     with pytest.raises(ValueError, match="num_attention_heads=9"):
         check_tp_shapes(9, 3, 1536, 2)
+
+
+def test_tp_flags(monkeypatch, tmp_path):
+    from sglserve.server_args import ServerArgs, ServerArgsError, local_gpu_id, node_tp_ranks
+
+    (tmp_path / "config.json").write_text("{}")
+    base = dict(model_path=str(tmp_path), load_format="dummy")
+    two_nodes = ServerArgs(**base, device="cpu", tp_size=4, nnodes=2, node_rank=1, dist_init_addr="10.0.0.1:5000")
+    assert node_tp_ranks(two_nodes) == [2, 3] and local_gpu_id(two_nodes, 3) == 1
+    with pytest.raises(ServerArgsError, match="--dist-init-addr='nohost' must be host:port"):
+        ServerArgs(**base, device="cpu", tp_size=2, dist_init_addr="nohost")
+    with pytest.raises(ServerArgsError, match="--node-rank=2 must be in 0..1"):
+        ServerArgs(**base, device="cpu", tp_size=2, nnodes=2, node_rank=2, dist_init_addr="h:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ServerArgs(**base, device="cuda", tp_size=2).tp_size == 2
+    with pytest.raises(ServerArgsError, match="--tp-size=4 needs 4 GPUs on this node .* but 2 are visible"):
+        ServerArgs(**base, device="cuda", tp_size=4)
+    assert ServerArgs(**base, device="cuda", tp_size=4, nnodes=2, dist_init_addr="h:1").tp_size == 4
