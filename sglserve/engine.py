@@ -69,6 +69,9 @@ class Engine:
         if kwargs.get("chunked_prefill_size") is None:
             kwargs["chunked_prefill_size"] = OFFLINE_STEP_BUDGET
         self.server_args = ServerArgs(model_path=model_path, log_level=log_level, **kwargs)
+        if self.server_args.tp_size > 1:
+            raise ValueError(f"sglserve.Engine runs the model in this one process; --tp-size={self.server_args.tp_size} "
+                             "needs one process per rank: use the server (python -m sglserve.launch_server --tp-size N)")
         configure_logger(self.server_args)
         self.scheduler = Scheduler(self.server_args, None)
         self.tokenizer = self.scheduler.tokenizer

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from sglserve.io_struct import ReadyMsg
-from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, prepare_server_args
+from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects
 
@@ -66,30 +66,62 @@ def _detokenizer_main(*args) -> None:
     run_detokenizer_process(*args)
 
 
+def scheduler_names(server_args: ServerArgs) -> Dict[int, str]:
+    """tp rank -> process name, for this node's ranks."""
+    if server_args.tp_size == 1:
+        return {0: "scheduler"}
+    return {r: f"scheduler TP{r}" for r in node_tp_ranks(server_args)}
+
+
+def dist_init_addr(server_args: ServerArgs) -> Optional[str]:
+    """Where the ranks meet: --dist-init-addr, else (one node) a free port on this host."""
+    if server_args.tp_size == 1:
+        return None
+    if server_args.dist_init_addr:
+        return server_args.dist_init_addr
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
-    """Start scheduler and detokenizer and wait for both ReadyMsgs; raise with the child's error."""
+    """Start this node's scheduler ranks (and, on node 0, the detokenizer) and wait for every
+    ReadyMsg; raise with the child's error. A child dying while others load fails start-up at
+    once (a lone rank would otherwise wait for its peers until the collective timeout)."""
     port_args = PortArgs.create()
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
     readers = {}
-    for name, target in (("scheduler", _scheduler_main), ("detokenizer", _detokenizer_main)):
+    addr = dist_init_addr(server_args)
+    targets = [(name, _scheduler_main, (rank, addr)) for rank, name in scheduler_names(server_args).items()]
+    if server_args.node_rank == 0:
+        targets.append(("detokenizer", _detokenizer_main, ()))
+    for name, target, extra in targets:
         reader, writer = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=target, args=(server_args, port_args, writer), name=f"sglserve-{name}", daemon=True)
+        proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
+                           name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
         proc.start()
         subs.procs[name] = proc
         readers[name] = reader
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for name, reader in readers.items():
-            while not reader.poll(0.5):
+        waiting = dict(readers)
+        while waiting:
+            for name, reader in list(waiting.items()):
+                if not reader.poll(0.1 if len(waiting) > 1 else 0.5):
+                    continue
+                msg: ReadyMsg = reader.recv()
+                if msg.error:
+                    raise RuntimeError(f"{name} failed to start: {msg.error}")
+                subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
+                del waiting[name]
+            for name in waiting:
                 if not subs.procs[name].is_alive():
                     raise RuntimeError(f"{name} process died during start-up (exit code {subs.procs[name].exitcode})")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} process was not ready after {READY_TIMEOUT_S:.0f} s")
-            msg: ReadyMsg = reader.recv()
-            if msg.error:
-                raise RuntimeError(f"{name} failed to start: {msg.error}")
-            subs.info.update(msg.info)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(waiting)} not ready after {READY_TIMEOUT_S:.0f} s")
     except BaseException:
         subs.shutdown()
         raise
@@ -164,6 +196,24 @@ def run_server(server_args: ServerArgs) -> int:
     return 1 if state.get("child_died") else 0
 
 
+def run_worker_node(server_args: ServerArgs) -> int:
+    """A node other than 0 (--node-rank > 0): only its scheduler ranks, no HTTP. They take their
+    input from rank 0's broadcast; when one of them exits (a peer died, node 0 shut down), the
+    node stops the others and exits non-zero."""
+    subs = launch_subprocesses(server_args)
+    logger.info("Node %d of %d: TP ranks %s ready.", server_args.node_rank, server_args.nnodes,
+                node_tp_ranks(server_args))
+    try:
+        while True:
+            dead = subs.dead_child()
+            if dead:
+                logger.error("%s; stopping this node.", dead)
+                return 1
+            time.sleep(0.5)
+    finally:
+        subs.shutdown()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         server_args = prepare_server_args(argv)
@@ -174,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     logger.info("Starting sglserve: model %s on %s", server_args.model_path, server_args.device)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        code = run_server(server_args)
+        code = run_server(server_args) if server_args.node_rank == 0 else run_worker_node(server_args)
     except KeyboardInterrupt:
         code = 0
     except RuntimeError as e:

@@ -75,7 +75,11 @@ class ServerArgs:
     disable_cuda_graph: bool = False
     disable_overlap_schedule: bool = False
     stream_interval: int = 1  # a streaming request's news goes out every this many new tokens
+    # Tensor parallelism (docs/architecture.md): one scheduler process per rank
     tp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: Optional[str] = None  # host:port where the ranks meet (default: a free local port)
     random_seed: Optional[int] = None
     # Structured output, tools, reasoning
     grammar_backend: str = "xgrammar"
@@ -145,7 +149,11 @@ class ServerArgs:
         "disable_overlap_schedule": "Do not prepare the next decode step while the GPU runs the current one.",
         "stream_interval": "A streaming request's new tokens go out every this many tokens (and always on its first "
                            "token and its finish); larger values cost the server less per token.",
-        "tp_size": "Tensor parallel size (only 1 for now).",
+        "tp_size": "Tensor parallel size: the model's heads, MLP and vocab split over this many GPUs (one scheduler "
+                   "process each; gloo on the CPU). The heads must divide (KV heads: divide or be divisible).",
+        "nnodes": "Number of hosts the --tp-size ranks span (each runs --tp-size / --nnodes of them).",
+        "node_rank": "This host's index, 0..--nnodes - 1. Node 0 serves HTTP; the others run only their ranks.",
+        "dist_init_addr": "host:port where the ranks meet (node 0 listens there); needed with --nnodes > 1.",
         "random_seed": "Seed of the server's sampling generators and dummy weights.",
         "grammar_backend": "Structured output backend for json_schema / regex / ebnf requests: xgrammar (default), "
                            "llguidance (ebnf in GBNF or Lark syntax), or none to refuse constrained requests.",
@@ -234,8 +242,7 @@ class ServerArgs:
             raise ServerArgsError(f"--shutdown-grace-period={self.shutdown_grace_period} must be >= 0 (seconds)")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ServerArgsError(f"--mem-fraction-static={self.mem_fraction_static} must be in (0, 1)")
-        if self.tp_size != 1:
-            raise ServerArgsError(f"--tp-size={self.tp_size} is not supported yet: tensor parallelism is not implemented; use --tp-size 1")
+        self._validate_parallel()
         if self.attention_backend == "flashinfer" and importlib.util.find_spec("flashinfer") is None:
             raise ServerArgsError(
                 "--attention-backend=flashinfer needs FlashInfer, which is not installed: "
@@ -252,6 +259,28 @@ class ServerArgs:
                 raise ServerArgsError("--device=cuda but no CUDA device is available")
         if self.load_format != "dummy" and not (os.path.exists(self.model_path) or _looks_like_hub_id(self.model_path)):
             raise ServerArgsError(f"--model-path={self.model_path!r} does not exist (a local path, or a hub id 'org/name')")
+
+    def _validate_parallel(self) -> None:
+        if self.tp_size < 1 or self.nnodes < 1:
+            raise ServerArgsError(f"--tp-size={self.tp_size} and --nnodes={self.nnodes} must be >= 1")
+        if self.tp_size % self.nnodes:
+            raise ServerArgsError(f"--tp-size={self.tp_size} must be a multiple of --nnodes={self.nnodes} "
+                                  "(every node runs the same number of ranks)")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ServerArgsError(f"--node-rank={self.node_rank} must be in 0..{self.nnodes - 1} (--nnodes={self.nnodes})")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ServerArgsError(f"--nnodes={self.nnodes} needs --dist-init-addr host:port (node 0's address)")
+        if self.dist_init_addr is not None:
+            host, _, port = self.dist_init_addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ServerArgsError(f"--dist-init-addr={self.dist_init_addr!r} must be host:port")
+        if self.device == "cuda" and self.tp_size > 1:
+            import torch
+
+            visible = torch.cuda.device_count()
+            if ranks_per_node(self) > visible:
+                raise ServerArgsError(f"--tp-size={self.tp_size} needs {ranks_per_node(self)} GPUs on this node "
+                                      f"(--nnodes={self.nnodes}) but {visible} are visible")
 
     @property
     def short_model_name(self) -> str:
@@ -294,6 +323,20 @@ class ServerArgs:
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def ranks_per_node(server_args: ServerArgs) -> int:
+    return server_args.tp_size // server_args.nnodes
+
+
+def node_tp_ranks(server_args: ServerArgs) -> List[int]:
+    """The tensor-parallel ranks this node runs: node n holds ranks n*k .. n*k + k - 1."""
+    k = ranks_per_node(server_args)
+    return list(range(server_args.node_rank * k, (server_args.node_rank + 1) * k))
+
+
+def local_gpu_id(server_args: ServerArgs, tp_rank: int) -> int:
+    return tp_rank % ranks_per_node(server_args)
 
 
 def _looks_like_hub_id(path: str) -> bool:

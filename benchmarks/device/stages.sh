@@ -30,13 +30,21 @@
 #                                                 default "2048 8192"); W2 of the commit in .old (prep:
 #                                                 OLD=<commit> ... prep), of this tree, and of this tree
 #                                                 with the offline step budgets in W2_BUDGETS
+#   tp      carry .whl .tok                       tensor parallelism through the HTTP server (one scheduler per
+#                                                 GPU): per run "model:tp" in TP_RUNS, start-up to ready, W1
+#                                                 (1 x 128/512, rate inf) and W2 (1000 x 256/256) where listed.
+#                                                 Default by visible GPUs: 2 -> "8b:1 8b:2 70b:2" (8B TP=1 vs TP=2
+#                                                 W1 and W2, 70B dummy W1 at TP=2); 4 -> "70b:4 70b:2" (70B W1
+#                                                 and W2 at TP=4, W1 at TP=2). W2 runs for 8b and for 70b at
+#                                                 tp 4 (TP_W2 overrides: a list of "model:tp"). Dry run: a tiny
+#                                                 4-head config, gloo on the CPU (TP_GPUS picks the GPU count)
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
-#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3
+#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp
 # It reads the carried folders from CARRY_ROOT (DRYRUN default: /tmp/sglserve-stages-dry/carry,
 # written by `DRYRUN=1 ... prep`), and keeps its state in STATE instead of /tmp.
 set -uo pipefail
@@ -83,7 +91,7 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   exit 0
 fi
 
-case "$STAGE" in perf|online|w3|sweep|ab) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab" >&2; exit 2 ;; esac
+case "$STAGE" in perf|online|w3|sweep|ab|tp) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab | tp" >&2; exit 2 ;; esac
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
@@ -214,5 +222,31 @@ sweep)
         --random-range-ratio 1.0 $BUSY 2>&1 | tail -1 | cut -c1-400)
     done
   fi ;;
+tp)
+  if [ "$DRYRUN" = 1 ]; then  # 4 heads, 2 KV heads: TP=2 splits the KV heads, TP=4 replicates them
+    T4=$STATE/tiny4; $PY -c "import json, sys; sys.path.insert(0, 'benchmarks/host_path'); import hp_stubs; p = hp_stubs.write_tiny_config(sys.argv[1]) + '/config.json'; c = json.load(open(p)); c.update(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2); json.dump(c, open(p, 'w'))" "$T4"
+    L8=$T4; L70=$T4; ngpu=${TP_GPUS:-2}
+  else
+    L8=$L; L70=benchmarks/configs/Llama-3.1-70B-Instruct; ngpu=$($PY -c "import torch; print(torch.cuda.device_count())")
+  fi
+  if [ "$ngpu" -ge 4 ]; then runs=${TP_RUNS:-"70b:4 70b:2"}; else runs=${TP_RUNS:-"8b:1 8b:2 70b:2"}; fi
+  log "GPUs: $ngpu; runs: $runs"
+  for run in $runs; do
+    m=${run%%:*}; tp=${run##*:}; [ "$m" = 70b ] && model=$L70 || model=$L8
+    start_server "$OUT/tp_${m}_tp$tp.log" --model-path "$model" $D $DEV --tokenizer-path "$TOK" --tp-size "$tp" || continue
+    log "W1 $m TP=$tp"
+    timeout "$(cap 120)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
+      --dataset-name random --num-prompts 1 --random-input-len 128 --random-output-len "$W1_OUT" --random-range-ratio 1 \
+      --request-rate inf --output-file "$OUT/tp.jsonl" --tag "w1_${m}_tp$tp" | grep -E "Output token throughput|Median ITL"
+    w2=${TP_W2:-"8b:1 8b:2 8b:4 70b:4"}
+    if [[ " $w2 " == *" $run "* ]]; then
+      log "W2 $m TP=$tp"
+      timeout "$(cap 200)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
+        --dataset-name random --num-prompts "$W2_N" --random-input-len 256 --random-output-len 256 --random-range-ratio 1 \
+        --request-rate inf --client-procs "${CLIENT_PROCS:-4}" --output-file "$OUT/tp.jsonl" --tag "w2_${m}_tp$tp" \
+        | grep -E "Successful|Output token throughput|Median TTFT|Median ITL"
+    fi
+    stop_server
+  done ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"

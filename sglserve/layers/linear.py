@@ -1,20 +1,24 @@
-"""Linear layers whose parameters know how to load checkpoint shards.
+"""Linear layers split over tensor-parallel ranks; their parameters load checkpoint tensors.
 
-Tensor parallelism is not implemented (tp size 1), but the classes carry SGLang's names
-and roles so it can be added without touching the models: column layers split their
-output, row layers their input. Fused layers (QKVParallelLinear, MergedColumnParallelLinear)
-hold several checkpoint tensors stacked along the output dim; each parameter has a
-`weight_loader(param, loaded_weight, shard_id)` that copies one of them into its slice.
+Column layers split their output dim (each rank computes a slice of the outputs), row layers
+their input dim (each rank multiplies its slice of the inputs; the partial products are summed
+by one all-reduce, then the bias is added once). Fused layers (QKVParallelLinear,
+MergedColumnParallelLinear) hold several checkpoint tensors stacked along the output dim, each
+rank its own slice of every one: [q_r | k_r | v_r], [gate_r | up_r]. Each parameter has a
+`weight_loader(param, loaded_weight, shard_id)` that cuts this rank's part of one whole
+checkpoint tensor and copies it into its place. With tp size 1 every slice is the whole.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglserve.distributed.parallel_state import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
+from sglserve.distributed.shard import divide, kv_head_start, kv_heads_per_rank
 from sglserve.layers.custom_op import CustomOp
 
 
@@ -31,19 +35,23 @@ def set_weight_loader(param: nn.Parameter, loader: Any) -> nn.Parameter:
 
 
 class LinearBase(CustomOp):
-    """y = x @ weight.T + bias with weight [output_size, input_size], like nn.Linear.
+    """y = x @ weight.T + bias with this rank's weight [out_per_rank, in_per_rank], like nn.Linear.
 
     No kernel hook: F.linear already is cuBLAS on CUDA. A quantized GEMM would plug in by
     setting `kernel_name` and `forward_cuda` here.
     """
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, out_part: Optional[int] = None,
+                 in_part: Optional[int] = None) -> None:
         super().__init__()
         self.input_size = input_size
         self.output_size = output_size
-        self.weight = set_weight_loader(nn.Parameter(torch.empty(output_size, input_size)), self.weight_loader)
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        self.out_part = output_size if out_part is None else out_part
+        self.in_part = input_size if in_part is None else in_part
+        self.weight = set_weight_loader(nn.Parameter(torch.empty(self.out_part, self.in_part)), self.weight_loader)
         if bias:
-            self.bias = set_weight_loader(nn.Parameter(torch.empty(output_size)), self.weight_loader)
+            self.bias = set_weight_loader(nn.Parameter(torch.empty(self.out_part)), self.weight_loader)
         else:
             self.register_parameter("bias", None)
 
@@ -52,51 +60,101 @@ class LinearBase(CustomOp):
             raise ValueError(f"{type(self).__name__} is not fused; got shard_id={shard_id!r}")
         default_weight_loader(param, loaded_weight)
 
-    def _load_shard(self, param: nn.Parameter, loaded_weight: torch.Tensor, offset: int, size: int) -> None:
-        """Copy a checkpoint tensor into rows offset..offset+size of a fused weight or bias."""
-        if loaded_weight.shape[0] != size or loaded_weight.shape[1:] != param.shape[1:]:
+    def _load_rows(self, param: nn.Parameter, loaded_weight: torch.Tensor, src_start: int, offset: int,
+                   size: int, total: int) -> None:
+        """Copy rows src_start..+size of a checkpoint tensor of `total` rows into rows offset..+size
+        of this rank's weight or bias."""
+        if loaded_weight.shape[0] != total or loaded_weight.shape[1:] != param.shape[1:]:
             raise ValueError(
-                f"shard shape {tuple(loaded_weight.shape)} does not fit rows {offset}:{offset + size} "
-                f"of {type(self).__name__} parameter {tuple(param.shape)}"
+                f"checkpoint shape {tuple(loaded_weight.shape)} does not fit {type(self).__name__} parameter "
+                f"{tuple(param.shape)} (expected {total} rows)"
             )
-        param.data.narrow(0, offset, size).copy_(loaded_weight)
+        param.data.narrow(0, offset, size).copy_(loaded_weight.narrow(0, src_start, size))
+
+    def checkpoint_shards(self, is_bias: bool) -> List[Tuple[Any, Tuple[int, ...]]]:
+        """(shard id, whole checkpoint shape) of each checkpoint tensor this layer's weight or bias
+        loads: what dummy weights generate, so that every tp size gets slices of the same model."""
+        return [(None, (self.output_size,) if is_bias else (self.output_size, self.input_size))]
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}"
+        return (f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}, "
+                f"tp={self.tp_size}, rank part=[{self.out_part}, {self.in_part}]")
 
 
 class ColumnParallelLinear(LinearBase):
-    """A projection whose output dim is what TP would split (q/k/v, gate/up)."""
+    """Output dim split: each rank computes output_size / tp outputs (gather_output: all of them)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, gather_output: bool = False,
+                 out_part: Optional[int] = None) -> None:
+        part = divide(output_size, get_tp_size()) if out_part is None else out_part
+        super().__init__(input_size, output_size, bias, out_part=part)
+        self.gather_output = gather_output
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} is not fused; got shard_id={shard_id!r}")
+        self._load_rows(param, loaded_weight, self.tp_rank * self.out_part, 0, self.out_part, self.output_size)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return tp_all_gather(y) if self.gather_output else y
 
 
 class RowParallelLinear(LinearBase):
-    """A projection whose input dim is what TP would split (o_proj, down_proj)."""
+    """Input dim split: each rank multiplies its input_size / tp inputs; one all-reduce sums them."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, reduce_results: bool = True) -> None:
+        super().__init__(input_size, output_size, bias, in_part=divide(input_size, get_tp_size()))
+        self.reduce_results = reduce_results
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} is not fused; got shard_id={shard_id!r}")
+        if param.dim() == 2:  # the weight's columns; the bias is whole on every rank
+            if loaded_weight.shape != (self.output_size, self.input_size):
+                raise ValueError(f"checkpoint shape {tuple(loaded_weight.shape)} does not fit {type(self).__name__} "
+                                 f"[{self.output_size}, {self.input_size}]")
+            loaded_weight = loaded_weight.narrow(1, self.tp_rank * self.in_part, self.in_part)
+        default_weight_loader(param, loaded_weight)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1 or not self.reduce_results:
+            return F.linear(x, self.weight, self.bias)
+        y = tp_all_reduce(F.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
-    """Several column projections of the same input in one GEMM, e.g. gate_up_proj = [gate | up].
-
-    Shard ids are the indexes into `output_sizes`.
-    """
+    """Several column projections of the same input in one GEMM, e.g. gate_up_proj = [gate | up],
+    each rank holding its slice of each. Shard ids are the indexes into `output_sizes`."""
 
     def __init__(self, input_size: int, output_sizes: Sequence[int], bias: bool = True) -> None:
         self.output_sizes: List[int] = list(output_sizes)
-        super().__init__(input_size, sum(self.output_sizes), bias)
+        tp = get_tp_size()
+        self.part_sizes = [divide(s, tp) for s in self.output_sizes]
+        super().__init__(input_size, sum(self.output_sizes), bias, out_part=sum(self.part_sizes))
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Optional[int] = None) -> None:
-        if shard_id is None:  # an already fused checkpoint tensor
-            return default_weight_loader(param, loaded_weight)
-        if not 0 <= shard_id < len(self.output_sizes):
+        if shard_id is None:  # an already fused checkpoint tensor: load it shard by shard
+            for i, part in enumerate(loaded_weight.split(self.output_sizes, dim=0)):
+                self.weight_loader(param, part, i)
+            return
+        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
             raise ValueError(f"shard_id={shard_id!r} is invalid; allowed: 0..{len(self.output_sizes) - 1}")
-        offset = sum(self.output_sizes[:shard_id])
-        self._load_shard(param, loaded_weight, offset, self.output_sizes[shard_id])
+        size = self.part_sizes[shard_id]
+        self._load_rows(param, loaded_weight, self.tp_rank * size, sum(self.part_sizes[:shard_id]), size,
+                        self.output_sizes[shard_id])
+
+    def checkpoint_shards(self, is_bias: bool) -> List[Tuple[Any, Tuple[int, ...]]]:
+        return [(i, (s,) if is_bias else (s, self.input_size)) for i, s in enumerate(self.output_sizes)]
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """q, k and v projections fused: output = [q (heads*d) | k (kv_heads*d) | v (kv_heads*d)]."""
+    """q, k and v projections fused: this rank's output = [q (heads/tp * d) | k | v (kv heads of
+    this rank * d)]. KV heads are split over ranks, or replicated when fewer than tp (shard.py)."""
 
     def __init__(
         self,
@@ -106,17 +164,33 @@ class QKVParallelLinear(ColumnParallelLinear):
         total_num_kv_heads: Optional[int] = None,
         bias: bool = True,
     ) -> None:
+        tp, rank = get_tp_size(), get_tp_rank()
         self.head_size = head_size
-        self.num_heads = total_num_heads
-        self.num_kv_heads = total_num_kv_heads or total_num_heads
+        self.total_num_heads = total_num_heads
+        self.total_num_kv_heads = total_num_kv_heads or total_num_heads
+        self.num_heads = divide(total_num_heads, tp)
+        self.num_kv_heads = kv_heads_per_rank(self.total_num_kv_heads, tp)
+        self.kv_start = kv_head_start(self.total_num_kv_heads, tp, rank)
         self.q_size = self.num_heads * head_size
         self.kv_size = self.num_kv_heads * head_size
-        super().__init__(hidden_size, self.q_size + 2 * self.kv_size, bias)
+        total = (self.total_num_heads + 2 * self.total_num_kv_heads) * head_size
+        super().__init__(hidden_size, total, bias, out_part=self.q_size + 2 * self.kv_size)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Optional[str] = None) -> None:
-        if shard_id is None:
-            return default_weight_loader(param, loaded_weight)
-        layout = {"q": (0, self.q_size), "k": (self.q_size, self.kv_size), "v": (self.q_size + self.kv_size, self.kv_size)}
-        if shard_id not in layout:
-            raise ValueError(f"shard_id={shard_id!r} is invalid; allowed: {list(layout)}")
-        self._load_shard(param, loaded_weight, *layout[shard_id])
+        d = self.head_size
+        full_q, full_kv = self.total_num_heads * d, self.total_num_kv_heads * d
+        if shard_id is None:  # an already fused checkpoint tensor
+            for sid, part in zip("qkv", loaded_weight.split([full_q, full_kv, full_kv], dim=0)):
+                self.weight_loader(param, part, sid)
+            return
+        if shard_id == "q":
+            return self._load_rows(param, loaded_weight, self.tp_rank * self.q_size, 0, self.q_size, full_q)
+        if shard_id in ("k", "v"):
+            offset = self.q_size + (self.kv_size if shard_id == "v" else 0)
+            return self._load_rows(param, loaded_weight, self.kv_start * d, offset, self.kv_size, full_kv)
+        raise ValueError(f"shard_id={shard_id!r} is invalid; allowed: ['q', 'k', 'v']")
+
+    def checkpoint_shards(self, is_bias: bool) -> List[Tuple[Any, Tuple[int, ...]]]:
+        d = self.head_size
+        rows = {"q": self.total_num_heads * d, "k": self.total_num_kv_heads * d, "v": self.total_num_kv_heads * d}
+        return [(sid, (n,) if is_bias else (n, self.input_size)) for sid, n in rows.items()]

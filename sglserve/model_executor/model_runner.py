@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import List, Optional
 
@@ -10,13 +11,15 @@ import psutil
 import torch
 
 from sglserve.configs.model_config import ModelConfig
+from sglserve.distributed.parallel_state import all_reduce_min, broadcast_objects, init_tp_group
+from sglserve.distributed.shard import check_tp_shapes, kv_heads_per_rank
 from sglserve.layers.attention import create_attn_backend
 from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.sampler import Sampler, SamplingBatchInfo
 from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
 from sglserve.model_executor.forward_batch import ForwardBatch
 from sglserve.model_loader import get_model
-from sglserve.server_args import ServerArgs
+from sglserve.server_args import ServerArgs, local_gpu_id, ranks_per_node
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +27,31 @@ GiB = 1 << 30
 
 
 class ModelRunner:
-    def __init__(self, model_config: ModelConfig, server_args: ServerArgs) -> None:
+    def __init__(self, model_config: ModelConfig, server_args: ServerArgs, tp_rank: int = 0,
+                 dist_init_addr: Optional[str] = None) -> None:
+        """tp_rank / dist_init_addr: this process's tensor-parallel rank and where the ranks meet
+        (host:port), with --tp-size > 1 (one ModelRunner per rank process)."""
         self.model_config = model_config
         self.server_args = server_args
-        server_args.resolve_model_defaults(model_config.params_per_token())
+        self.tp_rank, self.tp_size = tp_rank, server_args.tp_size
+        server_args.resolve_model_defaults(model_config.params_per_token() // self.tp_size)
         self.device = torch.device(server_args.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", local_gpu_id(server_args, tp_rank))
+            torch.cuda.set_device(self.device)
         self.dtype = model_config.dtype
         self.page_size = server_args.page_size
-        torch.manual_seed(server_args.random_seed)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device.index or 0)
+        if self.tp_size > 1:
+            check_tp_shapes(model_config.num_attention_heads, model_config.num_key_value_heads,
+                            getattr(model_config.hf_config, "intermediate_size", None), self.tp_size)
+            if dist_init_addr is None:
+                raise ValueError("--tp-size > 1 needs the address where the ranks meet (dist_init_addr)")
+            init_tp_group(tp_rank, self.tp_size, dist_init_addr, self.device)
+            # Nodes parse their flags apart: rank 0's seed is everyone's, so all ranks sample alike
+            server_args.random_seed = broadcast_objects([server_args.random_seed])[0]
+            if self.device.type == "cpu":  # the host's ranks share its cores; more threads would fight
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node(server_args)))
+        torch.manual_seed(server_args.random_seed)  # the same on every rank: they sample alike (sampler.py)
 
         t0 = time.perf_counter()
         self.model = get_model(model_config, server_args.load_format, self.device)
@@ -66,16 +84,19 @@ class ModelRunner:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             return int(free - total * (1 - frac))
-        return int(psutil.virtual_memory().available * frac)
+        # The ranks of one host share its memory
+        return int(psutil.virtual_memory().available * frac / ranks_per_node(self.server_args))
 
     def init_memory_pool(self) -> None:
         mc, sa = self.model_config, self.server_args
-        cell = MHATokenToKVPool.bytes_per_token(mc.num_key_value_heads, mc.head_dim, mc.num_hidden_layers, self.dtype)
+        kv_heads = kv_heads_per_rank(mc.num_key_value_heads, self.tp_size)
+        cell = MHATokenToKVPool.bytes_per_token(kv_heads, mc.head_dim, mc.num_hidden_layers, self.dtype)
         budget = self._budget_bytes()
         tokens = max(budget, 0) // cell
         if sa.max_total_tokens is not None:
             tokens = min(tokens, sa.max_total_tokens) if tokens > 0 else sa.max_total_tokens
-        tokens = tokens // self.page_size * self.page_size
+        # Every rank must have the same pool: the ranks' schedulers decide alike from its size
+        tokens = all_reduce_min(tokens // self.page_size * self.page_size)
         if tokens < max(self.page_size * 2, 16):
             raise RuntimeError(
                 f"Not enough memory for the KV cache: {budget / GiB:.2f} GB left for it ({cell} bytes per token). "
@@ -89,7 +110,7 @@ class ModelRunner:
         self.max_running_requests = max_reqs
         self.req_to_token_pool = ReqToTokenPool(max_reqs + 1, self.context_len + 4, self.device)
         self.token_to_kv_pool = MHATokenToKVPool(
-            tokens, self.page_size, self.dtype, mc.num_key_value_heads, mc.head_dim, mc.num_hidden_layers, self.device
+            tokens, self.page_size, self.dtype, kv_heads, mc.head_dim, mc.num_hidden_layers, self.device
         )
         # Allocator state lives on the host: scheduling decisions never wait for the device
         self.allocator = PagedTokenToKVPoolAllocator(tokens, self.page_size, "cpu")

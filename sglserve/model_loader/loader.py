@@ -6,7 +6,10 @@ import contextlib
 import glob
 import json
 import logging
+import mmap
 import os
+import struct
+import zlib
 from typing import Iterator, List, Tuple
 
 import torch
@@ -14,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sglserve.configs.model_config import ModelConfig
+from sglserve.layers.linear import default_weight_loader
 from sglserve.models.registry import get_model_class
 
 logger = logging.getLogger(__name__)
@@ -52,31 +56,71 @@ def safetensors_files(folder: str) -> List[str]:
     return hf_files or files
 
 
-def iter_safetensors_weights(folder: str) -> Iterator[Tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
 
+
+def mmap_safetensors(path: str) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Each tensor of one .safetensors file as a view of the file's memory map, nothing read yet.
+
+    A tensor-parallel rank's weight loaders narrow these views to their slice before copying, so
+    each rank reads only its own shard's pages from disk (the format: an 8-byte header length,
+    a JSON header of dtype/shape/offsets, then the data)."""
+    with open(path, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(header_len))
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writable views, no disk writes
+    base = 8 + header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, not one of {sorted(SAFETENSORS_DTYPES)}")
+        start, end = info["data_offsets"]
+        raw = torch.frombuffer(mm, dtype=torch.uint8, offset=base + start, count=end - start) if end > start \
+            else torch.empty(0, dtype=torch.uint8)
+        yield name, raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def iter_safetensors_weights(folder: str) -> Iterator[Tuple[str, torch.Tensor]]:
     files = safetensors_files(folder)
-    total = 0
-    for path in files:  # headers only: the tensor count for the progress bar
-        with safe_open(path, framework="pt", device="cpu") as f:
-            total += len(f.keys())
-    with tqdm(total=total, desc=f"Loading safetensors ({len(files)} files)", unit="tensor") as bar:
-        for path in files:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-                    bar.update(1)
+    tensors = [t for path in files for t in mmap_safetensors(path)]  # views: headers only are read here
+    for name, tensor in tqdm(tensors, desc=f"Loading safetensors ({len(files)} files)", unit="tensor"):
+        yield name, tensor
 
 
 def init_dummy_weights(model: nn.Module, low: float = -1e-3, high: float = 1e-3, seed: int = 0) -> None:
     """Random weights for benchmarks without a checkpoint: small uniform values keep activations
-    finite; norm weights stay 1 so hidden states keep a realistic scale."""
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.data.fill_(1.0)
-            continue
-        gen = torch.Generator(device=param.device).manual_seed(seed)
-        param.data.uniform_(low, high, generator=gen)
+    finite; norm weights stay 1 so hidden states keep a realistic scale.
+
+    Each checkpoint tensor (q_proj, gate_proj, ... as a checkpoint would hold it) is drawn whole
+    from a generator seeded by its name and goes through the layer's weight_loader, so every
+    tensor-parallel size holds slices of the same model (TP=2 vs TP=1 comparisons on dummy weights)."""
+    seen = set()
+    for mod_name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # a tied lm_head
+                continue
+            seen.add(id(param))
+            if pname == "weight" and "norm" in mod_name.rsplit(".", 1)[-1]:
+                param.data.fill_(1.0)
+                continue
+            shards = module.checkpoint_shards(pname == "bias") if hasattr(module, "checkpoint_shards") \
+                else [(None, tuple(param.shape))]
+            loader = getattr(param, "weight_loader", None)
+            for shard_id, shape in shards:
+                key = f"{mod_name}.{pname}:{shard_id}"
+                gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+                full = torch.empty(shape, dtype=param.dtype, device=param.device).uniform_(low, high, generator=gen)
+                if loader is None:
+                    default_weight_loader(param, full)
+                elif shard_id is None:
+                    loader(param, full)
+                else:
+                    loader(param, full, shard_id)
 
 
 def resolve_load_format(load_format: str, model_config: ModelConfig) -> str:

@@ -9,7 +9,7 @@ a fresh matcher, so compiling never blocks the requests that are decoding.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from sglserve.constrained import create_backend
 from sglserve.constrained.base import BaseGrammarBackend, fill_vocab_mask, grammar_key
@@ -19,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 class GrammarManager:
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int], backend_name: str) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int], backend_name: str,
+                 agree: Optional[Callable[[int], int]] = None) -> None:
+        # Tensor parallelism: each rank compiles on its own thread, so "done" differs between ranks;
+        # agree(n) returns the smallest n over the ranks, and only that many (from the head) move on
+        self.agree = agree
         self.backend: Optional[BaseGrammarBackend] = None
         self.disabled_reason = ""
         if backend_name == "none":
@@ -48,7 +52,14 @@ class GrammarManager:
         if not self.queue:
             return [], []
         ready, failed, still = [], [], []
-        for req in self.queue:
+        queue = self.queue
+        if self.agree is not None:
+            n = 0
+            while n < len(queue) and queue[n].grammar_future.done():
+                n += 1
+            n = self.agree(n)
+            queue, still = queue[:n], queue[n:]
+        for req in queue:
             fut = req.grammar_future
             if not fut.done():
                 still.append(req)

@@ -19,6 +19,7 @@ from typing import List, Optional
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
+from sglserve.distributed.parallel_state import all_reduce_min
 from sglserve.io_struct import (
     AbortReq,
     FlushCacheReq,
@@ -38,6 +39,7 @@ from sglserve.scheduler.kv_accounting import KVAccounting
 from sglserve.scheduler.output_sender import OutputSender
 from sglserve.scheduler.overlap import LaunchedBatch, carried_rows, overlap_safe
 from sglserve.scheduler.prefill_planner import PrefillPlanner
+from sglserve.scheduler.rank_input import DiscardQueue, RankInput
 from sglserve.scheduler.request_intake import RequestIntake
 from sglserve.scheduler.running_batch import RunningBatch
 from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
@@ -53,12 +55,16 @@ logger = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, server_args: ServerArgs, port_args: Optional[PortArgs]) -> None:
+    def __init__(self, server_args: ServerArgs, port_args: Optional[PortArgs], tp_rank: int = 0,
+                 dist_init_addr: Optional[str] = None) -> None:
+        """tp_rank, dist_init_addr: with --tp-size > 1, this process's rank and where the ranks meet
+        (rank_input.py: rank 0 alone talks to the other processes)."""
         self.server_args = sa = server_args
+        self.tp_rank, self.tp_size = tp_rank, sa.tp_size
         self.model_config = ModelConfig.from_server_args(server_args)
         self.tokenizer = None if sa.skip_tokenizer_init else get_tokenizer(sa.tokenizer_path)
         self.eos_token_ids = self._eos_token_ids()
-        self.model_runner = mr = ModelRunner(self.model_config, server_args)
+        self.model_runner = mr = ModelRunner(self.model_config, server_args, tp_rank, dist_init_addr)
         self.context_len = mr.context_len
         self.max_total_num_tokens = mr.max_total_num_tokens
         self.max_running_requests = mr.max_running_requests
@@ -73,7 +79,7 @@ class Scheduler:
         self.planner = PrefillPlanner(self.kv, policy, max_prefill, self.max_running_requests, clip)
         self.running = RunningBatch(self.kv, clip)
         self.grammar_manager = GrammarManager(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids,
-                                              sa.grammar_backend)
+                                              sa.grammar_backend, agree=all_reduce_min if self.tp_size > 1 else None)
         self.output_sender = OutputSender(stream_interval=sa.stream_interval)
         self.stats = SchedulerStats(self.kv, sa.decode_log_interval, sa.enable_cache_report)
         self.intake = RequestIntake(self.context_len, self.max_total_num_tokens, sa.page_size, self.eos_token_ids,
@@ -84,12 +90,16 @@ class Scheduler:
         self._pending: Optional[LaunchedBatch] = None
         self._idle_checked = True
 
-        if port_args is not None:
+        if port_args is not None and tp_rank == 0:
             ctx = zmq.Context(2)
             self.recv_from_tokenizer = PullQueue(ctx, port_args.scheduler_input_ipc_name, bind=True)
             self.send_to_detokenizer = PushQueue(ctx, port_args.detokenizer_ipc_name)
             self.send_to_tokenizer = PushQueue(ctx, port_args.tokenizer_ipc_name)
             self.output_sender.sink = self.send_to_detokenizer.put
+            self.input = RankInput(self.recv_from_tokenizer, tp_rank, self.tp_size)
+        elif port_args is not None:  # another rank: its input is rank 0's broadcast, its output dropped
+            self.send_to_tokenizer = DiscardQueue()
+            self.input = RankInput(None, tp_rank, self.tp_size)
         logger.info(
             "max_total_num_tokens=%d, step token budget (chunked_prefill_size)=%s, max_prefill_tokens=%d, "
             "max_running_requests=%d, context_len=%d, page_size=%d, clip_max_new_tokens=%d",
@@ -138,15 +148,10 @@ class Scheduler:
             if os.getppid() != parent:
                 logger.error("Parent process died; scheduler exits.")
                 sys.exit(1)
-            self.recv_from_tokenizer.poll(timeout=5 if len(self.grammar_manager) else 1000)
+            self.input.wait(5 if len(self.grammar_manager) else 1000)
 
     def recv_requests(self) -> list:
-        msgs = []
-        while True:
-            try:
-                msgs.append(self.recv_from_tokenizer.get(block=False))
-            except zmq.ZMQError:
-                return msgs
+        return self.input.recv()
 
     def process_input_requests(self, msgs: list) -> None:
         for msg in msgs:
@@ -325,13 +330,14 @@ class Scheduler:
             req.finished_reason = finish_abort(f"Internal error: {type(e).__name__}: {e}", status_code=500)
 
 
-def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
-    configure_logger(server_args, prefix=" Scheduler")
+def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer, tp_rank: int = 0,
+                          dist_init_addr: Optional[str] = None) -> None:
+    configure_logger(server_args, prefix=" Scheduler" + (f" TP{tp_rank}" if server_args.tp_size > 1 else ""))
     logger.info("Scheduler process started (imports done); loading the model.")
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     try:
-        scheduler = Scheduler(server_args, port_args)
+        scheduler = Scheduler(server_args, port_args, tp_rank, dist_init_addr)
     except Exception as e:
         logger.error("Scheduler failed to start:\n%s", traceback.format_exc())
         ready_writer.send(ReadyMsg(who="scheduler", error=f"{type(e).__name__}: {e}"))

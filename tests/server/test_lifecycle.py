@@ -25,7 +25,9 @@ def run_launcher(args, timeout=120):
 @pytest.mark.parametrize(
     "args,flag",
     [
-        (["--tp-size", "2"], "--tp-size"),
+        (["--tp-size", "0"], "--tp-size"),
+        (["--tp-size", "2", "--nnodes", "2"], "--dist-init-addr"),
+        (["--tp-size", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1234"], "--nnodes"),
         (["--page-size", "0"], "--page-size"),
         (["--schedule-policy", "random"], "--schedule-policy"),
         (["--mem-fraction-static", "1.5"], "--mem-fraction-static"),

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from sglserve.configs.model_config import ModelConfig
+from sglserve.distributed.parallel_state import get_tp_size
+from sglserve.distributed.shard import kv_heads_per_rank
 from sglserve.layers.attention.torch_native_backend import TorchNativeAttnBackend
 from sglserve.layers.logits_processor import LogitsProcessorOutput
 from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
@@ -49,7 +51,7 @@ class PagedModelRunner:
         self.device = device
         self.req_to_token_pool = ReqToTokenPool(max_reqs, max_context_len, device)
         self.kv_pool = MHATokenToKVPool(
-            num_slots, page_size, model_config.dtype, model_config.num_key_value_heads,
+            num_slots, page_size, model_config.dtype, kv_heads_per_rank(model_config.num_key_value_heads, get_tp_size()),
             model_config.head_dim, model_config.num_hidden_layers, device,
         )  # fmt: skip
         self.allocator = PagedTokenToKVPoolAllocator(num_slots, page_size, device)

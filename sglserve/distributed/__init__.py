@@ -1,0 +1,1 @@
+"""Tensor parallelism: the process group of this rank and its collectives."""
