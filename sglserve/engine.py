@@ -26,6 +26,7 @@ from sglserve.tokenizer.logprob_output import LogprobAccumulator
 from sglserve.tokenizer.req_state import Updates
 from sglserve.scheduler.scheduler import Scheduler
 from sglserve.server_args import ServerArgs
+from sglserve.utils.model_source import prepare_model_source
 from sglserve.utils.logging_utils import configure_logger
 
 Prompt = Union[str, List[str], None]
@@ -70,6 +71,7 @@ class Engine:
             kwargs["chunked_prefill_size"] = OFFLINE_STEP_BUDGET
         self.server_args = ServerArgs(model_path=model_path, log_level=log_level, **kwargs)
         configure_logger(self.server_args)
+        prepare_model_source(self.server_args)  # hub ids; ValueError for a quantization we cannot run
         self.scheduler = Scheduler(self.server_args, None)
         self.tokenizer = self.scheduler.tokenizer
         self.detokenizer = DetokenizerManager(self.tokenizer)  # no tokenizer: ids pass through, text ""

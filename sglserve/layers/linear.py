@@ -33,9 +33,11 @@ def set_weight_loader(param: nn.Parameter, loader: Any) -> nn.Parameter:
 class LinearBase(CustomOp):
     """y = x @ weight.T + bias with weight [output_size, input_size], like nn.Linear.
 
-    No kernel hook: F.linear already is cuBLAS on CUDA. A quantized GEMM would plug in by
-    setting `kernel_name` and `forward_cuda` here.
+    No kernel hook: F.linear already is cuBLAS on CUDA. A quantized layer has a `quant_method`
+    (layers/quantization): it owns the weight's storage and the GEMM, and its GPU kernels.
     """
+
+    quant_method: Any = None  # a LinearMethodBase, set by layers.quantization.quantize_model
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
         super().__init__()
@@ -62,6 +64,8 @@ class LinearBase(CustomOp):
         param.data.narrow(0, offset, size).copy_(loaded_weight)
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, x, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
