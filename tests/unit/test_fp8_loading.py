@@ -128,9 +128,11 @@ def test_ignore_list_keeps_layers_unquantized(tiny, tmp_path):
     import os
 
     path = os.path.join(folder, "config.json")
-    cfg = json.load(open(path))
+    with open(path) as f:
+        cfg = json.load(f)
     cfg["quantization_config"]["ignore"] = ["lm_head", "re:.*layers\\.1\\.mlp\\.down_proj$"]
-    json.dump(cfg, open(path, "w"))
+    with open(path, "w") as f:
+        json.dump(cfg, f)
     # the checkpoint then holds that layer unquantized: rewrite it in bf16 without a scale
     from safetensors.torch import load_file, save_file
 
