@@ -26,6 +26,7 @@ from sglserve.tokenizer.logprob_output import LogprobAccumulator
 from sglserve.tokenizer.req_state import Updates
 from sglserve.scheduler.scheduler import Scheduler
 from sglserve.server_args import ServerArgs
+from sglserve.utils.model_source import prepare_model_source
 from sglserve.utils.logging_utils import configure_logger
 
 Prompt = Union[str, List[str], None]
@@ -73,6 +74,7 @@ class Engine:
             raise ValueError(f"sglserve.Engine runs the model in this one process; --tp-size={self.server_args.tp_size} "
                              "needs one process per rank: use the server (python -m sglserve.launch_server --tp-size N)")
         configure_logger(self.server_args)
+        prepare_model_source(self.server_args)  # hub ids; ValueError for a quantization we cannot run
         self.scheduler = Scheduler(self.server_args, None)
         self.tokenizer = self.scheduler.tokenizer
         self.detokenizer = DetokenizerManager(self.tokenizer)  # no tokenizer: ids pass through, text ""

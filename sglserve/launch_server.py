@@ -215,9 +215,16 @@ def run_worker_node(server_args: ServerArgs) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from sglserve.utils.model_source import ModelSourceError, QuantizationError, prepare_model_source
+
     try:
         server_args = prepare_server_args(argv)
     except ServerArgsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:  # hub ids -> local files; a quantization we cannot run is refused before any weight is read
+        prepare_model_source(server_args)
+    except (ModelSourceError, QuantizationError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_logger(server_args)

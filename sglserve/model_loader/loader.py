@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from sglserve.configs.model_config import ModelConfig
 from sglserve.layers.linear import default_weight_loader
+from sglserve.layers.quantization import finish_quantization, quantize_model
 from sglserve.models.registry import get_model_class
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def get_model(model_config: ModelConfig, load_format: str = "auto", device: str 
     cls = get_model_class(model_config.architecture)
     with _default_dtype(model_config.dtype), torch.device(device):
         model = cls(model_config.hf_config)
+        quantized = quantize_model(model, model_config.quant_scheme)  # fp8 parameters, before any weight
     if fmt == "dummy":
         init_dummy_weights(model)
     elif fmt == "gguf":
@@ -149,6 +151,9 @@ def get_model(model_config: ModelConfig, load_format: str = "auto", device: str 
         model.load_weights(iter_gguf_weights(model_config.model_path))
     else:
         model.load_weights(iter_safetensors_weights(model_config.model_path))
+    finish_quantization(model)
+    if quantized:
+        logger.info("%d linear layers in %s", quantized, model_config.quant_scheme.describe())
     logger.info(
         "loaded %s (%s weights, %.1fM params, %s) on %s",
         model_config.architecture, fmt, sum(p.numel() for p in model.parameters()) / 1e6, model_config.dtype, device,

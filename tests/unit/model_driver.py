@@ -23,8 +23,10 @@ from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.model_loader.loader import get_model
 
 
-def load_model(model_path: str, load_format: str = "auto", device: str = "cpu", dtype: str = "float32") -> Tuple[nn.Module, ModelConfig]:
-    config = ModelConfig.from_pretrained(model_path, load_format=load_format, dtype=dtype, device=device)
+def load_model(model_path: str, load_format: str = "auto", device: str = "cpu", dtype: str = "float32",
+               quantization: Optional[str] = None) -> Tuple[nn.Module, ModelConfig]:
+    config = ModelConfig.from_pretrained(model_path, load_format=load_format, dtype=dtype, device=device,
+                                         quantization=quantization)
     return get_model(config, load_format, device), config
 
 

@@ -90,13 +90,12 @@ class TorchNativeAttnBackend(AttentionBackend):
     def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
         meta: ExtendMetadata = self._metadata(forward_batch)
         self._save_kv(k, v, layer, forward_batch, save_kv_cache)
-        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        pool = forward_batch.token_to_kv_pool
         q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
         for start, n, slots, mask in zip(meta.starts, meta.lens, meta.slots, meta.masks):
             qi = q[start : start + n].transpose(0, 1)  # [H, n, D]
-            ki = k_buf[slots].transpose(0, 1).to(q.dtype)  # [KVH, s, D]
-            vi = v_buf[slots].transpose(0, 1).to(q.dtype)
+            ki, vi = (t.transpose(0, 1) for t in pool.read_kv(layer.layer_id, slots, q.dtype))  # [KVH, s, D]
             oi = F.scaled_dot_product_attention(
                 qi.unsqueeze(0), ki.unsqueeze(0), vi.unsqueeze(0),
                 attn_mask=mask, is_causal=mask is None, scale=layer.scaling, enable_gqa=True,
@@ -107,10 +106,9 @@ class TorchNativeAttnBackend(AttentionBackend):
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
         meta: DecodeMetadata = self._metadata(forward_batch)
         self._save_kv(k, v, layer, forward_batch, save_kv_cache)
-        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         bs = forward_batch.batch_size
         q = q.reshape(bs, layer.tp_q_head_num, 1, layer.qk_head_dim)
-        keys = k_buf[meta.slots].transpose(1, 2).to(q.dtype)  # [bs, KVH, max_len, D]
-        values = v_buf[meta.slots].transpose(1, 2).to(q.dtype)
+        keys, values = forward_batch.token_to_kv_pool.read_kv(layer.layer_id, meta.slots, q.dtype)
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)  # [bs, KVH, max_len, D]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=meta.mask, scale=layer.scaling, enable_gqa=True)
         return out.reshape(bs, -1)
