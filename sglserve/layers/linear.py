@@ -78,10 +78,14 @@ class LinearBase(CustomOp):
         loads: what dummy weights generate, so that every tp size gets slices of the same model."""
         return [(None, (self.output_size,) if is_bias else (self.output_size, self.input_size))]
 
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """This rank's x @ weight.T (+ bias): the quantized GEMM when the layer has one."""
         if self.quant_method is not None:
-            return self.quant_method.apply(self, x, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            return self.quant_method.apply(self, x, bias)
+        return F.linear(x, self.weight, bias)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(x, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}, "
@@ -103,7 +107,7 @@ class ColumnParallelLinear(LinearBase):
         self._load_rows(param, loaded_weight, self.tp_rank * self.out_part, 0, self.out_part, self.output_size)
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = self.matmul(x, self.bias)
         return tp_all_gather(y) if self.gather_output else y
 
 
@@ -117,17 +121,21 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
         if shard_id is not None:
             raise ValueError(f"{type(self).__name__} is not fused; got shard_id={shard_id!r}")
-        if param.dim() == 2:  # the weight's columns; the bias is whole on every rank
+        if param is self.weight:  # the weight's columns; the bias is whole on every rank
             if loaded_weight.shape != (self.output_size, self.input_size):
                 raise ValueError(f"checkpoint shape {tuple(loaded_weight.shape)} does not fit {type(self).__name__} "
                                  f"[{self.output_size}, {self.input_size}]")
             loaded_weight = loaded_weight.narrow(1, self.tp_rank * self.in_part, self.in_part)
+        elif param.dim() == 2 and loaded_weight.shape[1] > 1 and self.tp_size > 1:
+            # A scale per block of input columns (FP8 block scales): this rank's blocks
+            per_rank = divide(loaded_weight.shape[1], self.tp_size)
+            loaded_weight = loaded_weight.narrow(1, self.tp_rank * per_rank, per_rank)
         default_weight_loader(param, loaded_weight)
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1 or not self.reduce_results:
-            return F.linear(x, self.weight, self.bias)
-        y = tp_all_reduce(F.linear(x, self.weight))
+            return self.matmul(x, self.bias)
+        y = tp_all_reduce(self.matmul(x, None))
         return y if self.bias is None else y + self.bias
 
 
