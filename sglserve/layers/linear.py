@@ -29,6 +29,18 @@ def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor) -> N
     param.data.copy_(loaded_weight)
 
 
+def load_into(param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+    """Load a checkpoint tensor through the parameter's own weight_loader (this rank's part, a
+    fused shard) or, without one, whole."""
+    loader = getattr(param, "weight_loader", None)
+    if loader is None:
+        default_weight_loader(param, loaded_weight)
+    elif shard_id is None:
+        loader(param, loaded_weight)
+    else:
+        loader(param, loaded_weight, shard_id)
+
+
 def set_weight_loader(param: nn.Parameter, loader: Any) -> nn.Parameter:
     param.weight_loader = loader  # read by the models' load_weights
     return param

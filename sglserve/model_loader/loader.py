@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sglserve.configs.model_config import ModelConfig
-from sglserve.layers.linear import default_weight_loader
+from sglserve.layers.linear import load_into
 from sglserve.layers.quantization import finish_quantization, quantize_model
 from sglserve.models.registry import get_model_class
 
@@ -111,17 +111,11 @@ def init_dummy_weights(model: nn.Module, low: float = -1e-3, high: float = 1e-3,
                 continue
             shards = module.checkpoint_shards(pname == "bias") if hasattr(module, "checkpoint_shards") \
                 else [(None, tuple(param.shape))]
-            loader = getattr(param, "weight_loader", None)
             for shard_id, shape in shards:
                 key = f"{mod_name}.{pname}:{shard_id}"
                 gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
                 full = torch.empty(shape, dtype=param.dtype, device=param.device).uniform_(low, high, generator=gen)
-                if loader is None:
-                    default_weight_loader(param, full)
-                elif shard_id is None:
-                    loader(param, full)
-                else:
-                    loader(param, full, shard_id)
+                load_into(param, full, shard_id)
 
 
 def resolve_load_format(load_format: str, model_config: ModelConfig) -> str:

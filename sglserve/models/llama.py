@@ -18,7 +18,7 @@ from transformers import PretrainedConfig
 from sglserve.configs.model_config import get_head_dim, get_rope_config
 from sglserve.layers.activation import SiluAndMul
 from sglserve.layers.layernorm import RMSNorm
-from sglserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, default_weight_loader
+from sglserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, load_into
 from sglserve.layers.logits_processor import LogitsProcessor, LogitsProcessorOutput
 from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.rotary_embedding import RotaryEmbedding, get_rope
@@ -172,14 +172,7 @@ class LlamaForCausalLM(nn.Module):
             if target not in params:
                 logger.warning("checkpoint tensor %s has no parameter in %s; skipped", name, type(self).__name__)
                 continue
-            param = params[target]
-            loader = getattr(param, "weight_loader", None)
-            if loader is None:
-                default_weight_loader(param, tensor)
-            elif shard_id is None:
-                loader(param, tensor)
-            else:
-                loader(param, tensor, shard_id)
+            load_into(params[target], tensor, shard_id)
             loads[target] += 1
         bad = [f"{n} ({loads[n]}/{expected_loads[n]})" for n in params if loads[n] != expected_loads[n]]
         if bad:
