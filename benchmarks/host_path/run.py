@@ -96,12 +96,13 @@ def print_table(results: Dict[str, Any]) -> None:
         for r in results["whole"]:
             print(f"{r['n']:>6} | {r['output_len']:>7} | {r['steps']:>6} | {r['host_s'] * 1e3:>8.0f} | {r['us_per_token']:.1f}")
     if results.get("http"):
-        print("\nHTTP /generate streaming, stubbed forward (client on the same CPU)")
-        print(f"{'N':>6} | {'out tok/s':>9} | {'TTFT med ms':>11} | {'ITL med ms':>10} | {'ITL p99 ms':>10} "
+        print("\nHTTP /generate (route sglserve) and /v1/chat/completions (openai-chat) streaming, stubbed forward "
+              "(client on the same CPU)")
+        print(f"{'N':>6} | {'route':>11} | {'out tok/s':>9} | {'TTFT med ms':>11} | {'ITL med ms':>10} | {'ITL p99 ms':>10} "
               f"| cores http/sched/detok/client | CPU µs/token http/sched/detok/client")
         for r in results["http"]:
             c = {**r["server_cpu"]["cores_during_load"], "client": r["server_cpu"]["client_cores_during_load"]}
-            print(f"{r['n']:>6} | {r['output_throughput']:>9.0f} | {r['median_ttft_ms']:>11.0f} | "
+            print(f"{r['n']:>6} | {r.get('backend', 'sglserve'):>11} | {r['output_throughput']:>9.0f} | {r['median_ttft_ms']:>11.0f} | "
                   f"{r['median_itl_ms']:>10.1f} | {r['p99_itl_ms']:>10.1f} | "
                   f"{c.get('http', 0):.2f}/{c.get('scheduler', 0):.2f}/{c.get('detokenizer', 0):.2f}/{c['client']:.2f} | "
                   + "/".join(f"{r['server_cpu']['us_per_token'].get(k, 0):.0f}" for k in ("http", "scheduler", "detokenizer", "client")))
@@ -115,6 +116,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--input-len", type=int, default=32)
     ap.add_argument("--overlap", action="store_true", help="overlap scheduling in-process (the GPU's mode)")
     ap.add_argument("--no-http", action="store_true", help="skip the real-server part")
+    ap.add_argument("--http-backends", nargs="+", default=["sglserve"], choices=["sglserve", "openai-chat"],
+                    help="streaming routes to load: /generate (sglserve) and/or /v1/chat/completions (openai-chat)")
     ap.add_argument("--http-output-len", type=int, help="output tokens per HTTP request (default 64/32/16)")
     ap.add_argument("--server-args", default="--chunked-prefill-size 4096",
                     help="extra launch_server flags (default: the CUDA step budget)")
@@ -155,10 +158,12 @@ def main(argv: List[str] = None) -> int:
         try:
             results["server_ready_s"] = server.wait_ready()
             for n in ns:
-                r = serve_load.run_load(server, tok_path, n, args.input_len, out_len[n],
-                                        os.path.join(work, "bench_serving.jsonl"))
-                results["http"].append({"n": n, "output_len": out_len[n], **r})
-                print(f"[host_path] HTTP N={n}: {r['output_throughput']:.0f} out tok/s", flush=True)
+                for backend in args.http_backends:
+                    r = serve_load.run_load(server, tok_path, n, args.input_len, out_len[n],
+                                            os.path.join(work, "bench_serving.jsonl"), backend)
+                    results["http"].append({"n": n, "backend": backend, "output_len": out_len[n], **r})
+                    print(f"[host_path] HTTP {backend} N={n}: {r['output_throughput']:.0f} out tok/s, "
+                          f"HTTP-process CPU {r['server_cpu']['us_per_token'].get('http')} us/token", flush=True)
         finally:
             server.stop()
     shutil.rmtree(work, ignore_errors=True)  # the tiny config and bench_serving's rows; the server log is in --log-dir

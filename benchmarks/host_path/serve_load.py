@@ -70,13 +70,15 @@ class Server:
         os.unlink(self.ids_path)
 
 
-def run_load(server: Server, tokenizer_path: str, n: int, input_len: int, output_len: int, out_file: str) -> Dict[str, Any]:
-    """N prompts of input_len random tokens (sent as text), output_len tokens each, all at once."""
-    cmd = [sys.executable, "-m", "sglserve.bench_serving", "--backend", "sglserve", "--port", str(server.port),
+def run_load(server: Server, tokenizer_path: str, n: int, input_len: int, output_len: int, out_file: str,
+             backend: str = "sglserve") -> Dict[str, Any]:
+    """N prompts of input_len random tokens (sent as text), output_len tokens each, all at once,
+    through /generate (backend sglserve) or /v1/chat/completions (openai-chat)."""
+    cmd = [sys.executable, "-m", "sglserve.bench_serving", "--backend", backend, "--port", str(server.port),
            "--tokenizer", tokenizer_path, "--dataset-name", "random", "--num-prompts", str(n),
            "--random-input-len", str(input_len), "--random-output-len", str(output_len),
            "--random-range-ratio", "1", "--request-rate", "inf", "--disable-tqdm", "--output-file", out_file,
-           "--tag", f"host_path_n{n}"]
+           "--tag", f"host_path_{backend}_n{n}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with CpuWindow(server.proc.pid) as w:
         r = subprocess.run(cmd, capture_output=True, text=True)
