@@ -229,24 +229,57 @@ tp)
   else
     L8=$L; L70=benchmarks/configs/Llama-3.1-70B-Instruct; ngpu=$($PY -c "import torch; print(torch.cuda.device_count())")
   fi
-  if [ "$ngpu" -ge 4 ]; then runs=${TP_RUNS:-"70b:4 70b:2"}; else runs=${TP_RUNS:-"8b:1 8b:2 70b:2"}; fi
+  GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf  # two calls: the first carries .smol/a, the second .smol/b
+  [ -f "$SMOL/a" ] && cp "$SMOL/a" "$STATE/smol.part_a" && log "kept GGUF part a in $STATE"
+  [ -f "$SMOL/b" ] && [ -f "$STATE/smol.part_a" ] && cat "$STATE/smol.part_a" "$SMOL/b" > "$GGUF"
+  if [ "$ngpu" -ge 4 ]; then runs=${TP_RUNS:-"70b:4 70b:2"}; else runs=${TP_RUNS:-"8b:1 8b:2 8b:2:nccl 70b:2"}; fi
   log "GPUs: $ngpu; runs: $runs"
-  for run in $runs; do
-    m=${run%%:*}; tp=${run##*:}; [ "$m" = 70b ] && model=$L70 || model=$L8
-    start_server "$OUT/tp_${m}_tp$tp.log" --model-path "$model" $D $DEV --tokenizer-path "$TOK" --tp-size "$tp" || continue
-    log "W1 $m TP=$tp"
+  AR=""  # the one-shot all-reduce against NCCL first: if it is wrong, every server below runs NCCL only
+  if [ "$DRYRUN" != 1 ] && [ "${TP_AR:-1}" = 1 ]; then
+    for n in 2 4; do
+      [ "$ngpu" -ge $n ] || continue
+      log "all-reduce TP=$n: one-shot vs NCCL"
+      timeout "$(cap 120)" $PY benchmarks/kernels/bench_all_reduce.py --tp $n --hidden $(( n == 2 ? 4096 : 8192 )) \
+        --tokens 1 8 64 256 4096 > "$OUT/tp_all_reduce_$n.txt" 2>&1 \
+        || { AR="--disable-custom-all-reduce"; log "one-shot all-reduce failed: NCCL only"; tail -5 "$OUT/tp_all_reduce_$n.txt"; }
+      grep '^{' "$OUT/tp_all_reduce_$n.txt"
+    done
+  fi
+  for run in $runs; do  # model:tp[:nccl] (nccl: --disable-custom-all-reduce, W1 only)
+    IFS=: read -r m tp var <<< "$run"
+    case $m in 70b) model=$L70; X="$D" ;; smol) model=$GGUF; X="" ;; *) model=$L8; X="$D" ;; esac
+    [ "$m" = smol ] && { [ -f "$GGUF" ] || { log "no GGUF: carry .smol/a in one call, .smol/b in the next"; continue; }; }
+    flags="$AR"; [ "$var" = nccl ] && flags="--disable-custom-all-reduce"
+    tag="${m}_tp$tp${var:+_$var}"
+    start_server "$OUT/tp_$tag.log" --model-path "$model" $X $DEV --tokenizer-path "$TOK" --tp-size "$tp" $flags || continue
+    grep -h -m1 -E "one-shot|symmetric-memory all-reduce unavailable" "$OUT/tp_$tag.log"
+    log "W1 $tag"
     timeout "$(cap 120)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
       --dataset-name random --num-prompts 1 --random-input-len 128 --random-output-len "$W1_OUT" --random-range-ratio 1 \
-      --request-rate inf --output-file "$OUT/tp.jsonl" --tag "w1_${m}_tp$tp" | grep -E "Output token throughput|Median ITL"
+      --request-rate inf --output-file "$OUT/tp.jsonl" --tag "w1_$tag" | grep -E "Output token throughput|Median ITL"
+    if [ -z "$var" ]; then  # teacher-forced top-1 ids of fixed prompts, compared across tp sizes below
+      timeout "$(cap 60)" $PY benchmarks/top1_agreement.py collect --port "$PORT" --out "$STATE/top1_${m}_tp$tp.json" \
+        --num-prompts 8 --len 256 || log "top-1 collect failed"
+    fi
     w2=${TP_W2:-"8b:1 8b:2 8b:4 70b:4"}
     if [[ " $w2 " == *" $run "* ]]; then
-      log "W2 $m TP=$tp"
+      log "W2 $tag"
       timeout "$(cap 200)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
         --dataset-name random --num-prompts "$W2_N" --random-input-len 256 --random-output-len 256 --random-range-ratio 1 \
-        --request-rate inf --client-procs "${CLIENT_PROCS:-4}" --output-file "$OUT/tp.jsonl" --tag "w2_${m}_tp$tp" \
+        --request-rate inf --client-procs "${CLIENT_PROCS:-4}" --output-file "$OUT/tp.jsonl" --tag "w2_$tag" \
         | grep -E "Successful|Output token throughput|Median TTFT|Median ITL"
     fi
     stop_server
-  done ;;
+  done
+  for f in "$STATE"/top1_*_tp*.json; do  # each tp size against the smallest one of the same model
+    [ -f "$f" ] || continue; m=$(basename "$f" | sed -E 's/top1_(.*)_tp[0-9]+\.json/\1/')
+    base=$(ls "$STATE"/top1_${m}_tp*.json | sort -V | head -1); [ "$f" = "$base" ] && continue
+    $PY benchmarks/top1_agreement.py compare "$base" "$f" --min 0.99 --tag "$(basename "$base" .json) vs $(basename "$f" .json)" \
+      | tee -a "$OUT/tp_top1.jsonl"
+  done
+  if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi
+  [ -f "$GGUF" ] && export SGLSERVE_GPU_TEST_MODEL=$GGUF
+  log "TP GPU tests"; timeout "$(cap 300 5)" $PY -m pytest -q -s $tests ${TP_TESTS:-tests/gpu/test_tp_gpu.py} -p no:cacheprovider 2>&1 \
+    | grep -E "agreement|passed|failed|skipped|rror|one_shot" | tail -20 ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"

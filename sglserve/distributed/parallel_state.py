@@ -31,13 +31,16 @@ class TPGroup:
     size: int
     device_group: Any = None  # the model's collectives (NCCL on CUDA, gloo on the CPU)
     cpu_group: Any = None  # Python objects between schedulers (always gloo)
+    small_all_reduce: Any = None  # SymmMemAllReduce for decode-sized messages on CUDA, or None
 
 
 _TP = TPGroup(rank=0, size=1)
 
 
-def init_tp_group(rank: int, size: int, init_addr: str, device: torch.device) -> TPGroup:
-    """Join the group of `size` ranks that meet at `init_addr` ("host:port"; rank 0 listens there)."""
+def init_tp_group(rank: int, size: int, init_addr: str, device: torch.device,
+                  custom_all_reduce: bool = True) -> TPGroup:
+    """Join the group of `size` ranks that meet at `init_addr` ("host:port"; rank 0 listens there).
+    custom_all_reduce: small all-reduces on CUDA through symm_mem_all_reduce (else all NCCL)."""
     global _TP
     if size == 1:
         _TP = TPGroup(rank=0, size=1)
@@ -51,6 +54,10 @@ def init_tp_group(rank: int, size: int, init_addr: str, device: torch.device) ->
     if backend == "nccl":  # NCCL sets up its communicator on the first collective: not inside a graph capture
         dist.all_reduce(torch.zeros(1, device=device), group=device_group)
         torch.cuda.synchronize(device)
+        if custom_all_reduce:
+            from sglserve.distributed.symm_mem_all_reduce import make_symm_mem_all_reduce
+
+            _TP.small_all_reduce = make_symm_mem_all_reduce(device_group, device, all_reduce_min)
     logger.info("TP rank %d/%d joined at %s (%s), pid %d", rank, size, init_addr, backend, os.getpid())
     return _TP
 
@@ -75,9 +82,12 @@ def get_tp_size() -> int:
 
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place (what a row-parallel layer's partial products need)."""
+    """Sum over ranks (what a row-parallel layer's partial products need). Use the returned
+    tensor: NCCL sums in place, the one-shot kernel into a new tensor."""
     if _TP.size == 1:
         return x
+    if _TP.small_all_reduce is not None and _TP.small_all_reduce.fits(x):
+        return _TP.small_all_reduce(x)
     dist.all_reduce(x, group=_TP.device_group)
     return x
 
