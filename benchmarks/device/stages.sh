@@ -245,20 +245,22 @@ tp)
       grep '^{' "$OUT/tp_all_reduce_$n.txt"
     done
   fi
-  for run in $runs; do  # model:tp[:nccl] (nccl: --disable-custom-all-reduce, W1 only)
+  for run in $runs; do  # model:tp[:variant]: nccl (--disable-custom-all-reduce, W1 only), fp32 (--dtype float32, top-1 only)
     IFS=: read -r m tp var <<< "$run"
     case $m in 70b) model=$L70; X="$D" ;; smol) model=$GGUF; X="" ;; *) model=$L8; X="$D" ;; esac
     [ "$m" = smol ] && { [ -f "$GGUF" ] || { log "no GGUF: carry .smol/a in one call, .smol/b in the next"; continue; }; }
-    flags="$AR"; [ "$var" = nccl ] && flags="--disable-custom-all-reduce"
-    tag="${m}_tp$tp${var:+_$var}"
+    flags="$AR"; [ "$var" = nccl ] && flags="--disable-custom-all-reduce"; [ "$var" = fp32 ] && flags="$AR --dtype float32"
+    key="$m${var:+_$var}"; tag="${key}_tp$tp"
     start_server "$OUT/tp_$tag.log" --model-path "$model" $X $DEV --tokenizer-path "$TOK" --tp-size "$tp" $flags || continue
     grep -h -m1 -E "one-shot|symmetric-memory all-reduce unavailable" "$OUT/tp_$tag.log"
-    log "W1 $tag"
-    timeout "$(cap 120)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
-      --dataset-name random --num-prompts 1 --random-input-len 128 --random-output-len "$W1_OUT" --random-range-ratio 1 \
-      --request-rate inf --output-file "$OUT/tp.jsonl" --tag "w1_$tag" | grep -E "Output token throughput|Median ITL"
-    if [ -z "$var" ]; then  # teacher-forced top-1 ids of fixed prompts, compared across tp sizes below
-      timeout "$(cap 60)" $PY benchmarks/top1_agreement.py collect --port "$PORT" --out "$STATE/top1_${m}_tp$tp.json" \
+    if [ "$var" != fp32 ]; then
+      log "W1 $tag"
+      timeout "$(cap 120)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
+        --dataset-name random --num-prompts 1 --random-input-len 128 --random-output-len "$W1_OUT" --random-range-ratio 1 \
+        --request-rate inf --output-file "$OUT/tp.jsonl" --tag "w1_$tag" | grep -E "Output token throughput|Median ITL"
+    fi
+    if [ "$var" != nccl ]; then  # teacher-forced top-1 ids of fixed prompts, compared across tp sizes below
+      timeout "$(cap 60)" $PY benchmarks/top1_agreement.py collect --port "$PORT" --out "$STATE/top1_${key}_tp$tp.json" \
         --num-prompts 8 --len 256 || log "top-1 collect failed"
     fi
     w2=${TP_W2:-"8b:1 8b:2 8b:4 70b:4"}
@@ -271,9 +273,9 @@ tp)
     fi
     stop_server
   done
-  for f in "$STATE"/top1_*_tp*.json; do  # each tp size against the smallest one of the same model
-    [ -f "$f" ] || continue; m=$(basename "$f" | sed -E 's/top1_(.*)_tp[0-9]+\.json/\1/')
-    base=$(ls "$STATE"/top1_${m}_tp*.json | sort -V | head -1); [ "$f" = "$base" ] && continue
+  for f in "$STATE"/top1_*_tp*.json; do  # each tp size against the smallest one of the same model (and variant)
+    [ -f "$f" ] || continue; key=$(basename "$f" | sed -E 's/top1_(.*)_tp[0-9]+\.json/\1/')
+    base=$(ls "$STATE"/top1_${key}_tp*.json | sort -V | head -1); [ "$f" = "$base" ] && continue
     $PY benchmarks/top1_agreement.py compare "$base" "$f" --min 0.99 --tag "$(basename "$base" .json) vs $(basename "$f" .json)" \
       | tee -a "$OUT/tp_top1.jsonl"
   done

@@ -5,7 +5,7 @@ parallel_state.tp_all_reduce (which picks the one-shot kernel where it fits) giv
 eagerly and replayed from a CUDA graph of many back-to-back all-reduces with fresh inputs (the
 turn-taking of the two buffer slots under a graph); then it times a graph of 64 all-reduces
 (one 8B decode step at TP=2) each way. Rank 0 prints one JSON line per size; exit 1 on a
-mismatch. tests/gpu/test_tp_gpu.py runs it on 2 GPUs.
+mismatch (a rank's exit code). tests/gpu/test_tp_gpu.py runs it on 2 GPUs.
 
   python benchmarks/kernels/bench_all_reduce.py --tp 2 [--hidden 4096 --tokens 1 8 64 256 4096]
 """
@@ -50,7 +50,7 @@ def time_graph(g: torch.cuda.CUDAGraph, reps: int = 20) -> float:
     return a.elapsed_time(b) * 1000 / reps  # us per graph
 
 
-def worker(rank: int, tp: int, port: int, args: argparse.Namespace, failures) -> None:
+def worker(rank: int, tp: int, port: int, args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from sglserve.distributed import parallel_state as ps
@@ -98,9 +98,12 @@ def worker(rank: int, tp: int, port: int, args: argparse.Namespace, failures) ->
                                   "kib": round(x.numel() * x.element_size() / 1024, 1), "one_shot": used_one_shot,
                                   "match_nccl": bool(ok), "us_tp_all_reduce": round(us_custom, 2),
                                   "us_nccl": round(us_nccl, 2)}), flush=True)
-    failures[rank] = bad
+    torch.cuda.synchronize()
     dist.barrier(group=ps.tp_group().cpu_group)
-    ps.destroy_tp_group()
+    # Leave without tearing the groups down: NCCL's and symmetric memory's teardown can block
+    # on a peer that already left; the exit code carries the verdict (mp.spawn raises on non-zero)
+    sys.stdout.flush()
+    os._exit(1 if bad else 0)
 
 
 def main() -> None:
@@ -114,9 +117,10 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    failures = mp.get_context("spawn").Manager().dict()
-    mp.spawn(worker, args=(args.tp, port, args, failures), nprocs=args.tp, join=True)
-    sys.exit(1 if any(failures.values()) else 0)
+    try:
+        mp.spawn(worker, args=(args.tp, port, args), nprocs=args.tp, join=True)
+    except mp.ProcessExitedException as e:
+        sys.exit(f"a rank failed: {e}")
 
 
 if __name__ == "__main__":
