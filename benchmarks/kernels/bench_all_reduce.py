@@ -68,7 +68,7 @@ def worker(rank: int, tp: int, port: int, args: argparse.Namespace) -> None:
             want = x.clone()
             dist.all_reduce(want, group=ps.tp_group().device_group)
             got = ps.tp_all_reduce(x.clone())
-            tol = 1e-2 if dtype == torch.bfloat16 else 1e-5  # the sum's order may differ from NCCL's by an ulp
+            tol = 0.02 * tp if dtype == torch.bfloat16 else 1e-5  # bf16 sums of tp terms in another order: a few ulps
             ok = torch.allclose(got, want, rtol=tol, atol=tol)
             # a graph of N_GRAPH dependent all-reduces, replayed on fresh inputs
             ins = [torch.empty(shape, device=device, dtype=dtype) for _ in range(N_GRAPH)]

@@ -74,6 +74,11 @@ def make_symm_mem_all_reduce(group: Any, device: torch.device, agree) -> Optiona
         logger.warning("symmetric-memory all-reduce unavailable (%s); every all-reduce goes through NCCL",
                        why or "on another rank")
         return None
-    made.rendezvous()
+    try:  # every rank meets here; a refusal (e.g. two ranks on one device) is the same on all of them
+        made.rendezvous()
+    except Exception as e:
+        logger.warning("symmetric-memory rendezvous failed (%s: %s); every all-reduce goes through NCCL",
+                       type(e).__name__, e)
+        return None
     logger.info("Small all-reduces (<= %d KiB) go through the one-shot symmetric-memory kernel", ONE_SHOT_MAX_BYTES >> 10)
     return made

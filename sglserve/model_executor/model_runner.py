@@ -47,7 +47,7 @@ class ModelRunner:
             if dist_init_addr is None:
                 raise ValueError("--tp-size > 1 needs the address where the ranks meet (dist_init_addr)")
             init_tp_group(tp_rank, self.tp_size, dist_init_addr, self.device,
-                          custom_all_reduce=not server_args.disable_custom_all_reduce)
+                          custom_all_reduce=not server_args.disable_custom_all_reduce and server_args.nnodes == 1)
             # Nodes parse their flags apart: rank 0's seed is everyone's, so all ranks sample alike
             server_args.random_seed = broadcast_objects([server_args.random_seed])[0]
             if self.device.type == "cpu":  # the host's ranks share its cores; more threads would fight
