@@ -79,8 +79,7 @@ def test_two_nodes_nccl_match_tp1(tiny_llama, tmp_path):
     node0 = ServerProcess([*nodes, "--node-rank", "0"], str(tmp_path / "node0.log"), env={"CUDA_VISIBLE_DEVICES": "0"})
     try:
         node0.wait_ready()
-        assert greedy(node0) == expected
-        assert "one-shot symmetric-memory" in node0.read_log(), node0.read_log()[-3000:]
+        assert greedy(node0) == expected  # over NCCL: the one-shot all-reduce is for ranks of one node
     finally:
         node0.stop()
         if node1.poll() is None:
