@@ -8,6 +8,9 @@ if [ "${DRYRUN:-0}" = 1 ]; then
   echo "DRYRUN on $(hostname): $(nproc) CPUs, no GPU" > "$OUT/env.txt"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${CARRY_ROOT:-.}"/.whl/*.whl
+  if [ -d "${CARRY_ROOT:-.}/.spy" ]; then  # py-spy, carried only by the calls that profile (2.8 MB)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${CARRY_ROOT:-.}"/.spy/*.whl
+  fi
   if [ -d "${CARRY_ROOT:-.}/.fi" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${CARRY_ROOT:-.}"/.fi/*.whl
   fi

@@ -37,7 +37,12 @@
 #                                                 W1 and W2, 70B dummy W1 at TP=2); 4 -> "70b:4 70b:2" (70B W1
 #                                                 and W2 at TP=4, W1 at TP=2). W2 runs for 8b and for 70b at
 #                                                 tp 4 (TP_W2 overrides: a list of "model:tp"). Dry run: a tiny
-#                                                 4-head config, gloo on the CPU (TP_GPUS picks the GPU count)
+#                                                 4-head config, gloo on the CPU (TP_GPUS picks the GPU count).
+#                                                 Runs "model:tp[:nccl|:fp32]" (nccl: W1 without the one-shot
+#                                                 all-reduce; fp32: top-1 only); model smol = the GGUF (carry
+#                                                 .smol/a in one call, .smol/b in the next); TP_SPY="8b:2" py-spies
+#                                                 that run's W2 (carry .spy: the py-spy wheel); TP_TESTS: pytest
+#                                                 paths, TP_K: a -k expression ("two_nodes or smollm2")
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
@@ -266,10 +271,17 @@ tp)
     w2=${TP_W2:-"8b:1 8b:2 8b:4 70b:4"}
     if [[ " $w2 " == *" $run "* ]]; then
       log "W2 $tag"
+      SPY=""  # TP_SPY lists runs whose W2 is profiled (every rank's scheduler; carry .spy)
+      if [[ " ${TP_SPY:-} " == *" $run "* ]] && command -v py-spy > /dev/null; then
+        (sleep "${TP_SPY_DELAY:-25}"; py-spy record --subprocesses --nonblocking --rate 200 --duration 15 --format raw \
+          --pid "$SPID" -o "$OUT/tp_pyspy_$tag.txt" > /dev/null 2>&1) &
+        SPY=$!
+      fi
       timeout "$(cap 200)" $PY -m sglserve.bench_serving --port "$PORT" --tokenizer "$TOK" --disable-tqdm --backend sglserve \
         --dataset-name random --num-prompts "$W2_N" --random-input-len 256 --random-output-len 256 --random-range-ratio 1 \
         --request-rate inf --client-procs "${CLIENT_PROCS:-4}" --output-file "$OUT/tp.jsonl" --tag "w2_$tag" \
         | grep -E "Successful|Output token throughput|Median TTFT|Median ITL"
+      [ -n "$SPY" ] && wait "$SPY"  # only py-spy: a bare wait would also wait for the log's tee
     fi
     stop_server
   done
@@ -281,7 +293,8 @@ tp)
   done
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi
   [ -f "$GGUF" ] && export SGLSERVE_GPU_TEST_MODEL=$GGUF
-  log "TP GPU tests"; timeout "$(cap 300 5)" $PY -m pytest -q -s $tests ${TP_TESTS:-tests/gpu/test_tp_gpu.py} -p no:cacheprovider 2>&1 \
+  log "TP GPU tests"; timeout "$(cap 300 5)" $PY -m pytest -q -s $tests ${TP_TESTS:-tests/gpu/test_tp_gpu.py} \
+    ${TP_K:+-k "$TP_K"} -p no:cacheprovider 2>&1 \
     | grep -E "agreement|passed|failed|skipped|rror|one_shot" | tail -20 ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"
