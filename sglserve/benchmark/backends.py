@@ -4,10 +4,16 @@
   Each `data:` line carries the cumulative text and meta_info with prompt_tokens,
   completion_tokens and cached_tokens; a chunk is content when the text grew or
   completion_tokens grew (a server without a tokenizer streams ids, not text).
-- openai: POST /v1/completions with stream_options.include_usage; the usage chunk gives
-  completion_tokens, prompt_tokens and prompt_tokens_details.cached_tokens.
+- openai: POST /v1/completions with stream_options.include_usage and continuous_usage_stats
+  (vLLM's and SGLang's name: usage on every chunk); the last usage gives completion_tokens,
+  prompt_tokens and prompt_tokens_details.cached_tokens.
 - openai-chat: POST /v1/chat/completions, the same with delta.content (reasoning_content
   counts as content for timing).
+
+ITL is per token on every backend: a chunk that carries k new tokens (a busy server coalesces
+them) adds its gap / k, k times, as SGLang's bench does for its native stream. The OpenAI routes
+learn k from the per-chunk usage; a server that sends none counts one token a chunk, so its ITL is
+per chunk (R12's chat ITL of 138 ms against /generate's 8.3 was partly this: per chunk vs per token).
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ async def request_sglserve(session: aiohttp.ClientSession, inp: RequestInput) ->
 
 async def request_openai(session: aiohttp.ClientSession, inp: RequestInput, chat: bool) -> RequestOutput:
     payload: Dict[str, Any] = {"model": inp.model, "temperature": 0.0, "max_tokens": inp.output_len,
-                               "stream": True, "stream_options": {"include_usage": True},
+                               "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
                                "ignore_eos": inp.ignore_eos}
     if chat:
         if not isinstance(inp.prompt, str):
@@ -146,6 +152,8 @@ async def request_openai(session: aiohttp.ClientSession, inp: RequestInput, chat
 
     async def handle(data: dict, now: float) -> None:
         nonlocal completion_tokens
+        n = _read_usage(out, data.get("usage"))
+        new_tokens = None if n is None or completion_tokens is None else int(n) - completion_tokens
         for choice in data.get("choices") or []:
             if chat:
                 delta = choice.get("delta") or {}
@@ -153,9 +161,8 @@ async def request_openai(session: aiohttp.ClientSession, inp: RequestInput, chat
             else:
                 piece = choice.get("text") or ""
             if piece:
-                timer.content(now)
+                timer.content(now, new_tokens)
                 pieces.append(piece)
-        n = _read_usage(out, data.get("usage"))
         if n is not None:
             completion_tokens = int(n)
 

@@ -167,11 +167,20 @@ class FakeServer:
         if chat:  # role-only first delta: no content, must not count as the first token
             await self._send(resp, {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
         await asyncio.sleep(TTFT_S)
-        for i in range(n):
-            piece = f" t{i}"
+        # with continuous usage (vLLM's stream option) every chunk says how many tokens it holds,
+        # so the third chunk may carry two, as a busy server's would
+        continuous = (body.get("stream_options") or {}).get("continuous_usage_stats")
+        done, step = 0, 0
+        while done < n:
+            k = 2 if continuous and step == 2 and n - done >= 2 else 1
+            piece = "".join(f" t{i}" for i in range(done, done + k))
+            done += k
+            step += 1
             choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
-            await self._send(resp, {**base, "choices": [choice]})
-            if i < n - 1:
+            usage = {"usage": {"prompt_tokens": pt, "completion_tokens": done, "total_tokens": pt + done}} \
+                if continuous else {}
+            await self._send(resp, {**base, "choices": [choice], **usage})
+            if done < n:
                 await asyncio.sleep(GAP_S)
         end = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else \
             {"index": 0, "text": "", "finish_reason": "length"}
@@ -237,13 +246,16 @@ def test_streaming_client_times_real_chunks(fake_server, backend, capsys):
         assert isinstance(body["input_ids"], list) and len(body["input_ids"]) == 12
         assert body["sampling_params"]["max_new_tokens"] == out_len
     else:
-        assert body["stream"] and body["stream_options"] == {"include_usage": True}
+        assert body["stream"] and body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
         assert body["ignore_eos"] is True and body["model"] == "fake-model"
     assert "Serving Benchmark Result" in capsys.readouterr().out
 
 
-def test_native_chunk_with_two_tokens_splits_its_gap(fake_server):
-    res = _run(fake_server, backend="sglserve", tokenizer="none", dataset_name="random", num_prompts=1,
+@pytest.mark.parametrize("backend", ["sglserve", "openai-chat"])
+def test_chunk_with_two_tokens_splits_its_gap(fake_server, backend):
+    """Native: completion_tokens in meta_info; chat: the per-chunk usage of continuous_usage_stats."""
+    tok = "none" if backend == "sglserve" else FakeTokenizer()
+    res = _run(fake_server, backend=backend, tokenizer=tok, dataset_name="random", num_prompts=1,
                random_input_len=4, random_output_len=5, random_range_ratio=1.0)
     itl = res["itls"][0]
     # chunks: t1 +1 tok, t2 +1, t3 +2 (gap shared), t4 +1 -> 4 gaps for 5 tokens
