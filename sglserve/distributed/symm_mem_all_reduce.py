@@ -12,6 +12,9 @@ overwrite its slot while a slower peer still reads the previous message there. T
 taken in turn close that gap: to reach the slot again a rank must pass the next all-reduce's
 barrier, which every peer reaches only after finishing the read. Every rank runs the same
 sequence of all-reduces (the same scheduling decisions, the same graphs), so the turns agree.
+A graph bakes its slots in at capture, so two replays in a row may use one slot back to back
+(a forward with an odd number of all-reduces); the logits' all-gather (NCCL) between them is a
+barrier too: no rank finishes it before every peer has finished the forward's last read.
 Larger messages, and every message on a setup where the buffer cannot be made, go to NCCL.
 """
 
