@@ -97,7 +97,8 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   cd "$CARRY_ROOT"
   echo "MiB: tracked tree $((tree >> 20)); .whl $(( $(size .whl) >> 20 )) .tok $(( $(size .tok) >> 20 )) .data $(( $(size .data) >> 20 )) .smol/a $(( $(size .smol/a) >> 20 )) .smol/b $(( $(size .smol/b) >> 20 ))"
   echo "carried + tree, MiB (limit 64): perf $(( (tree + $(size .whl .tok .smol/a .smol/sha256)) >> 20 ))," \
-       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))"
+       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))," \
+       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 ))"
   exit 0
 fi
 
