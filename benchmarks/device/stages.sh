@@ -43,6 +43,16 @@
 #                                                 .smol/a in one call, .smol/b in the next); TP_SPY="8b:2" py-spies
 #                                                 that run's W2 (carry .spy: the py-spy wheel); TP_TESTS: pytest
 #                                                 paths, TP_K: a -k expression ("two_nodes or smollm2")
+#   fi      carry .whl .fi .tok                   the FlashInfer attention backend (.fi: ../shared/device/fetch-flashinfer.sh,
+#                                                 ~32 MB): FI_PARTS (default "tests engine bench"): tests = tests/kernels/
+#                                                 test_flashinfer_backend.py on the real library; engine = tests/gpu/
+#                                                 test_engine_gpu.py with SGLSERVE_GPU_TEST_ATTENTION_BACKEND=flashinfer;
+#                                                 bench = W1 and W2 (8B dummy) per backend in FI_BACKENDS (default
+#                                                 "triton flashinfer"), FI_FLAGS added (e.g. "--page-size 16"), into
+#                                                 fi_w1.jsonl / fi_w2.jsonl. FlashInfer JIT-compiles each kernel on first
+#                                                 use (~15 s decode, ~100 s sm90 prefill) into ~/.cache/flashinfer, kept
+#                                                 while the machine is warm: if one call runs out of time, run
+#                                                 FI_PARTS=tests first, then FI_PARTS="engine bench" on the warm machine
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
@@ -92,11 +102,12 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   cd "$CARRY_ROOT"
   echo "MiB: tracked tree $((tree >> 20)); .whl $(( $(size .whl) >> 20 )) .tok $(( $(size .tok) >> 20 )) .data $(( $(size .data) >> 20 )) .smol/a $(( $(size .smol/a) >> 20 )) .smol/b $(( $(size .smol/b) >> 20 ))"
   echo "carried + tree, MiB (limit 64): perf $(( (tree + $(size .whl .tok .smol/a .smol/sha256)) >> 20 ))," \
-       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))"
+       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))," \
+       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 ))"
   exit 0
 fi
 
-case "$STAGE" in perf|online|w3|sweep|ab|tp) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab | tp" >&2; exit 2 ;; esac
+case "$STAGE" in perf|online|w3|sweep|ab|tp|fi) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab | tp | fi" >&2; exit 2 ;; esac
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
@@ -296,5 +307,25 @@ tp)
   log "TP GPU tests"; timeout "$(cap 300 5)" $PY -m pytest -q -s $tests ${TP_TESTS:-tests/gpu/test_tp_gpu.py} \
     ${TP_K:+-k "$TP_K"} -p no:cacheprovider 2>&1 \
     | grep -E "agreement|passed|failed|skipped|rror|one_shot" | tail -20 ;;
+fi)
+  if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only (no flashinfer here)
+  [ "$DRYRUN" = 1 ] || $PY -c "import flashinfer; print('flashinfer', flashinfer.__version__)" \
+    || { log "flashinfer does not import: carry .fi (../shared/device/fetch-flashinfer.sh)"; exit 1; }
+  parts=" ${FI_PARTS:-tests engine bench} "
+  [[ $parts == *" tests "* ]] && { log "FlashInfer backend tests (fake and real library)"; timeout "$(cap 300 5)" \
+      $PY -m pytest -q -rs $tests tests/kernels/test_flashinfer_backend.py -p no:cacheprovider 2>&1 | tail -15; }
+  [[ $parts == *" engine "* ]] && { log "engine GPU parity tests on FlashInfer"; SGLSERVE_GPU_TEST_ATTENTION_BACKEND=flashinfer \
+      timeout "$(cap 300 5)" $PY -m pytest -q -s $tests tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \
+      | grep -E "agreement|identical|passed|failed|skipped|collected|rror" | tail -8; }
+  if [[ $parts == *" bench "* ]]; then
+    backends=${FI_BACKENDS:-triton flashinfer}; [ "$DRYRUN" = 1 ] && backends=${FI_BACKENDS:-torch_native}  # the CPU's only one
+    for b in $backends; do
+      log "W1 $b"; timeout "$(cap 150)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --attention-backend $b ${FI_FLAGS:-} \
+        --batch-size 1 --input-len 128 --output-len $W1_OUT --result-file "$OUT/fi_w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400
+      log "W2 $b"; timeout "$(cap 150)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --attention-backend $b \
+        ${FI_FLAGS:-} --num-prompts $W2_N --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY \
+        --result-file "$OUT/fi_w2.jsonl" 2>&1 | tail -1 | cut -c1-400
+    done
+  fi ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"

@@ -25,22 +25,26 @@ def rows(path: str) -> List[dict]:
     return out
 
 
+WORKLOAD_FILES = ("w1", "w2", "w5", "fi_w1", "fi_w2")
+
+
 def fmt(x, nd: int = 0) -> str:
     return "-" if x is None else f"{x:,.{nd}f}"
 
 
 def main(folder: str) -> None:
-    for name in ("w1", "w2", "w5"):
+    for name in WORKLOAD_FILES:  # fi_*: the fi stage's runs, one per attention backend
         for r in rows(os.path.join(folder, f"{name}.jsonl")) if os.path.exists(os.path.join(folder, f"{name}.jsonl")) else []:
-            if name == "w1":
-                print(f"W1: median decode {fmt(r.get('median_decode_latency_s', 0) * 1e3, 2)} ms, "
+            label = name.upper() if not name.startswith("fi_") else f"{name[3:].upper()} [{r.get('attention_backend')}]"
+            if name.endswith("w1"):
+                print(f"{label}: median decode {fmt(r.get('median_decode_latency_s', 0) * 1e3, 2)} ms, "
                       f"{fmt(r.get('median_decode_throughput_tok_s'), 1)} tok/s")
             else:
                 busy = r.get("gpu_busy_fraction")
-                print(f"{name.upper()}: {fmt(r.get('output_throughput'))} out tok/s, GPU busy "
+                print(f"{label}: {fmt(r.get('output_throughput'))} out tok/s, GPU busy "
                       f"{fmt(None if busy is None else busy * 100, 1)} %")
     for path in sorted(glob.glob(os.path.join(folder, "*.jsonl"))):
-        if os.path.basename(path) in ("w1.jsonl", "w2.jsonl", "w5.jsonl"):
+        if os.path.basename(path)[: -len(".jsonl")] in WORKLOAD_FILES:
             continue
         data = rows(path)
         cpu: Dict[str, dict] = {r["tag"][4:]: r for r in data if str(r.get("tag", "")).startswith("cpu_")}

@@ -1,6 +1,8 @@
 """The whole scheduler + runner on the GPU (bf16, Triton backend, CUDA graphs) vs transformers.
 
 Run on the GPU machine: python -m pytest tests/gpu -q. Skipped without CUDA.
+SGLSERVE_GPU_TEST_ATTENTION_BACKEND=flashinfer runs every engine here on that attention backend
+(the float32 tests are then skipped: FlashInfer has no float32 kernels, and the backend refuses it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ if not torch.cuda.is_available():
 from sglserve.engine import Engine  # noqa: E402
 
 N_PROMPTS, N_TOKENS = 32, 64
+ATTN = os.environ.get("SGLSERVE_GPU_TEST_ATTENTION_BACKEND")  # None: the server's default (triton)
+ATTN_KW = {"attention_backend": ATTN} if ATTN else {}
+FP32_ATTN = pytest.mark.skipif(ATTN == "flashinfer", reason="FlashInfer has no float32 kernels")
 
 
 def model_dir(tmp_path_factory) -> str:
@@ -47,7 +52,7 @@ def setup(tmp_path_factory):
 
 def run(path, prompts, dtype="bfloat16", **kw):
     eng = Engine(path, device="cuda", dtype=dtype, skip_tokenizer_init=not path.endswith(".gguf"),
-                 mem_fraction_static=0.5, **kw)
+                 mem_fraction_static=0.5, **ATTN_KW, **kw)
     params = {"temperature": 0, "max_new_tokens": N_TOKENS, "ignore_eos": True}
     outs = eng.generate(input_ids=prompts, sampling_params=params)
     alone = eng.generate(input_ids=prompts[0], sampling_params=params)
@@ -70,6 +75,7 @@ def test_graphs_overlap_on_off_and_batch_invariance(setup):
     print(f"batch 64 vs batch 32: {same}/{len(prompts)} sequences identical over {N_TOKENS} tokens")
 
 
+@FP32_ATTN
 def test_mixed_steps_equal_unmixed_fp32(setup):
     """A small step budget makes running requests decode inside extend forwards (the Triton
     extend kernel with one-token rows) beside prefill chunks; fp32 greedy output must equal the
@@ -77,7 +83,7 @@ def test_mixed_steps_equal_unmixed_fp32(setup):
     path, prompts = setup
     unmixed, _ = run(path, prompts, dtype="float32")
     eng = Engine(path, device="cuda", dtype="float32", skip_tokenizer_init=not path.endswith(".gguf"),
-                 mem_fraction_static=0.5, chunked_prefill_size=96)
+                 mem_fraction_static=0.5, chunked_prefill_size=96, **ATTN_KW)
     params = {"temperature": 0, "max_new_tokens": N_TOKENS, "ignore_eos": True}
     mixed = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
     eng.shutdown()
@@ -85,7 +91,7 @@ def test_mixed_steps_equal_unmixed_fp32(setup):
     assert same == len(prompts), f"mixed vs unmixed steps: {same}/{len(prompts)} sequences identical"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [pytest.param("float32", marks=FP32_ATTN), "bfloat16"])
 def test_top1_agreement_with_transformers(setup, dtype):
     """Teacher-forced: transformers' argmax at every position we generated. Random weights have
     near-ties that bf16 rounding flips, so bf16 is asserted only on real weights (the env var)."""
@@ -108,6 +114,7 @@ def test_top1_agreement_with_transformers(setup, dtype):
             agree += sum(int(a == b) for a, b in zip(pred, out))
             total += len(out)
     rate = agree / total
-    print(f"top-1 agreement with transformers (teacher forced, {dtype}): {rate:.4f} over {total} tokens")
+    print(f"top-1 agreement with transformers (teacher forced, {dtype}, {ATTN or 'default'} attention): "
+          f"{rate:.4f} over {total} tokens")
     if dtype == "float32" or os.environ.get("SGLSERVE_GPU_TEST_MODEL"):
         assert rate >= 0.99

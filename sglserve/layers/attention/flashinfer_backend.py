@@ -1,14 +1,20 @@
 """FlashInferAttnBackend: paged attention with FlashInfer's batch decode / prefill wrappers
-(`--attention-backend flashinfer`, optional: needs `pip install flashinfer-python`).
+(`--attention-backend flashinfer`, optional: needs `pip install flashinfer-python`; written against
+the flashinfer-python 0.7.2.post1 API, whose semantics tests/kernels/fake_flashinfer.py mirrors).
 
-FlashInfer takes the KV as a CSR page table. Our pool addresses tokens one by one (a slot is
-a token index whatever the allocator's page size), so the backend hands FlashInfer pages of one
-token: the layer's K buffer [num_slots, num_kv_heads, head_dim] viewed as
-[num_slots, 1, num_kv_heads, head_dim] (NHD), indices = each request's slots from
-req_to_token, last_page_len = 1. Per pass, init_forward_metadata builds the indices on the
-device (sglserve_kernels.kv_indices: one launch, no host sync), takes indptr from the host
-sequence lengths the ForwardBatch carries, and calls the wrapper's plan(); every layer then
-stores its new K/V and calls run().
+FlashInfer takes the KV as a CSR page table over a paged cache [num_pages, page_size, kv_heads,
+head_dim] (NHD). We hand it the pool's own pages: the layer's K buffer [num_slots, kv_heads,
+head_dim] viewed as [num_slots / P, P, kv_heads, head_dim] with P the allocator's page size, indices
+= each request's pages (the first slot of page j is req_to_token[r, j * P]; the allocator fills a
+page in position order and never shares one mid-page), and last_page_len = seq_len - (pages - 1) * P
+(1..P; with P = 1 every page holds one token and it is always 1). Per pass, init_forward_metadata
+builds the indices on the device (sglserve_kernels.kv_indices: one launch, no host sync), takes
+indptr and last_page_len from the host sequence lengths the ForwardBatch carries, and calls the
+wrapper's plan(); every layer then stores its new K/V and calls run().
+
+FlashInfer's kernels exist for fp16/bf16 (fp8 KV aside, which the pool would need scales for): a
+float32 model or pool is refused here with a clear error (the library itself fails with a bare
+KeyError: torch.float32 from its JIT module lookup).
 
 Extend uses the paged prefill wrapper over prefix + new tokens (the new tokens' K/V are stored
 first), causal with FlashInfer's bottom-right alignment: query j of a request with q new
@@ -16,8 +22,9 @@ tokens and L tokens in KV sees KV positions <= L - q + j, i.e. its prefix and it
 
 CUDA graphs (decode): the graph runner marks its static batches with extra["cuda_graph"]; each
 captured batch size gets a wrapper built with use_cuda_graph=True over buffers allocated once
-(indptr, last_page_len, and an indices buffer of graph_kv_capacity slots), so replay reads the
-fresh plan from the addresses the graph captured. A batch whose KV slots exceed that capacity
+(indptr [bs + 1], last_page_len [bs], and an indices buffer of graph_kv_capacity entries), so
+replay reads the fresh plan from the addresses the graph captured (plan copies into them; the
+library refuses another batch size for that wrapper). A batch whose KV slots exceed that capacity
 (many requests sharing long prefixes) runs eagerly instead (can_replay_graph).
 """
 
@@ -40,6 +47,22 @@ logger = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 256 * 1024 * 1024  # FlashInfer's split-KV scratch (its docs recommend 128 MB and up)
 GRAPH_KV_CAPACITY_FACTOR = 2  # graph indices buffer: this many times the KV pool's slots
+FLASHINFER_DTYPES = (torch.float16, torch.bfloat16)  # q and KV dtypes its attention kernels are built for
+
+
+def check_dtypes(q_dtype: torch.dtype, kv_dtype: torch.dtype) -> None:
+    if q_dtype not in FLASHINFER_DTYPES or kv_dtype not in FLASHINFER_DTYPES:
+        raise ValueError(
+            f"--attention-backend flashinfer runs fp16/bf16 attention; this model has q {q_dtype}, KV {kv_dtype} "
+            "(FlashInfer has no float32 kernels): use --dtype bfloat16/float16 or --attention-backend triton"
+        )
+
+
+def paged_kv_view(buf: torch.Tensor, page_size: int) -> torch.Tensor:
+    """[num_slots, kv_heads, head_dim] -> [num_slots // P, P, kv_heads, head_dim] (NHD pages); the pool
+    may hold a partial page at the end that no request owns."""
+    rows = buf.shape[0] - buf.shape[0] % page_size
+    return buf[:rows].view(rows // page_size, page_size, *buf.shape[1:])
 
 
 def import_flashinfer() -> Any:
@@ -64,6 +87,9 @@ class FlashInferAttnBackend(AttentionBackend):
         self.num_heads, self.num_kv_heads, self.head_dim = rank_attention_shape(model_runner)
         self.device = torch.device(model_runner.device)
         self.sm_scale = float(getattr(model_runner, "attn_scaling", None) or self.head_dim ** -0.5)
+        model_dtype = getattr(model_runner, "dtype", None)
+        if model_dtype is not None:
+            check_dtypes(model_dtype, getattr(model_runner, "kv_dtype", None) or model_dtype)
         # Tensor-core decode pays off once a KV head serves several query heads (GQA)
         self.use_tensor_cores = self.num_heads // self.num_kv_heads >= 4
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
@@ -95,35 +121,39 @@ class FlashInferAttnBackend(AttentionBackend):
         seq_lens_cpu: List[int] = list(forward_batch.seq_lens_cpu)
         if len(seq_lens_cpu) != bs:
             raise ValueError(f"seq_lens_cpu has {len(seq_lens_cpu)} entries for a batch of {bs}")
+        ps = int(getattr(forward_batch.token_to_kv_pool, "page_size", 1) or 1)
+        pages = [-(-n // ps) for n in seq_lens_cpu]
         indptr_host = torch.zeros(bs + 1, dtype=torch.int32)
-        torch.cumsum(torch.tensor(seq_lens_cpu, dtype=torch.int32), 0, out=indptr_host[1:])
+        torch.cumsum(torch.tensor(pages, dtype=torch.int32), 0, out=indptr_host[1:])
         total = int(indptr_host[-1])
-        last_page_len = torch.ones(bs, dtype=torch.int32)
+        last_page_len = torch.tensor([n - max(p - 1, 0) * ps for n, p in zip(seq_lens_cpu, pages)], dtype=torch.int32)
         graph = mode.is_decode() and bool(forward_batch.extra.get("cuda_graph"))
         if graph:
             wrapper = self._graph_wrapper(bs)
             if total > self.graph_kv_capacity:
-                raise ValueError(f"{total} KV slots exceed the CUDA-graph indices buffer ({self.graph_kv_capacity})")
+                raise ValueError(f"{total} KV pages exceed the CUDA-graph indices buffer ({self.graph_kv_capacity})")
             indices_out = self._graph_indices
         else:
             wrapper = self.decode_wrapper if mode.is_decode() else self.prefill_wrapper
             indices_out = torch.empty(max(total, 1), dtype=torch.int32, device=self.device)
         indptr_dev = torch.zeros(bs + 1, dtype=torch.int32, device=self.device)
-        torch.cumsum(forward_batch.seq_lens.to(torch.int32), 0, out=indptr_dev[1:])
+        torch.cumsum(torch.div(forward_batch.seq_lens.to(torch.int32) + (ps - 1), ps, rounding_mode="floor"), 0,
+                     out=indptr_dev[1:])
         build_kv_indices(forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
-                         forward_batch.seq_lens, indptr_dev, indices_out)
+                         forward_batch.seq_lens, indptr_dev, indices_out, page_size=ps)
         indices = indices_out[:total]
         kv_dtype = forward_batch.token_to_kv_pool.dtype
         q_dtype = getattr(self.model_runner, "dtype", None) or kv_dtype
+        check_dtypes(q_dtype, kv_dtype)
         common = dict(sm_scale=self.sm_scale, q_data_type=q_dtype, kv_data_type=kv_dtype)
         if mode.is_decode():
-            wrapper.plan(indptr_host, indices, last_page_len, self.num_heads, self.num_kv_heads, self.head_dim, 1,
+            wrapper.plan(indptr_host, indices, last_page_len, self.num_heads, self.num_kv_heads, self.head_dim, ps,
                          pos_encoding_mode="NONE", non_blocking=True, **common)
         else:
             qo_indptr = torch.zeros(bs + 1, dtype=torch.int32)
             torch.cumsum(torch.tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int32), 0, out=qo_indptr[1:])
             wrapper.plan(qo_indptr, indptr_host, indices, last_page_len, self.num_heads, self.num_kv_heads,
-                         self.head_dim, 1, causal=True, non_blocking=True, **common)
+                         self.head_dim, ps, causal=True, non_blocking=True, **common)
         forward_batch.attn_metadata = wrapper
 
     def _graph_wrapper(self, bs: int) -> Any:
@@ -155,7 +185,8 @@ class FlashInferAttnBackend(AttentionBackend):
             store_kv_cache(k_buf, v_buf, forward_batch.out_cache_loc, k, v)
         n = q.shape[0]
         q3 = q.contiguous().view(n, layer.tp_q_head_num, layer.qk_head_dim)  # q may be a slice of fused qkv
-        paged = (k_buf.view(-1, 1, *k_buf.shape[1:]), v_buf.view(-1, 1, *v_buf.shape[1:]))
+        ps = int(getattr(forward_batch.token_to_kv_pool, "page_size", 1) or 1)
+        paged = (paged_kv_view(k_buf, ps), paged_kv_view(v_buf, ps))
         o = forward_batch.attn_metadata.run(q3, paged)
         return o.reshape(n, -1)
 
