@@ -53,19 +53,22 @@ def m_bucket(m: int) -> int:
 
 
 def heuristic_config(m: int, n: int, k: int, kind: str, sms: int) -> GemvConfig:
-    """A config from first principles (the committed table's entries): each row of a W tile is
-    256 contiguous bytes (128 bf16 or 256 fp8 values); a 16-row tensor-core dot from 4 rows up,
-    fp32 FMAs below; SPLIT_K so that about 2 programs per SM stream W, each over >= 4 K tiles."""
+    """A config from first principles (the committed table's entries). Up to 2 rows, fp32 FMAs on
+    a [BLOCK_M, 32, BLOCK_K] broadcast of at most 8192 products (64 a thread at 4 warps); from
+    3 rows, a 16-row tensor-core dot on 64 x 256-byte W tiles. SPLIT_K so that about 4 programs
+    per SM stream W (enough bytes in flight to cover HBM latency), each over >= 4 K tiles."""
     fp8 = kind.startswith("fp8")
-    block_k = 256 if fp8 else 128
+    use_dot = m > 2
+    if use_dot:
+        block_n, block_k = 64, (256 if fp8 else 128)
+    else:
+        block_n, block_k = 32, 256 // m_bucket(m)
     if kind == "fp32":
-        block_k = 64
-    use_dot = m_bucket(m) > 2
-    block_n = 64 if use_dot else 32
+        block_k = min(block_k, 64)
     n_blocks = -(-n // block_n)
     tiles = -(-k // block_k)
-    split = max(1, min(-(-2 * sms // n_blocks), tiles // 4))
-    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=4, use_dot=use_dot)
+    split = max(1, min(-(-4 * sms // n_blocks), tiles // 4))
+    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=3, use_dot=use_dot)
 
 
 class GemvTable:
