@@ -52,7 +52,7 @@
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
-#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp
+#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp|gemv
 # It reads the carried folders from CARRY_ROOT (DRYRUN default: /tmp/sglserve-stages-dry/carry,
 # written by `DRYRUN=1 ... prep`), and keeps its state in STATE instead of /tmp.
 set -uo pipefail
