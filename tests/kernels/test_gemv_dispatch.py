@@ -133,3 +133,51 @@ def test_fp8_hook_declines_above_16_rows_on_cpu(table, gen):
     w = torch.randn(64, 128, generator=gen).to(torch.float8_e4m3fn)
     s = torch.ones(64, 1)
     assert sglserve_kernels.fp8_linear(torch.randn(17, 128), w, s, None, None, "token", None) is None
+
+
+@pytest.mark.parametrize("m", [17, 64])
+@pytest.mark.parametrize("act_strategy,static", [("token", False), ("tensor", False), ("tensor", True)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_fp8_hook_scaled_mm_above_16_rows(table, m, act_strategy, static, gen):
+    """Row-wise _scaled_mm (FP8 tensor cores where the GPU has them) equals the CPU path."""
+    table({})
+    w = torch.randn(256, 512, generator=gen) * 512 ** -0.5
+    s = (w.abs().amax(dim=1, keepdim=True) / 448.0).clamp(min=1e-12)
+    q = (w / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+    x = torch.randn(m, 512, generator=gen).to(torch.bfloat16)
+    input_scale = torch.tensor([0.01]) if static else None
+    bias = torch.randn(256, generator=gen).to(torch.bfloat16)
+    from sglserve.layers.quantization.fp8_utils import dequantize, fake_quantize_activation
+    want = torch.nn.functional.linear(fake_quantize_activation(x, act_strategy, input_scale).float(),
+                                      dequantize(q, s, None, torch.float32), bias.float())
+    got = sglserve_kernels.fp8_linear(x.cuda(), q.cuda(), s.cuda(), None,
+                                      None if input_scale is None else input_scale.cuda(), act_strategy, bias.cuda())
+    if torch.cuda.get_device_capability() < (8, 9):
+        assert got is None  # no FP8 tensor cores: the caller dequantizes
+        return
+    torch.testing.assert_close(got.float().cpu(), want, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_skinny_gemm_in_a_cuda_graph(gen):
+    """Captured once (split-K partials, in-kernel FP8 activation scales), replayed on new inputs."""
+    from sglserve_kernels.gemv import skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref
+    cfg = GemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=False)
+    w = (torch.randn(1024, 2048, generator=gen) * 2048 ** -0.5).cuda()
+    wb = w.to(torch.bfloat16)
+    s = (w.abs().amax(dim=1, keepdim=True) / 448.0).clamp(min=1e-12)
+    q = (w / s).to(torch.float8_e4m3fn)
+    x = torch.zeros(2, 2048, device="cuda", dtype=torch.bfloat16)
+    run = lambda: (skinny_gemm(x, wb, None, cfg), skinny_gemm_fp8(x, q, s, None, None, "token", None, cfg))  # noqa: E731
+    run()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_bf16, y_fp8 = run()
+    for _ in range(2):
+        x.copy_(torch.randn(2, 2048, generator=gen).to("cuda", torch.bfloat16))
+        graph.replay()
+        torch.testing.assert_close(y_bf16, skinny_gemm_ref(x, wb), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(y_fp8, skinny_gemm_fp8_ref(x, q, s, None, None, "token"), atol=2e-2, rtol=2e-2)
