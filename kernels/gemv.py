@@ -11,8 +11,8 @@ Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-ch
 [N, 1] or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must divide bk).
 
 FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): x is quantized *inside* this
-kernel, no extra launch: per token (each program first reads its rows' absolute max over all
-of K, a few KB from L2), per tensor (dynamic: max over all rows; static: the checkpoint's
+kernel: per token (each program first reads its rows' absolute max over all of K from L2; when
+those reads would pass half of W's bytes, a one-program-per-row launch writes the maxima first), per tensor (dynamic: max over all rows; static: the checkpoint's
 input_scale) or per 1 x bk group (BLOCK_K == bk: the tile is the group). The rounding to the
 E4M3 grid is done in fp32 arithmetic (round-to-nearest-even, saturating like `to_fp8`), which is
 exactly torch's cast and, unlike Triton's cast, also exact in the CPU interpreter. The products
@@ -82,7 +82,8 @@ def _act_scale(amax):
 def _gemv_kernel(X, W, WS, XS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
                  W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, ACT: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                 PRESCALED: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -95,7 +96,12 @@ def _gemv_kernel(X, W, WS, XS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
     k_hi = tl.minimum(k_lo + k_per_split, K)
 
     x_scale = tl.full((BLOCK_M,), 1.0, tl.float32)
-    if ACT == 1 or ACT == 2:  # dynamic per token / per tensor: the absolute max over all of K first
+    if (ACT == 1 or ACT == 2) and PRESCALED:  # the rows' absolute max, from _row_amax
+        amax = tl.load(XS + offs_m, mask=mask_m, other=0.0)
+        if ACT == 2:
+            amax = tl.full((BLOCK_M,), 0.0, tl.float32) + tl.max(amax, axis=0)
+        x_scale = _act_scale(amax)
+    if (ACT == 1 or ACT == 2) and not PRESCALED:  # dynamic per token / tensor: the absolute max over K first
         amax = tl.zeros((BLOCK_M,), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -145,6 +151,17 @@ def _gemv_kernel(X, W, WS, XS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
         if HAS_BIAS:
             acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _row_amax(X, A, K, stride_xm, BLOCK_K: tl.constexpr):
+    """A[m] = max |X[m, :]|: one program per row."""
+    m = tl.program_id(0)
+    amax = tl.zeros((BLOCK_K,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        amax = tl.maximum(amax, tl.abs(tl.load(X + m * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)))
+    tl.store(A + m, tl.max(amax, axis=0))
 
 
 @triton.jit
@@ -210,13 +227,21 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = y
     grid = (triton.cdiv(n, config.block_n), split)
+    # Per-token / per-tensor scales: every program reading its rows over all of K is free at small
+    # M x programs; once those L2 reads reach half of W's bytes, one small launch reads x once.
+    prescaled = act in (ACT_TOKEN, ACT_TENSOR) and \
+        2 * grid[0] * split * m * k * x2.element_size() > n * k * weight.element_size()
+    if prescaled:
+        input_scale = torch.empty(m, dtype=torch.float32, device=x.device)
+        _row_amax[(m,)](x2, input_scale, k, x2.stride(0), BLOCK_K=min(1024, next_pow2(k)), num_warps=4)
     _gemv_kernel[grid](
         x2, weight, weight_scale if weight_scale is not None else dummy,
         input_scale if input_scale is not None else dummy, bias if bias is not None else dummy, y, partial,
         m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
         BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
         SCALE_BN=scale_bn, SCALE_BK=scale_bk, ACT=act, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
-        DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PREC=dot_precision(x.dtype), PRESCALED=prescaled, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     if split > 1:
         block = min(1024, next_pow2(n))
