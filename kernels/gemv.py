@@ -194,6 +194,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         raise ValueError(f"the skinny GEMM takes at most {MAX_M} rows, got {m}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias {tuple(bias.shape)} does not fit {n} outputs")
+    bias = None if bias is None else bias.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
@@ -207,6 +208,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         if weight_block is None:
             if weight_scale.numel() != n:
                 raise ValueError(f"per-channel scale {tuple(weight_scale.shape)} does not fit {n} outputs")
+            weight_scale = weight_scale.reshape(-1).contiguous()  # a view of the usual [N, 1]
             w_scale_mode, stride_wsn = 1, 1
         else:
             scale_bn, scale_bk = weight_block
