@@ -13,6 +13,9 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   store_kv_cache(k_buffer, v_buffer, loc, k, v)
   decode_attention(...), decode_attention_fwd(...), decode_kv_splits(...)
   extend_attention(...), extend_attention_fwd(...)
+  skinny_gemm(x, w, bias, config), skinny_gemm_fp8(x, w, w_scale, w_block, in_scale, act, bias, config)
+  gemv_linear(x, weight, bias)                            -> y | None (M <= 16 where the table picks it)
+  fp8_linear(x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias) -> y | None
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ _EXPORTS = {
     "extend_attention": "attn_extend",
     "extend_attention_fwd": "attn_extend",
     "extend_attention_ref": "attn_extend",
+    "skinny_gemm": "gemv",
+    "skinny_gemm_fp8": "gemv",
+    "skinny_gemm_ref": "gemv",
+    "skinny_gemm_fp8_ref": "gemv",
+    "gemv_linear": "gemv_dispatch",
+    "fp8_linear": "gemv_dispatch",
 }
 
 __all__ = sorted(_EXPORTS)

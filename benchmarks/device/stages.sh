@@ -53,13 +53,21 @@
 #                                                 use (~15 s decode, ~100 s sm90 prefill) into ~/.cache/flashinfer, kept
 #                                                 while the machine is warm: if one call runs out of time, run
 #                                                 FI_PARTS=tests first, then FI_PARTS="engine bench" on the warm machine
+#   gemv    carry .whl .tok                       the skinny GEMM for M <= 16 (issue 12): benchmarks/kernels/bench_gemv.py
+#                                                 times cuBLAS bf16, row-wise _scaled_mm FP8 and the kernel's configs
+#                                                 at 8B, 8B TP=2 and 70B TP=4 shapes, M 1..16 (GEMV_BUDGET s, default
+#                                                 250), writes $OUT/gemv_table.json (also kept in $STATE), then W1 bf16
+#                                                 and W1 --quantization fp8 with that table (8B dummy). GEMV_RUNS picks
+#                                                 the parts (default "sweep w1 w1fp8"; w1off / w1fp8off: the same W1
+#                                                 with the kernel off, for the A/B; "tests": the GEMV GPU tests); a
+#                                                 second call without "sweep" reuses $STATE's table
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
-#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp
+#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp|gemv
 # It reads the carried folders from CARRY_ROOT (DRYRUN default: /tmp/sglserve-stages-dry/carry,
 # written by `DRYRUN=1 ... prep`), and keeps its state in STATE instead of /tmp.
 set -uo pipefail
@@ -107,7 +115,7 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   exit 0
 fi
 
-case "$STAGE" in perf|online|w3|sweep|ab|tp|fi) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab | tp | fi" >&2; exit 2 ;; esac
+case "$STAGE" in perf|online|w3|sweep|ab|tp|fi|gemv) ;; *) echo "stage: prep | perf | online | w3 | sweep | ab | tp | fi | gemv" >&2; exit 2 ;; esac
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 . benchmarks/device/setup_env.sh
 if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flags, small counts
@@ -326,6 +334,38 @@ fi)
         ${FI_FLAGS:-} --num-prompts $W2_N --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY \
         --result-file "$OUT/fi_w2.jsonl" 2>&1 | tail -1 | cut -c1-400
     done
+  fi ;;
+gemv)
+  TABLE=$STATE/gemv_table.json; OFF=$STATE/gemv_off.json
+  echo '{"note": "GEMV kernel off", "default_max_m": {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": 0, "fp8_block": 0}}' > "$OFF"
+  runs=" ${GEMV_RUNS:-sweep w1 w1fp8} "
+  if [[ $runs == *" sweep "* ]]; then
+    budget=${GEMV_BUDGET:-250}; dry=""; [ "$DRYRUN" = 1 ] && dry="--dry"
+    log "GEMV sweep (budget $budget s)"
+    TRITON_INTERPRET=$DRYRUN timeout "$(cap $(( budget + 60 )) 200)" $PY benchmarks/kernels/bench_gemv.py $dry \
+      --budget-s "$budget" --out "$TABLE" > "$OUT/gemv_sweep.txt" 2>&1 || log "sweep failed: $(tail -3 "$OUT/gemv_sweep.txt")"
+    grep -E '^\{' "$OUT/gemv_sweep.txt" | $PY -c "import json, sys
+for r in map(json.loads, sys.stdin):
+    b = r.get('cublas_tbps', r.get('scaled_mm_tbps'))
+    print(f\"{r['label']:>16} {r['kind']:>4} M={r['m']:<2} kernel {r['kernel_tbps']} TB/s vs {b} ({'use' if r['use'] else 'no'})\")"
+    tail -1 "$OUT/gemv_sweep.txt"
+  fi
+  if [ -f "$TABLE" ]; then cp "$TABLE" "$OUT/gemv_table.json"; else log "no swept table in $STATE: W1 with the committed one"; TABLE=kernels/gemv_table.json; fi
+  for run in w1 w1fp8 w1off w1fp8off; do
+    [[ $runs == *" $run "* ]] || continue
+    q=""; [[ $run == w1fp8* ]] && q="--quantization fp8"
+    t=$TABLE; [[ $run == *off ]] && t=$OFF
+    log "W1 $run"; rm -f "$STATE/gemv_$run.jsonl"
+    SGLSERVE_GEMV_TABLE=$t timeout "$(cap 100)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV $q --batch-size 1 \
+      --input-len 128 --output-len $W1_OUT --result-file "$STATE/gemv_$run.jsonl" 2>&1 | grep -E 'rror|GEMV selection' | cut -c1-300
+    [ -f "$STATE/gemv_$run.jsonl" ] && $PY -c "import json, sys; r = json.loads(open(sys.argv[1]).readlines()[-1]); r['tag'] = sys.argv[2]
+print(f\"W1 {sys.argv[2]}: {r.get('median_decode_throughput_tok_s', 0):.1f} tok/s, median decode {r.get('median_decode_latency_s', 0) * 1e3:.2f} ms\")
+open(sys.argv[3], 'a').write(json.dumps(r) + '\\n')" "$STATE/gemv_$run.jsonl" "$run" "$OUT/gemv_w1.txt"
+  done
+  if [[ $runs == *" tests "* ]]; then
+    if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi
+    log "GEMV GPU tests"; timeout "$(cap 200 5)" $PY -m pytest -q $tests tests/kernels/test_gemv.py tests/kernels/test_gemv_dispatch.py \
+      -p no:cacheprovider 2>&1 | tail -3
   fi ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"

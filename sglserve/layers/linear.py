@@ -19,7 +19,7 @@ from torch import nn
 
 from sglserve.distributed.parallel_state import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 from sglserve.distributed.shard import divide, kv_head_start, kv_heads_per_rank
-from sglserve.layers.custom_op import CustomOp
+from sglserve.layers.custom_op import CustomOp, get_kernel
 
 
 def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
@@ -49,8 +49,10 @@ def set_weight_loader(param: nn.Parameter, loader: Any) -> nn.Parameter:
 class LinearBase(CustomOp):
     """y = x @ weight.T + bias with this rank's weight [out_per_rank, in_per_rank], like nn.Linear.
 
-    No kernel hook: F.linear already is cuBLAS on CUDA. A quantized layer has a `quant_method`
-    (layers/quantization): it owns the weight's storage and the GEMM, and its GPU kernels.
+    On CUDA, decode-sized inputs (at most 16 rows) may run the kernel `gemv_linear(x, weight, bias)
+    -> y | None` (kernels/gemv_dispatch.py: a skinny GEMM where its selection table says it beats
+    cuBLAS; None: F.linear). A quantized layer has a `quant_method` (layers/quantization): it owns
+    the weight's storage and the GEMM, and its GPU kernels.
     """
 
     quant_method: Any = None  # a LinearMethodBase, set by layers.quantization.quantize_model
@@ -94,6 +96,11 @@ class LinearBase(CustomOp):
         """This rank's x @ weight.T (+ bias): the quantized GEMM when the layer has one."""
         if self.quant_method is not None:
             return self.quant_method.apply(self, x, bias)
+        if x.is_cuda:
+            kernel = get_kernel("gemv_linear")
+            y = None if kernel is None else kernel(x, self.weight, bias)
+            if y is not None:
+                return y
         return F.linear(x, self.weight, bias)
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:

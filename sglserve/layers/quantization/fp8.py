@@ -10,7 +10,9 @@ After loading, every quantized layer holds the same layout whatever the checkpoi
 Activations are rounded through FP8 as a W8A8 GEMM would see them (per token, per 1 x k group
 or per tensor), so the CPU output is the reference for a GPU FP8 kernel. Such a kernel plugs
 in as `sglserve_kernels.fp8_linear(x, weight, weight_scale, weight_block, input_scale,
-activation_strategy, bias) -> y` (None for weight-only schemes' activation_strategy).
+activation_strategy, bias) -> y | None` (None for weight-only schemes' activation_strategy; it
+returns None for a layout it does not take). kernels/gemv_dispatch.py: the skinny GEMM at M <= 16,
+row-wise `torch._scaled_mm` above where the layout allows.
 """
 
 from __future__ import annotations
@@ -139,8 +141,10 @@ class Fp8LinearMethod(LinearMethodBase):
         act = None if s.activation is None else s.activation_strategy
         if x.is_cuda:
             kernel = get_kernel("fp8_linear")
-            if kernel is not None:
-                return kernel(x, layer.weight, layer.weight_scale, layer.weight_block, layer.input_scale, act, bias)
+            y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
+                                                   layer.input_scale, act, bias)
+            if y is not None:  # None: the kernel does not take this layout; dequantize below
+                return y
         if act is not None:
             group = layer.weight_block[1] if layer.weight_block else 128
             x = fake_quantize_activation(x, act, layer.input_scale, group)

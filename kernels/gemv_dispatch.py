@@ -1,0 +1,195 @@
+"""Which GEMM a decode-sized linear runs on CUDA: the skinny GEMM (gemv.py) where the selection
+table says it beats cuBLAS, else cuBLAS (bf16) or row-wise `torch._scaled_mm` (FP8).
+
+The table (gemv_table.json next to this file, or the file named by SGLSERVE_GEMV_TABLE) maps
+"<kind> n<N> k<K>" (kind: bf16, fp16, fp32, fp8 per-channel, fp8_block) and an M bucket (the next
+power of two of M: 1, 2, 4, 8, 16) to a launch config and `use` (the kernel won the timing).
+benchmarks/kernels/bench_gemv.py writes it from measurements on the GPU; the committed one is
+derived from reasoning and says so (`"measured": false`). Shapes it does not list run the kernel
+only up to `default_max_m[kind]` rows with a heuristic config: 0 for bf16 (cuBLAS unless
+measured), 16 for FP8 (its alternatives at M <= 16 are row-wise `_scaled_mm`, measured at
+0.9-2.3 TB/s, or dequantizing the whole weight every call).
+
+Everything here is host-side Python on shapes only (no syncs, no device reads): a captured CUDA
+graph replays the same kernels with the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ._utils import device_sms, is_interpret, next_pow2
+from .gemv import MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
+
+logger = logging.getLogger(__name__)
+
+TABLE_ENV = "SGLSERVE_GEMV_TABLE"
+DEFAULT_TABLE = Path(__file__).with_name("gemv_table.json")
+M_BUCKETS = (1, 2, 4, 8, 16)
+_KINDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_CONFIG_KEYS = ("block_n", "block_k", "split_k", "num_warps", "num_stages", "use_dot")
+
+
+def weight_kind(weight: torch.Tensor, weight_block: Optional[Tuple[int, int]] = None) -> str:
+    if weight.dtype == torch.float8_e4m3fn:
+        return "fp8" if weight_block is None else "fp8_block"
+    return _KINDS.get(weight.dtype, str(weight.dtype))
+
+
+def table_key(kind: str, n: int, k: int) -> str:
+    return f"{kind} n{n} k{k}"
+
+
+def m_bucket(m: int) -> int:
+    return next_pow2(max(1, m))
+
+
+def heuristic_config(m: int, n: int, k: int, kind: str, sms: int) -> GemvConfig:
+    """A config from first principles (the committed table's entries). Up to 2 rows, fp32 FMAs on
+    a [BLOCK_M, 32, BLOCK_K] broadcast of at most 8192 products (64 a thread at 4 warps); from
+    3 rows, a 16-row tensor-core dot on 64 x 256-byte W tiles. SPLIT_K so that about 4 programs
+    per SM stream W (enough bytes in flight to cover HBM latency), each over >= 4 K tiles."""
+    fp8 = kind.startswith("fp8")
+    use_dot = m > 2
+    if use_dot:
+        block_n, block_k = 64, (256 if fp8 else 128)
+    else:
+        block_n, block_k = 32, 256 // m_bucket(m)
+    if kind == "fp32":
+        block_k = min(block_k, 64)
+    n_blocks = -(-n // block_n)
+    tiles = -(-k // block_k)
+    split = max(1, min(-(-4 * sms // n_blocks), tiles // 4))
+    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=3, use_dot=use_dot)
+
+
+class GemvTable:
+    """The selection table in memory: lookups by (kind, N, K, M bucket)."""
+
+    def __init__(self, data: Dict[str, Any], source: str) -> None:
+        self.source = source
+        self.measured = bool(data.get("measured", False))
+        self.default_max_m: Dict[str, int] = {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": MAX_M, "fp8_block": MAX_M}
+        self.default_max_m.update(data.get("default_max_m", {}))
+        self.entries: Dict[str, Dict[str, Dict[str, Any]]] = data.get("entries", {})
+
+    @classmethod
+    def load(cls, path: Optional[str] = None) -> "GemvTable":
+        path = path or os.environ.get(TABLE_ENV) or str(DEFAULT_TABLE)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            logger.warning("GEMV selection table %s unreadable (%s): FP8 uses the kernel, bf16 cuBLAS", path, e)
+            return cls({}, f"{path} (unreadable)")
+        table = cls(data, path)
+        logger.info("GEMV selection table %s (%s, %d shapes)", path, "measured" if table.measured else
+                    "NOT measured: derived from reasoning", len(table.entries))
+        return table
+
+    def select(self, m: int, n: int, k: int, kind: str, sms: int) -> Optional[GemvConfig]:
+        """The config to run the skinny GEMM with, or None (use cuBLAS / _scaled_mm)."""
+        if m > MAX_M:
+            return None
+        row = self.entries.get(table_key(kind, n, k), {}).get(str(m_bucket(m)))
+        if row is None:
+            return heuristic_config(m, n, k, kind, sms) if m <= self.default_max_m.get(kind, 0) else None
+        if not row.get("use", False):
+            return None
+        return GemvConfig(**{key: row[key] for key in _CONFIG_KEYS if key in row})
+
+
+@functools.lru_cache(maxsize=1)
+def get_table() -> GemvTable:
+    return GemvTable.load()
+
+
+@functools.lru_cache(maxsize=4096)
+def _select(m: int, n: int, k: int, kind: str, sms: int, block_k: Optional[int]) -> Optional[GemvConfig]:
+    cfg = get_table().select(m, n, k, kind, sms)
+    if cfg is not None and block_k is not None:
+        # block scales (and 1 x block_k activation groups): one K tile is one block
+        if block_k < 16 or block_k > 256 or block_k & (block_k - 1):
+            return None
+        cfg = dataclasses.replace(cfg, block_k=block_k)
+    return cfg
+
+
+def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """x @ weight.T + bias with the skinny GEMM when the table picks it for this shape, else None
+    (the caller runs F.linear)."""
+    k = x.shape[-1]
+    m = x.numel() // k if k else 0
+    if m == 0 or m > MAX_M or weight.dtype != x.dtype or not weight.is_contiguous():
+        return None
+    cfg = _select(m, weight.shape[0], k, weight_kind(weight), device_sms(x), None)
+    return None if cfg is None else skinny_gemm(x, weight, bias, cfg)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               weight_block: Optional[Tuple[int, int]], input_scale: Optional[torch.Tensor],
+               activation_strategy: Optional[str], bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The Fp8LinearMethod kernel hook: the skinny GEMM at M <= 16 where selected, else row-wise
+    `torch._scaled_mm` where the layout allows (per-channel weights, per-token or per-tensor
+    activations, bf16), else None (the caller dequantizes and matmuls, like the CPU path)."""
+    k = x.shape[-1]
+    m = x.numel() // k if k else 0
+    if m == 0:
+        return None
+    if m <= MAX_M and (activation_strategy != "group" or weight_block is not None):
+        cfg = _select(m, weight.shape[0], k, weight_kind(weight, weight_block), device_sms(x),
+                      weight_block[1] if weight_block else None)
+        if cfg is not None:
+            return skinny_gemm_fp8(x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg)
+    if _scaled_mm_fits(x, weight, weight_block, activation_strategy):
+        return scaled_mm_rowwise(x, weight, weight_scale, input_scale, activation_strategy, bias)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _fp8_tensor_cores(device_index: int) -> bool:
+    return not is_interpret() and torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor, weight_block: Optional[Tuple[int, int]],
+                    activation_strategy: Optional[str]) -> bool:
+    return (x.is_cuda and weight_block is None and activation_strategy in ("token", "tensor")
+            and x.dtype == torch.bfloat16 and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0
+            and _fp8_tensor_cores(x.device.index or 0))
+
+
+def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]) exactly as fake_quantize_activation."""
+    xf = x2.float()
+    m = x2.shape[0]
+    if input_scale is not None:
+        scale = input_scale.float().reshape(1, 1).expand(m, 1)
+    elif activation_strategy == "token":
+        scale = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp_(min=1e-12)
+    else:
+        scale = (xf.abs().amax() / 448.0).clamp_(min=1e-12).reshape(1, 1).expand(m, 1)
+    scale = scale.contiguous()
+    return (xf / scale).clamp_(-448.0, 448.0).to(torch.float8_e4m3fn), scale
+
+
+def scaled_mm_rowwise(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                      input_scale: Optional[torch.Tensor], activation_strategy: str,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """W8A8 through cuBLASLt's FP8 GEMM with a scale per row of x and per row of W (bf16 out)."""
+    *lead, k = x.shape
+    n = weight.shape[0]
+    q, scale_a = quantize_rows(x.reshape(-1, k), input_scale, activation_strategy)
+    y = torch._scaled_mm(q, weight.t(), scale_a=scale_a, scale_b=weight_scale.float().reshape(1, n),
+                         out_dtype=torch.bfloat16)
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, n)
