@@ -10,9 +10,9 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   fused_add_rmsnorm(x, residual, weight, eps)             -> (x, residual), in place
   silu_and_mul(x [T, 2I])                                 -> [T, I]
   rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True) -> (q, k), in place
-  store_kv_cache(k_buffer, v_buffer, loc, k, v)
-  decode_attention(...), decode_attention_fwd(...), decode_kv_splits(...)
-  extend_attention(...), extend_attention_fwd(...)
+  store_kv_cache(k_buffer, v_buffer, loc, k, v, k_scale=1.0, v_scale=1.0)  (scales: FP8 pools)
+  decode_attention(...), decode_attention_fwd(..., k_scale, v_scale), decode_kv_splits(...)
+  extend_attention(...), extend_attention_fwd(..., k_scale, v_scale)
   skinny_gemm(x, w, bias, config), skinny_gemm_fp8(x, w, w_scale, w_block, in_scale, act, bias, config)
   gemv_linear(x, weight, bias)                            -> y | None (M <= 16 where the table picks it)
   fp8_linear(x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias) -> y | None

@@ -14,6 +14,11 @@ padded to 16 rows (Hopper's minimum). Plain MHA (group of 1) takes a dot-free pa
 The number of splits is per request, a device tensor from `decode_kv_splits` (no host
 sync, CUDA-graph safe); the grid always has `max_kv_splits` along axis 2 and the
 programs past a request's split count exit at once.
+
+FP8 pool (float8_e4m3fn, KV_FP8): K/V tiles are loaded as one byte each and widened to
+q's dtype (exact: E4M3 fits in bf16/fp16), so the dots run in q's dtype and the bytes
+read halve against bf16. The scales never touch the tiles: k_scale folds into the
+softmax scale (q . (k8 * ks) = ks * (q . k8)) and v_scale into each split's output.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ._utils import device_sms, dot_precision, next_pow2
+from .kv_store import is_fp8_kv
 
 LOG2E = 1.4426950408889634
 # A split shorter than this is not worth its stage-2 cost.
@@ -37,13 +43,13 @@ DEFAULT_MAX_KV_SPLITS = 16
 
 @triton.jit
 def _decode_stage1(
-    Q, K, V, req_to_token, req_pool_indices, seq_lens, num_kv_splits, sm_scale_log2,
+    Q, K, V, req_to_token, req_pool_indices, seq_lens, num_kv_splits, sm_scale_log2, v_scale,
     Mid_O, Mid_LSE,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     stride_mob, stride_moh, stride_mos, stride_lb, stride_lh,
     KV_GROUP: tl.constexpr, NUM_H_BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // NUM_H_BLOCKS
@@ -63,7 +69,8 @@ def _decode_stage1(
         mask_d = offs_d < HEAD_DIM
         q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                     mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-        q = q.to(K.dtype.element_ty)
+        if not KV_FP8:  # everything meets in the pool's dtype; an FP8 pool is widened to q's
+            q = q.to(K.dtype.element_ty)
         row = tl.load(req_pool_indices + b)
 
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -75,7 +82,7 @@ def _decode_stage1(
             slot = tl.load(req_to_token + row * stride_rt + offs_n, mask=mask_n, other=0).to(tl.int64)
             kv_mask = mask_n[:, None] & mask_d[None, :]
             k = tl.load(K + slot[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+                        mask=kv_mask, other=0.0).to(q.dtype)
             if USE_DOT:
                 qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             else:
@@ -87,7 +94,7 @@ def _decode_stage1(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(qk - m_new[:, None])
             v = tl.load(V + slot[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+                        mask=kv_mask, other=0.0).to(q.dtype)
             if USE_DOT:
                 pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             else:
@@ -97,8 +104,11 @@ def _decode_stage1(
             m_i = m_new
 
         out_mask = mask_h[:, None] & mask_d[None, :]
+        part = acc / l_i[:, None]
+        if KV_FP8:
+            part = part * v_scale
         tl.store(Mid_O + b * stride_mob + heads[:, None] * stride_moh + split * stride_mos + offs_d[None, :],
-                 acc / l_i[:, None], mask=out_mask)
+                 part, mask=out_mask)
         tl.store(Mid_LSE + b * stride_lb + heads * stride_lh + split, m_i + tl.log2(l_i), mask=mask_h)
 
 
@@ -203,6 +213,8 @@ def decode_attention_fwd(
     mid_o: torch.Tensor,
     mid_lse: torch.Tensor,
     sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Writes attention of q over each request's KV into o; allocation free.
 
@@ -210,6 +222,7 @@ def decode_attention_fwd(
     req_to_token: [rows, max_ctx] int32; req_pool_indices: [bs] int64; seq_lens: [bs] int32;
     num_kv_splits: [>= bs] int32 (decode_kv_splits); mid_o: [>= bs, num_heads, max_kv_splits,
     head_dim] fp32 and mid_lse: [>= bs, num_heads, max_kv_splits] fp32 scratch.
+    k_scale, v_scale: the dequantization scales of a float8_e4m3fn pool (ignored otherwise).
     """
     bs, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
@@ -220,18 +233,22 @@ def decode_attention_fwd(
     assert q.stride(2) == 1 and k_buffer.stride(2) == 1 and v_buffer.stride(2) == 1 and o.stride(2) == 1
     assert req_to_token.stride(1) == 1 and mid_o.stride(3) == 1 and mid_lse.stride(2) == 1
     max_kv_splits = mid_lse.shape[2]
+    fp8 = is_fp8_kv(k_buffer)
+    if not fp8:
+        k_scale = v_scale = 1.0
+    compute_dtype = q.dtype if fp8 else k_buffer.dtype
     kv_group = num_heads // num_kv_heads
     block_d = max(16, next_pow2(head_dim))
     block_h, n_hb, use_dot, block_n, warps, stages = _stage1_config(kv_group, head_dim)
     _decode_stage1[(bs, num_kv_heads * n_hb, max_kv_splits)](
-        q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, num_kv_splits, sm_scale * LOG2E,
-        mid_o, mid_lse,
+        q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, num_kv_splits,
+        sm_scale * k_scale * LOG2E, float(v_scale), mid_o, mid_lse,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         KV_GROUP=kv_group, NUM_H_BLOCKS=n_hb, HEAD_DIM=head_dim,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, USE_DOT=use_dot,
-        DOT_PREC=dot_precision(k_buffer.dtype), num_warps=warps, num_stages=stages,
+        DOT_PREC=dot_precision(compute_dtype), KV_FP8=fp8, num_warps=warps, num_stages=stages,
     )
     _decode_stage2[(bs, num_heads)](
         mid_o, mid_lse, o, seq_lens, num_kv_splits,
@@ -252,6 +269,8 @@ def decode_attention(
     sm_scale: Optional[float] = None,
     max_kv_splits: int = DEFAULT_MAX_KV_SPLITS,
     num_kv_splits: Optional[torch.Tensor] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Allocating convenience wrapper of decode_attention_fwd; returns [bs, num_heads, head_dim]."""
     bs, num_heads, head_dim = q.shape
@@ -263,7 +282,7 @@ def decode_attention(
     mid_lse = torch.empty((bs, num_heads, max_kv_splits), dtype=torch.float32, device=q.device)
     o = torch.empty_like(q)
     return decode_attention_fwd(q, k_buffer, v_buffer, o, req_to_token, req_pool_indices, seq_lens,
-                                num_kv_splits, mid_o, mid_lse, sm_scale)
+                                num_kv_splits, mid_o, mid_lse, sm_scale, k_scale, v_scale)
 
 
 def decode_attention_ref(
@@ -274,8 +293,11 @@ def decode_attention_ref(
     req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor,
     sm_scale: Optional[float] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Torch reference: per request, gather its KV through req_to_token, softmax in fp32."""
+    """Torch reference: per request, gather its KV through req_to_token (an FP8 pool
+    dequantized: stored * scale), softmax in fp32."""
     bs, num_heads, head_dim = q.shape
     group = num_heads // k_buffer.shape[1]
     if sm_scale is None:
@@ -288,6 +310,8 @@ def decode_attention_ref(
         slots = req_to_token[int(req_pool_indices[i]), :n].long()
         k = k_buffer[slots].float().repeat_interleave(group, dim=1)  # [n, H, D]
         v = v_buffer[slots].float().repeat_interleave(group, dim=1)
+        if is_fp8_kv(k_buffer):
+            k, v = k * k_scale, v * v_scale
         scores = torch.einsum("hd,nhd->hn", q[i].float(), k) * sm_scale
         out[i] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
     return out

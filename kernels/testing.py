@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .kv_store import quantize_fp8_ref
+
 
 class PagedKV:
     """A request batch laid out in a paged pool the way the allocator would: each request
@@ -43,6 +45,12 @@ class PagedKV:
         for name in ("k_buffer", "v_buffer", "req_to_token", "req_pool_indices"):
             setattr(self, name, getattr(self, name).to(device))
         self.seq_lens = torch.tensor(list(seq_lens), dtype=torch.int32, device=device)
+
+    def to_fp8(self, k_scale: float, v_scale: float) -> "PagedKV":
+        """The same batch in an FP8 pool, quantized as the store does (NaN poison stays NaN)."""
+        self.k_buffer = quantize_fp8_ref(self.k_buffer, k_scale)
+        self.v_buffer = quantize_fp8_ref(self.v_buffer, v_scale)
+        return self
 
 
 def randn(gen: torch.Generator, *shape, dtype=torch.float32, device="cpu", scale: float = 1.0) -> torch.Tensor:

@@ -105,6 +105,9 @@ def main() -> None:
         "attention_backend": engine.server_args.attention_backend,
         "cuda_graph": not engine.server_args.disable_cuda_graph,
         "max_total_num_tokens": engine.scheduler.max_total_num_tokens,
+        "kv_cache_dtype": engine.server_args.kv_cache_dtype,
+        "kv_bytes_per_token": engine.scheduler.model_runner.kv_bytes_per_token,
+        "kv_cache_gb": engine.scheduler.max_total_num_tokens * engine.scheduler.model_runner.kv_bytes_per_token / 2**30,
     }
     if events is not None:
         import torch

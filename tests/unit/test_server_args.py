@@ -68,3 +68,23 @@ def test_model_sized_defaults_on_cuda():
     # The CPU keeps its fixed defaults
     cpu = ServerArgs(model_path=str(configs / "Qwen3-0.6B"), load_format="dummy", device="cpu")
     assert (cpu.chunked_prefill_size, cpu.cuda_graph_max_bs) == (2048, 256)
+
+
+def test_fp8_kv_cache_backends(monkeypatch):
+    """--kv-cache-dtype fp8_e4m3 runs on torch_native and triton; FlashInfer (not wired) is refused."""
+    import importlib.util
+
+    import pytest
+    import torch
+
+    from sglserve.server_args import ServerArgsError
+
+    assert ServerArgs(device="cpu", kv_cache_dtype="fp8_e4m3").kv_cache_dtype == "fp8_e4m3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # validation only: nothing runs on it
+    assert ServerArgs(device="cuda", attention_backend="triton", kv_cache_dtype="fp8_e4m3").attention_backend == "triton"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flashinfer" else find_spec(name, *a))
+    with pytest.raises(ServerArgsError, match="fp8_e4m3 is implemented for the attention backends"):
+        ServerArgs(device="cuda", attention_backend="flashinfer", kv_cache_dtype="fp8_e4m3")
+    with pytest.raises(SystemExit):  # argparse choices
+        prepare_server_args(["--device", "cpu", "--kv-cache-dtype", "fp8_e5m2"])

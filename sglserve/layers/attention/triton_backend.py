@@ -17,6 +17,11 @@ views depend only on the batch size. So a CUDA graph runner captures the model's
 after calling init_forward_metadata on its padded static batch, and before each replay
 calls it again on the same static batch (new seq_lens) — the graph then reads the fresh
 split counts from the same addresses. Padded rows may carry seq_len 0 (output zeros) or 1.
+
+An FP8 pool (--kv-cache-dtype fp8_e4m3) goes through the same kernels: the store quantizes
+with the layer's (k_scale, v_scale) from the pool and both attention kernels read the
+bytes back with them (kernels/kv_store.py says how). The scales are host floats baked
+into the launches, so a CUDA graph captured once stays right (they never change after load).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class TritonAttnBackend(AttentionBackend):
         self.num_heads, self.num_kv_heads, self.head_dim = rank_attention_shape(model_runner)
         self.device = torch.device(model_runner.device)
         self.max_kv_splits = max_kv_splits
+        self._check_kv_dtype(getattr(model_runner, "kv_dtype", None))
         self.num_sms = num_sms(self.device.index or 0) if self.device.type == "cuda" else num_sms()
         graph_bs = getattr(model_runner.server_args, "cuda_graph_max_bs", None) or 0
         running = getattr(model_runner, "max_running_requests", None) or 0
@@ -75,6 +81,15 @@ class TritonAttnBackend(AttentionBackend):
         self._num_kv_splits = torch.ones(self.max_bs, dtype=torch.int32, device=self.device)
         self._mid_o = torch.empty(cap * self.num_heads * self.head_dim, dtype=torch.float32, device=self.device)
         self._mid_lse = torch.empty(cap * self.num_heads, dtype=torch.float32, device=self.device)
+
+    def _check_kv_dtype(self, kv_dtype) -> None:
+        """E4M3 conversions need sm_89+ (Ada, Hopper) in Triton; say so at start, not mid-forward."""
+        if kv_dtype != torch.float8_e4m3fn or self.device.type != "cuda":
+            return
+        major, minor = torch.cuda.get_device_capability(self.device)
+        if (major, minor) < (8, 9):
+            raise RuntimeError(f"--kv-cache-dtype fp8_e4m3 with the triton backend needs compute capability >= 8.9 "
+                               f"(this GPU is {major}.{minor}); use --kv-cache-dtype auto")
 
     def _splits_for(self, bs: int) -> int:
         return decode_max_splits(bs, self.num_kv_heads, self.max_kv_splits, self.num_sms)
@@ -125,8 +140,9 @@ class TritonAttnBackend(AttentionBackend):
     @staticmethod
     def _save_kv(k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool) -> None:
         if save_kv_cache:
-            k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-            store_kv_cache(k_buf, v_buf, forward_batch.out_cache_loc, k, v)
+            pool = forward_batch.token_to_kv_pool
+            k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+            store_kv_cache(k_buf, v_buf, forward_batch.out_cache_loc, k, v, *pool.kv_scales(layer.layer_id))
 
     @staticmethod
     def _heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
@@ -139,6 +155,7 @@ class TritonAttnBackend(AttentionBackend):
         meta: TritonExtendMetadata = self._metadata(forward_batch)
         self._save_kv(k, v, layer, forward_batch, save_kv_cache)
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        k_scale, v_scale = forward_batch.token_to_kv_pool.kv_scales(layer.layer_id)
         q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
         k3 = self._heads(k, layer.tp_k_head_num, layer.qk_head_dim)
         v3 = self._heads(v, layer.tp_v_head_num, layer.v_head_dim)
@@ -147,7 +164,7 @@ class TritonAttnBackend(AttentionBackend):
             q3, k3, v3, o, k_buf, v_buf,
             forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
             forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens, forward_batch.extend_start_loc,
-            meta.max_extend_len, layer.scaling,
+            meta.max_extend_len, layer.scaling, k_scale, v_scale,
         )  # fmt: skip
         return o.view(o.shape[0], -1)
 
@@ -155,6 +172,7 @@ class TritonAttnBackend(AttentionBackend):
         meta: TritonDecodeMetadata = self._metadata(forward_batch)
         self._save_kv(k, v, layer, forward_batch, save_kv_cache)
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        k_scale, v_scale = forward_batch.token_to_kv_pool.kv_scales(layer.layer_id)
         bs = forward_batch.batch_size
         q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty(bs, layer.tp_q_head_num, layer.v_head_dim)
@@ -166,6 +184,6 @@ class TritonAttnBackend(AttentionBackend):
             )
         decode_attention_fwd(
             q3, k_buf, v_buf, o, forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
-            forward_batch.seq_lens, meta.num_kv_splits, mid_o, mid_lse, layer.scaling,
+            forward_batch.seq_lens, meta.num_kv_splits, mid_o, mid_lse, layer.scaling, k_scale, v_scale,
         )  # fmt: skip
         return o.view(bs, -1)
