@@ -1,9 +1,13 @@
 """RMSNorm and its fused residual-add variant (SGLang's fused_add_rmsnorm semantics).
 
-One program per row, the whole row in registers (hidden sizes up to 65536). Math in fp32;
-the normalised row is rounded to the input dtype before the weight multiply, as
-transformers does (`weight * x.to(input_dtype)`), so bf16 outputs match the native path.
-With a residual: s = x + residual (fp32), residual <- s (rounded), out = rmsnorm(s).
+One program per row, the whole row in registers (hidden sizes up to 65536). Rounding
+points are transformers' bf16 Llama ones (LlamaRMSNorm and the decoder layer's
+`residual + hidden_states`), so a bf16 output is bit-exact with it given the same inputs:
+  s   = round(x + residual)            the residual add happens in the activation dtype
+  y   = round(s * rsqrt(mean(s^2) + eps))  variance and scaling in fp32, then `.to(input_dtype)`
+  out = round(y * weight)              the weight multiply in the weight's (= activation) dtype
+residual <- s. The fp32 sum must not be normalised unrounded: transformers normalises the
+rounded one (this was one ulp of drift per norm on real bf16 weights).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ def _rmsnorm(X, R, W, Y, stride_x, stride_r, stride_y, N, eps,
     mask = offs < N
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        x += tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(R + row * stride_r + offs, x.to(R.dtype.element_ty), mask=mask)
+        s = (x + tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)).to(R.dtype.element_ty)
+        tl.store(R + row * stride_r + offs, s, mask=mask)
+        x = s.to(tl.float32)  # normalise the rounded sum, as transformers does
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
     y = (x * rstd).to(Y.dtype.element_ty).to(tl.float32)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
@@ -72,11 +77,12 @@ def fused_add_rmsnorm(
 def rmsnorm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """Transformers' LlamaRMSNorm (+ residual add in fp32); does not modify its inputs."""
+    """Transformers' LlamaRMSNorm after its decoder layer's residual add, rounding where they
+    round (see the module docstring); does not modify its inputs."""
     dtype = x.dtype
-    s = x.float()
     if residual is not None:
-        s = s + residual.float()
+        x = (x.float() + residual.float()).to(residual.dtype)  # == residual + x in that dtype
+    s = x.float()
     y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
-    out = (weight.float() * y.to(dtype).float()).to(dtype)
-    return out if residual is None else (out, s.to(residual.dtype))
+    out = (weight.float() * y.to(dtype).float()).to(dtype)  # bf16 * bf16 is exact in fp32: one rounding
+    return out if residual is None else (out, x)

@@ -5,6 +5,12 @@ in the second (vLLM/SGLang layout). is_neox=True rotates halves (transformers' L
 rotate_half: pairs (i, i + rotary_dim/2)); False rotates interleaved pairs (2i, 2i+1),
 GPT-J style. Only the first rotary_dim dims of each head rotate (partial rotary).
 One program per token handles every q and k head of that token.
+
+Rounding points are transformers' Llama ones (`q * cos + rotate_half(q) * sin` with cos/sin
+computed in fp32 and cast to the activation dtype): cos and sin are rounded to the dtype of
+q, each product is rounded, then the sum. In fp32 every rounding is the identity; in bf16 the
+output is bit-exact with transformers given the same q, k and table. Math stays in fp32
+registers between the explicit roundings, so no FMA can skip one.
 """
 
 from __future__ import annotations
@@ -30,10 +36,16 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
         i1 = offs_r * 2
         i2 = offs_r * 2 + 1
     base = X + t * stride_t + offs_h[:, None] * stride_h
+    dt = X.dtype.element_ty
     x1 = tl.load(base + i1[None, :], mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(base + i2[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(base + i1[None, :], (x1 * cos - x2 * sin).to(X.dtype.element_ty), mask=mask)
-    tl.store(base + i2[None, :], (x2 * cos + x1 * sin).to(X.dtype.element_ty), mask=mask)
+    c = cos.to(dt).to(tl.float32)
+    s = sin.to(dt).to(tl.float32)
+    # round(round(x1*c) - round(x2*s)): transformers' x1*cos + (-x2)*sin in the activation dtype
+    y1 = (x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)
+    y2 = (x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)
+    tl.store(base + i1[None, :], y1.to(dt), mask=mask)
+    tl.store(base + i2[None, :], y2.to(dt), mask=mask)
 
 
 @triton.jit
@@ -80,16 +92,17 @@ def rotary_embedding(
 
 
 def rotary_embedding_ref(positions, query, key, head_size, cos_sin_cache, is_neox=True):
-    """Out of place torch reference (fp32 math), same layout conventions."""
+    """Out of place torch reference, same layout conventions and rounding points (module
+    docstring): the arithmetic runs in the activation dtype with cos/sin cast to it."""
     n = positions.shape[0]
     rotary_dim = cos_sin_cache.shape[1]
     half = rotary_dim // 2
     cos_sin = cos_sin_cache[positions.long()].float()
-    cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]
 
     def apply(x):
         x = x.reshape(n, -1, head_size)
-        rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+        cos, sin = cos_sin[:, None, :half].to(x.dtype), cos_sin[:, None, half:].to(x.dtype)
+        rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
         if is_neox:
             x1, x2 = rot[..., :half], rot[..., half:]
             out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -11,10 +11,12 @@ from sglserve.layers.custom_op import CustomOp
 
 
 class RMSNorm(CustomOp):
-    """y = x / rms(x) * weight, computed in fp32 like transformers.
+    """y = x / rms(x) * weight, rounding where transformers' LlamaRMSNorm rounds: variance and
+    scaling in fp32, `.to(input dtype)`, then the weight multiply in the weight's dtype.
 
-    forward(x) -> y. forward(x, residual) first adds: s = x + residual, and returns
-    (rmsnorm(s), s) so the decoder layer carries the running sum without a second pass.
+    forward(x) -> y. forward(x, residual) first adds: s = x + residual, rounded to the
+    activation dtype (transformers adds the residual in bf16) and normalises that rounded s;
+    returns (rmsnorm(s), s) so the decoder layer carries the running sum without a second pass.
     Kernel "rmsnorm": fn(x [n, d], weight [d], eps, residual: Optional[[n, d]])
     with the same return convention (it may work in place).
     """
@@ -30,10 +32,10 @@ class RMSNorm(CustomOp):
         self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         orig_dtype = x.dtype
-        x = x.to(torch.float32)
         if residual is not None:
-            x = x + residual.to(torch.float32)
-            residual = x.to(orig_dtype)
+            residual = x + residual  # in the activation dtype, as transformers' decoder layer adds
+            x = residual
+        x = x.to(torch.float32)
         variance = x.pow(2).mean(dim=-1, keepdim=True)
         x = x * torch.rsqrt(variance + self.variance_epsilon)
         out = self.weight * x.to(orig_dtype)

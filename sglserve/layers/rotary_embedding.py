@@ -33,7 +33,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: Dict[str, Any]) -> torch.T
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox_style: bool) -> torch.Tensor:
-    """Rotate pairs of x (fp32). Neox pairs element i with i + d/2 (HF Llama's rotate_half); GPT-J pairs 2i, 2i+1."""
+    """Rotate pairs of x in x's dtype: each product and the sum round there, like transformers'
+    `q * cos + rotate_half(q) * sin` (cos/sin already cast to x's dtype). Neox pairs element i
+    with i + d/2 (HF Llama's rotate_half); GPT-J pairs 2i, 2i+1."""
     if is_neox_style:
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -82,7 +84,7 @@ class RotaryEmbedding(CustomOp):
     def _apply_one(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(cos.shape[0], -1, self.head_size)
-        rot = _rotate(x[..., : self.rotary_dim].float(), cos, sin, self.is_neox_style).to(x.dtype)
+        rot = _rotate(x[..., : self.rotary_dim], cos.to(x.dtype), sin.to(x.dtype), self.is_neox_style)
         if self.rotary_dim < self.head_size:
             rot = torch.cat((rot, x[..., self.rotary_dim :]), dim=-1)
         return rot.reshape(shape)

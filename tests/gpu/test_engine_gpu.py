@@ -94,7 +94,8 @@ def test_mixed_steps_equal_unmixed_fp32(setup):
 @pytest.mark.parametrize("dtype", [pytest.param("float32", marks=FP32_ATTN), "bfloat16"])
 def test_top1_agreement_with_transformers(setup, dtype):
     """Teacher-forced: transformers' argmax at every position we generated. Random weights have
-    near-ties that bf16 rounding flips, so bf16 is asserted only on real weights (the env var)."""
+    near-ties that bf16 rounding flips, so bf16 is asserted only on real weights (the env var),
+    and on the tie-aware rate (exact ties in transformers' bf16 logits count for either id)."""
     from transformers import AutoModelForCausalLM
 
     path, prompts = setup
@@ -106,15 +107,21 @@ def test_top1_agreement_with_transformers(setup, dtype):
     else:
         hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype)
     hf = hf.cuda().eval()
-    agree = total = 0
+    strict = tie_aware = total = 0
     with torch.no_grad():
         for p, out in zip(prompts, ours):
             ids = torch.tensor([p + out], device="cuda")
-            pred = hf(ids).logits[0, len(p) - 1 : -1].argmax(-1).tolist()
-            agree += sum(int(a == b) for a, b in zip(pred, out))
+            at = hf(ids).logits[0, len(p) - 1 : -1].float()
+            mine = torch.tensor(out, device="cuda")
+            strict += int((at.argmax(-1) == mine).sum())
+            # bf16 logits tie exactly at the top (ulp 0.125 at 30); transformers' argmax then just
+            # takes the lowest id, so our token counts when its logit equals transformers' max
+            tie_aware += int((at.gather(1, mine[:, None])[:, 0] == at.max(-1).values).sum())
             total += len(out)
-    rate = agree / total
+    rate, rate_ties = strict / total, tie_aware / total
     print(f"top-1 agreement with transformers (teacher forced, {dtype}, {ATTN or 'default'} attention): "
-          f"{rate:.4f} over {total} tokens")
-    if dtype == "float32" or os.environ.get("SGLSERVE_GPU_TEST_MODEL"):
+          f"{rate:.4f} over {total} tokens (tie-aware {rate_ties:.4f})")
+    if dtype == "float32":
         assert rate >= 0.99
+    elif os.environ.get("SGLSERVE_GPU_TEST_MODEL"):
+        assert rate_ties >= 0.99

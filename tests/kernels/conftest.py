@@ -37,6 +37,11 @@ def _ensure_sglserve_kernels() -> None:
 
 _ensure_sglserve_kernels()
 
+# The interpreter truncates fp32 -> bf16; round to nearest like the GPU so bf16 kernel checks mean something.
+from sglserve_kernels.testing import interpreter_bf16_round_to_nearest  # noqa: E402
+
+interpreter_bf16_round_to_nearest()
+
 
 
 # ---- shared fixtures (helpers live in sglserve_kernels.testing) -----------------------
