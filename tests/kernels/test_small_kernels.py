@@ -33,7 +33,7 @@ def test_store_kv_cache(num_tokens, num_kv_heads, head_dim, dtype, device, gen):
 
 
 @pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.05, 0.3), (0.002, 1.7)])  # last: K saturates
-@pytest.mark.parametrize("in_dtype", [torch.float32, pytest.param(torch.bfloat16, marks=gpu)])
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_tokens,num_kv_heads,head_dim", [(1, 1, 64), (7, 2, 128)])
 def test_store_kv_cache_fp8(num_tokens, num_kv_heads, head_dim, in_dtype, k_scale, v_scale, device, gen):
     """FP8 pool: the same bytes as the torch store (x / scale, saturated, nearest E4M3), on
