@@ -1,5 +1,9 @@
 """python -m sglserve.launch_server: start scheduler + detokenizer, wait until ready, serve HTTP.
 
+Start-up runs side by side: the children are spawned first (before this process imports torch
+or the web stack), and this process imports the web stack and loads its tokenizer on a thread
+while they load (HttpSidePrep); only the ReadyMsgs are waited for at the end.
+
 Any child dying takes the server down with a clear log line and a non-zero exit (pending
 requests get 503 first). On SIGTERM/Ctrl-C the server stops accepting connections, lets
 in-flight requests finish for up to --shutdown-grace-period seconds (then aborts them), stops
@@ -16,7 +20,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from multiprocessing.connection import Connection
+from typing import Any, Dict, List, Optional
 
 from sglserve.io_struct import ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args
@@ -34,6 +39,7 @@ class Subprocesses:
 
     port_args: PortArgs
     procs: Dict[str, mp.Process] = field(default_factory=dict)
+    readers: Dict[str, Connection] = field(default_factory=dict)  # each child's ReadyMsg comes here
     info: dict = field(default_factory=dict)
 
     def shutdown(self) -> None:
@@ -86,28 +92,36 @@ def dist_init_addr(server_args: ServerArgs) -> Optional[str]:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
-    """Start this node's scheduler ranks (and, on node 0, the detokenizer) and wait for every
-    ReadyMsg; raise with the child's error. A child dying while others load fails start-up at
-    once (a lone rank would otherwise wait for its peers until the collective timeout)."""
+def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """Spawn this node's scheduler ranks (and, on node 0, the detokenizer); wait_ready() waits for them."""
     port_args = PortArgs.create()
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
-    readers = {}
     addr = dist_init_addr(server_args)
     targets = [(name, _scheduler_main, (rank, addr)) for rank, name in scheduler_names(server_args).items()]
     if server_args.node_rank == 0:
         targets.append(("detokenizer", _detokenizer_main, ()))
-    for name, target, extra in targets:
-        reader, writer = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
-                           name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
-        proc.start()
-        subs.procs[name] = proc
-        readers[name] = reader
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        waiting = dict(readers)
+        for name, target, extra in targets:
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
+                               name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
+            proc.start()
+            subs.procs[name] = proc
+            subs.readers[name] = reader
+    except BaseException:
+        subs.shutdown()
+        raise
+    return subs
+
+
+def wait_ready(subs: Subprocesses, timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait for every child's ReadyMsg; raise with the child's error. A child dying while others
+    load fails start-up at once (a lone rank would otherwise wait for its peers until the
+    collective timeout). The children are stopped before raising."""
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = dict(subs.readers)
         while waiting:
             for name, reader in list(waiting.items()):
                 if not reader.poll(0.1 if len(waiting) > 1 else 0.5):
@@ -121,10 +135,16 @@ def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
                 if not subs.procs[name].is_alive():
                     raise RuntimeError(f"{name} process died during start-up (exit code {subs.procs[name].exitcode})")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(waiting)} not ready after {READY_TIMEOUT_S:.0f} s")
+                raise RuntimeError(f"{', '.join(waiting)} not ready after {timeout:.0f} s")
     except BaseException:
         subs.shutdown()
         raise
+
+
+def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """start_subprocesses + wait_ready: the children, all ready."""
+    subs = start_subprocesses(server_args)
+    wait_ready(subs)
     return subs
 
 
@@ -175,14 +195,58 @@ def uvicorn_config(server_args: ServerArgs, app):
                           timeout_graceful_shutdown=server_args.shutdown_grace_period)
 
 
-def run_server(server_args: ServerArgs) -> int:
-    from sglserve.entrypoints.http_server import create_app
-    from sglserve.tokenizer.tokenizer_manager import TokenizerManager
+class HttpSidePrep:
+    """The HTTP process's own start-up work (the web stack's imports, the tokenizer) on a thread
+    while the children load: after their ReadyMsg it would add its seconds to start-up in a row."""
 
-    subs = launch_subprocesses(server_args)
+    def __init__(self, server_args: ServerArgs) -> None:
+        self.server_args = server_args
+        self.tokenizer: Any = None
+        self.error: Optional[BaseException] = None
+        self.seconds = 0.0
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="sglserve-http-prep", daemon=True).start()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            import sglserve.entrypoints.http_server  # noqa: F401  (fastapi, pydantic, the protocol models)
+
+            if not self.server_args.skip_tokenizer_init:
+                from sglserve.utils.hf_transformers_utils import get_tokenizer
+
+                sa = self.server_args
+                self.tokenizer = get_tokenizer(sa.tokenizer_path, sa.trust_remote_code)
+        except BaseException as e:  # raised in the main thread by result()
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - t0
+            self._done.set()
+
+    def result(self, subs: Subprocesses) -> Any:
+        """The tokenizer (None with --skip-tokenizer-init) once loaded; the thread's error raised
+        here; a child dying meanwhile fails start-up at once."""
+        while not self._done.wait(0.5):
+            dead = subs.dead_child()
+            if dead:
+                raise RuntimeError(f"{dead} during start-up")
+        if self.error is not None:
+            raise self.error
+        logger.info("HTTP side prepared in %.2f s (web stack imports, tokenizer), beside the scheduler.", self.seconds)
+        return self.tokenizer
+
+
+def run_server(server_args: ServerArgs) -> int:
+    subs = start_subprocesses(server_args)  # first: the scheduler's imports and loading are the long pole
     state: dict = {}
     try:
-        tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info)
+        prep = HttpSidePrep(server_args)
+        wait_ready(subs)  # a child's failure is reported first, as when nothing ran beside it
+        tokenizer = prep.result(subs)
+        from sglserve.entrypoints.http_server import create_app
+        from sglserve.tokenizer.tokenizer_manager import TokenizerManager
+
+        tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info, tokenizer=tokenizer)
         tokenizer_manager.watch_processes(subs.procs)  # a dead child: pending requests get 503
         app = create_app(server_args, tokenizer_manager)
         server = _make_server(uvicorn_config(server_args, app), tokenizer_manager, server_args.shutdown_grace_period)
