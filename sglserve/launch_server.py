@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_any
 from typing import Any, Dict, List, Optional
 
 from sglserve.io_struct import ReadyMsg
@@ -107,6 +108,7 @@ def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
             proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
                                name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
             proc.start()
+            writer.close()  # the child holds its own end: its death reads as EOF here at once
             subs.procs[name] = proc
             subs.readers[name] = reader
     except BaseException:
@@ -123,10 +125,14 @@ def wait_ready(subs: Subprocesses, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         waiting = dict(subs.readers)
         while waiting:
-            for name, reader in list(waiting.items()):
-                if not reader.poll(0.1 if len(waiting) > 1 else 0.5):
-                    continue
-                msg: ReadyMsg = reader.recv()
+            for reader in wait_any(list(waiting.values()), timeout=0.5):  # the first message, no poll interval
+                name = next(n for n, r in waiting.items() if r is reader)
+                try:
+                    msg: ReadyMsg = reader.recv()
+                except EOFError:  # the child's end closed without a message: it died
+                    subs.procs[name].join(5)
+                    raise RuntimeError(f"{name} process died during start-up "
+                                       f"(exit code {subs.procs[name].exitcode})") from None
                 if msg.error:
                     raise RuntimeError(f"{name} failed to start: {msg.error}")
                 subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
