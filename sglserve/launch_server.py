@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
+from sglserve.entrypoints.http_prep import HttpSidePrep
 from sglserve.io_struct import ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args
 from sglserve.utils.logging_utils import configure_logger
@@ -201,54 +202,13 @@ def uvicorn_config(server_args: ServerArgs, app):
                           timeout_graceful_shutdown=server_args.shutdown_grace_period)
 
 
-class HttpSidePrep:
-    """The HTTP process's own start-up work (the web stack's imports, the tokenizer) on a thread
-    while the children load: after their ReadyMsg it would add its seconds to start-up in a row."""
-
-    def __init__(self, server_args: ServerArgs) -> None:
-        self.server_args = server_args
-        self.tokenizer: Any = None
-        self.error: Optional[BaseException] = None
-        self.seconds = 0.0
-        self._done = threading.Event()
-        threading.Thread(target=self._run, name="sglserve-http-prep", daemon=True).start()
-
-    def _run(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            import sglserve.entrypoints.http_server  # noqa: F401  (fastapi, pydantic, the protocol models)
-
-            if not self.server_args.skip_tokenizer_init:
-                from sglserve.utils.hf_transformers_utils import get_tokenizer
-
-                sa = self.server_args
-                self.tokenizer = get_tokenizer(sa.tokenizer_path, sa.trust_remote_code)
-        except BaseException as e:  # raised in the main thread by result()
-            self.error = e
-        finally:
-            self.seconds = time.perf_counter() - t0
-            self._done.set()
-
-    def result(self, subs: Subprocesses) -> Any:
-        """The tokenizer (None with --skip-tokenizer-init) once loaded; the thread's error raised
-        here; a child dying meanwhile fails start-up at once."""
-        while not self._done.wait(0.5):
-            dead = subs.dead_child()
-            if dead:
-                raise RuntimeError(f"{dead} during start-up")
-        if self.error is not None:
-            raise self.error
-        logger.info("HTTP side prepared in %.2f s (web stack imports, tokenizer), beside the scheduler.", self.seconds)
-        return self.tokenizer
-
-
 def run_server(server_args: ServerArgs) -> int:
     subs = start_subprocesses(server_args)  # first: the scheduler's imports and loading are the long pole
     state: dict = {}
     try:
-        prep = HttpSidePrep(server_args)
+        prep = HttpSidePrep(server_args)  # web stack imports + tokenizer, on a thread
         wait_ready(subs)  # a child's failure is reported first, as when nothing ran beside it
-        tokenizer = prep.result(subs)
+        tokenizer = prep.result(subs.dead_child)
         from sglserve.entrypoints.http_server import create_app
         from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 
