@@ -152,6 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error("give the server's flags after --, e.g. -- --model-path MODEL --load-format dummy")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    # `timeout` (stages.sh) sends SIGTERM: exit through run_once's finally, which stops the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = []
     for _ in range(args.runs):
         r = run_once(server_flags, args.port or free_port(), args.timeout, args.log)
