@@ -1,5 +1,9 @@
 """python -m sglserve.launch_server: start scheduler + detokenizer, wait until ready, serve HTTP.
 
+Start-up runs side by side: the children are spawned first (before this process imports torch
+or the web stack), and this process imports the web stack and loads its tokenizer on a thread
+while they load (HttpSidePrep); only the ReadyMsgs are waited for at the end.
+
 Any child dying takes the server down with a clear log line and a non-zero exit (pending
 requests get 503 first). On SIGTERM/Ctrl-C the server stops accepting connections, lets
 in-flight requests finish for up to --shutdown-grace-period seconds (then aborts them), stops
@@ -16,8 +20,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_any
 from typing import Dict, List, Optional
 
+from sglserve.entrypoints.http_prep import HttpSidePrep
 from sglserve.io_struct import ReadyMsg
 from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args
 from sglserve.utils.logging_utils import configure_logger
@@ -34,6 +41,7 @@ class Subprocesses:
 
     port_args: PortArgs
     procs: Dict[str, mp.Process] = field(default_factory=dict)
+    readers: Dict[str, Connection] = field(default_factory=dict)  # each child's ReadyMsg comes here
     info: dict = field(default_factory=dict)
 
     def shutdown(self) -> None:
@@ -86,33 +94,46 @@ def dist_init_addr(server_args: ServerArgs) -> Optional[str]:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
-    """Start this node's scheduler ranks (and, on node 0, the detokenizer) and wait for every
-    ReadyMsg; raise with the child's error. A child dying while others load fails start-up at
-    once (a lone rank would otherwise wait for its peers until the collective timeout)."""
+def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """Spawn this node's scheduler ranks (and, on node 0, the detokenizer); wait_ready() waits for them."""
     port_args = PortArgs.create()
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
-    readers = {}
     addr = dist_init_addr(server_args)
     targets = [(name, _scheduler_main, (rank, addr)) for rank, name in scheduler_names(server_args).items()]
     if server_args.node_rank == 0:
         targets.append(("detokenizer", _detokenizer_main, ()))
-    for name, target, extra in targets:
-        reader, writer = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
-                           name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
-        proc.start()
-        subs.procs[name] = proc
-        readers[name] = reader
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        waiting = dict(readers)
+        for name, target, extra in targets:
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=target, args=(server_args, port_args, writer, *extra),
+                               name=f"sglserve-{name.replace(' ', '-')}", daemon=True)
+            proc.start()
+            writer.close()  # the child holds its own end: its death reads as EOF here at once
+            subs.procs[name] = proc
+            subs.readers[name] = reader
+    except BaseException:
+        subs.shutdown()
+        raise
+    return subs
+
+
+def wait_ready(subs: Subprocesses, timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait for every child's ReadyMsg; raise with the child's error. A child dying while others
+    load fails start-up at once (a lone rank would otherwise wait for its peers until the
+    collective timeout). The children are stopped before raising."""
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = dict(subs.readers)
         while waiting:
-            for name, reader in list(waiting.items()):
-                if not reader.poll(0.1 if len(waiting) > 1 else 0.5):
-                    continue
-                msg: ReadyMsg = reader.recv()
+            for reader in wait_any(list(waiting.values()), timeout=0.5):  # the first message, no poll interval
+                name = next(n for n, r in waiting.items() if r is reader)
+                try:
+                    msg: ReadyMsg = reader.recv()
+                except EOFError:  # the child's end closed without a message: it died
+                    subs.procs[name].join(5)
+                    raise RuntimeError(f"{name} process died during start-up "
+                                       f"(exit code {subs.procs[name].exitcode})") from None
                 if msg.error:
                     raise RuntimeError(f"{name} failed to start: {msg.error}")
                 subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
@@ -121,10 +142,16 @@ def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
                 if not subs.procs[name].is_alive():
                     raise RuntimeError(f"{name} process died during start-up (exit code {subs.procs[name].exitcode})")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(waiting)} not ready after {READY_TIMEOUT_S:.0f} s")
+                raise RuntimeError(f"{', '.join(waiting)} not ready after {timeout:.0f} s")
     except BaseException:
         subs.shutdown()
         raise
+
+
+def launch_subprocesses(server_args: ServerArgs) -> Subprocesses:
+    """start_subprocesses + wait_ready: the children, all ready."""
+    subs = start_subprocesses(server_args)
+    wait_ready(subs)
     return subs
 
 
@@ -176,13 +203,16 @@ def uvicorn_config(server_args: ServerArgs, app):
 
 
 def run_server(server_args: ServerArgs) -> int:
-    from sglserve.entrypoints.http_server import create_app
-    from sglserve.tokenizer.tokenizer_manager import TokenizerManager
-
-    subs = launch_subprocesses(server_args)
+    subs = start_subprocesses(server_args)  # first: the scheduler's imports and loading are the long pole
     state: dict = {}
     try:
-        tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info)
+        prep = HttpSidePrep(server_args)  # web stack imports + tokenizer, on a thread
+        wait_ready(subs)  # a child's failure is reported first, as when nothing ran beside it
+        tokenizer = prep.result(subs.dead_child)
+        from sglserve.entrypoints.http_server import create_app
+        from sglserve.tokenizer.tokenizer_manager import TokenizerManager
+
+        tokenizer_manager = TokenizerManager(server_args, subs.port_args, subs.info, tokenizer=tokenizer)
         tokenizer_manager.watch_processes(subs.procs)  # a dead child: pending requests get 503
         app = create_app(server_args, tokenizer_manager)
         server = _make_server(uvicorn_config(server_args, app), tokenizer_manager, server_args.shutdown_grace_period)

@@ -66,6 +66,7 @@
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
 # W2_KV (e.g. fp8_e4m3: W2 with --kv-cache-dtype W2_KV; its JSON line reports the pool: max_total_num_tokens,
 # kv_bytes_per_token, kv_cache_gb), W2_QUANT (fp8: W2 with --quantization fp8; the issue-12 run is both). online's real-weights checks include FP8 KV perplexity vs bf16 KV (Triton).
+# STARTUP_RUNS (launches timed by benchmarks/bench_startup.py, default 2; SKIP_STARTUP=1 skips them).
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
 # Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
@@ -165,7 +166,11 @@ perf)
       --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
   [[ $runs == *" w5 "* ]] && { log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
       --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1; }
-  [ "${SKIP_STARTUP:-0}" = 1 ] || { start_server "$OUT/perf_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK"; stop_server; }
+  # Start-up to ready (benchmarks/bench_startup.py: /health polled every 50 ms, phases from the log);
+  # run 1 pays the web stack's first imports on this machine (.pyc), run 2 is warm
+  [ "${SKIP_STARTUP:-0}" = 1 ] || { log "start-up to ready, ${STARTUP_RUNS:-2} runs"; timeout "$(cap 150)" $PY benchmarks/bench_startup.py \
+      --runs "${STARTUP_RUNS:-2}" --timeout 120 --log "$OUT/perf_server.log" --tag startup_8b -- --model-path $L $D $DEV \
+      --tokenizer-path "$TOK" | cut -c1-700; }
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
   log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests ${GPU_TESTS:-tests/gpu tests/kernels} -p no:cacheprovider 2>&1 | tail -4 ;;
 online)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from sglserve.constrained.base import GrammarKey
+if TYPE_CHECKING:  # base imports torch: the launcher checks --grammar-backend before it spawns, without it
+    from sglserve.constrained.base import GrammarKey
 
 # backend -> the module it needs (and the pip package that provides it)
 BACKEND_MODULES = {"xgrammar": ("xgrammar", "xgrammar"), "llguidance": ("llguidance", "llguidance")}

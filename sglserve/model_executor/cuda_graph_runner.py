@@ -8,9 +8,11 @@ captured size with rows that read slot 0 and write to the reserved page 0.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 import torch
 
@@ -21,6 +23,21 @@ if TYPE_CHECKING:
     from sglserve.model_executor.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def gc_disabled() -> Iterator[None]:
+    """No cyclic GC while capturing (as SGLang and vLLM capture): a collection in the middle of a
+    capture walks the whole start-up heap between two kernels, and one that frees a dead graph or
+    kernel module while another graph records breaks that capture (pytorch/pytorch#161037).
+    Temporaries die by reference count; the scheduler freezes the heap once after start-up."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def capture_batch_sizes(max_bs: int) -> List[int]:
@@ -65,7 +82,7 @@ class CudaGraphRunner:
     def capture(self) -> None:
         model, backend = self.mr.model, self.mr.attn_backend
         stream = torch.cuda.Stream()
-        with torch.inference_mode(), torch.cuda.stream(stream):
+        with gc_disabled(), torch.inference_mode(), torch.cuda.stream(stream):
             # Largest first so smaller graphs reuse the shared memory pool
             for bs in reversed(self.batch_sizes):
                 fb = self._static_batch(bs)

@@ -48,7 +48,7 @@ from sglserve.scheduler.stats import SchedulerStats
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import freeze_startup_objects, setup_child_process
+from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
 from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,8 @@ class Scheduler:
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer, tp_rank: int = 0,
                           dist_init_addr: Optional[str] = None) -> None:
     configure_logger(server_args, prefix=" Scheduler" + (f" TP{tp_rank}" if server_args.tp_size > 1 else ""))
-    logger.info("Scheduler process started (imports done); loading the model.")
+    logger.info("Scheduler process started (imports done, %.1f s after the process began); loading the model.",
+                process_age_s())
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,19 @@ def setup_child_process() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError) as e:  # pragma: no cover - libc without prctl
             logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s", e)
+
+
+def process_age_s() -> float:
+    """Seconds since this process was created (start-up logs: a spawned child's import time).
+    On Linux from /proc/self/stat's start tick and the boot-time clock (10 ms steps; psutil's
+    create_time() counts from a boot time rounded to the second)."""
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def freeze_startup_objects() -> None:

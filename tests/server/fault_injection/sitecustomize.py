@@ -8,6 +8,12 @@ spawned scheduler and detokenizer), and requests whose rid starts with a marker 
   POISON-HTTP   the HTTP process raises while handling the request's output
   CRASH-SCHED   the scheduler's event loop raises (the process dies)
   CRASH-DETOK   the detokenizer's event loop raises (the process dies)
+
+Start-up faults (environment variables):
+  SGLSERVE_FAULT_SCHEDULER_INIT=1    the scheduler raises while it starts (=exit: it exits with code 3,
+                                     sending nothing)
+  SGLSERVE_FAULT_HTTP_PREP=1         the launcher's HTTP-side preparation raises
+  SGLSERVE_FAULT_SLOW_HTTP_PREP=<s>  the launcher's HTTP-side preparation sleeps s seconds first
 """
 
 import os
@@ -80,6 +86,36 @@ def _install() -> None:
         return orig_update(self, state, *args)
 
     tokenizer_manager.TokenizerManager._update_state = _update_state
+    _install_startup_faults(scheduler)
+
+
+def _install_startup_faults(scheduler) -> None:
+    import time
+
+    from sglserve.entrypoints import http_prep
+
+    mode = os.environ.get("SGLSERVE_FAULT_SCHEDULER_INIT")
+    if mode in ("1", "exit"):
+        def failing_init(self, *args, **kwargs):
+            if mode == "exit":
+                os._exit(3)
+            raise RuntimeError("injected scheduler start-up fault")
+
+        scheduler.Scheduler.__init__ = failing_init
+
+    orig_run = http_prep.HttpSidePrep._run
+    slow = float(os.environ.get("SGLSERVE_FAULT_SLOW_HTTP_PREP", "0"))
+    fail = os.environ.get("SGLSERVE_FAULT_HTTP_PREP") == "1"
+
+    def _run(self):
+        time.sleep(slow)
+        if fail:
+            self.error = RuntimeError("injected HTTP-side start-up fault")
+            self._done.set()
+            return
+        orig_run(self)
+
+    http_prep.HttpSidePrep._run = _run
 
 
 if os.environ.get("SGLSERVE_FAULT_INJECTION") == "1":
