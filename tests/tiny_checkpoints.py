@@ -1,4 +1,5 @@
-"""Tiny Llama checkpoints written the way the hub ships them, for the quantization and hub tests.
+"""Tiny Llama checkpoints written the way the hub ships them, for the quantization and hub tests,
+and `save_random_llama`: a plain random Llama folder (the tensor-parallel tests).
 
 Every writer lays out config.json (with its quantization_config), model.safetensors with the
 checkpoint's own tensor names (fp8 `weight` + `weight_scale` / `weight_scale_inv` /
@@ -138,3 +139,21 @@ def write_compressed_tensors_fp8(folder: str, sd: Dict[str, torch.Tensor], confi
             ref[name] = tensors[name].float()
     _write(folder, {**config, "quantization_config": ct_quant_config(strategy, activations)}, tensors, tokenizer)
     return ref
+
+
+def save_random_llama(folder: str, hidden: int, intermediate: int, vocab: int, heads: int = 4, kv_heads: int = 2,
+                      layers: int = 2, seed: int = 0) -> str:
+    """A transformers Llama with weights N(0, 0.1) and norms U(0.5, 1.5) (no near-ties: greedy
+    tokens are stable across tensor-parallel sizes in fp32), saved as safetensors, untied."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                         max_position_embeddings=max(256, vocab), tie_word_embeddings=False)
+    hf = AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0.0, 0.1)
+    hf.save_pretrained(folder)
+    return folder

@@ -22,6 +22,8 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gemv import time_graph  # noqa: E402  (seconds per call of one graph of the given calls)
 
 N_GRAPH = 64
 
@@ -36,18 +38,6 @@ def graph_of(fn, n: int) -> torch.cuda.CUDAGraph:
     with torch.cuda.graph(g):
         fn(n)
     return g
-
-
-def time_graph(g: torch.cuda.CUDAGraph, reps: int = 20) -> float:
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        g.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) * 1000 / reps  # us per graph
 
 
 def worker(rank: int, tp: int, port: int, args: argparse.Namespace) -> None:
@@ -88,10 +78,9 @@ def worker(rank: int, tp: int, port: int, args: argparse.Namespace) -> None:
                     dist.all_reduce(r, group=ps.tp_group().device_group)
                     ok &= torch.allclose(o, r, rtol=tol, atol=tol)
             used_one_shot = small is not None and small.fits(x)
-            us_custom = time_graph(g) / N_GRAPH
-            g_nccl = graph_of(lambda n: [dist.all_reduce(ins[i], group=ps.tp_group().device_group) for i in range(n)],
-                              N_GRAPH)
-            us_nccl = time_graph(g_nccl) / N_GRAPH
+            us_custom = time_graph([lambda: chain(N_GRAPH)]) * 1e6 / N_GRAPH
+            us_nccl = time_graph([lambda: [dist.all_reduce(t, group=ps.tp_group().device_group) for t in ins]]) \
+                * 1e6 / N_GRAPH
             bad += not ok
             if rank == 0:
                 print(json.dumps({"tp": tp, "dtype": str(dtype).split(".")[-1], "tokens": tokens, "hidden": args.hidden,

@@ -22,6 +22,7 @@ if torch.cuda.device_count() < 2:
     pytest.skip("needs 2 CUDA GPUs", allow_module_level=True)
 
 from tests.helpers import ServerProcess, free_port  # noqa: E402
+from tests.tiny_checkpoints import save_random_llama  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 IDS = [[5, 17, 99, 3, 42, 7, 250, 11], [1, 2, 3], list(range(40, 140))]
@@ -40,18 +41,7 @@ def test_symm_mem_all_reduce_matches_nccl():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False)
-    hf = AutoModelForCausalLM.from_config(config).float().eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0.0, 0.1)
-    folder = tmp_path_factory.mktemp("tiny_llama_gpu")
-    hf.save_pretrained(folder)
-    return str(folder)
+    return save_random_llama(str(tmp_path_factory.mktemp("tiny_llama_gpu")), hidden=256, intermediate=512, vocab=512)
 
 
 def greedy(server: ServerProcess):

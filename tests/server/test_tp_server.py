@@ -23,9 +23,9 @@ import psutil
 import pytest
 import requests
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from tests.helpers import ServerProcess, free_port, start_server
+from tests.tiny_checkpoints import save_random_llama
 from tests.server.reliability_helpers import wait_for
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
@@ -119,16 +119,7 @@ TINY_SP = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A tiny random Llama (4 heads, 2 KV heads, vocab 256) saved as safetensors."""
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
-    hf = AutoModelForCausalLM.from_config(config).float().eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0.0, 0.1)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    hf.save_pretrained(folder)
-    return str(folder)
+    return save_random_llama(str(tmp_path_factory.mktemp("tiny_llama")), hidden=64, intermediate=128, vocab=256)
 
 
 def test_two_nodes_match_tp1_and_a_dead_node_stops_the_server(tiny_llama, tmp_path):
