@@ -169,6 +169,8 @@ def test_access_log_flag():
     off = uvicorn_config(ServerArgs(device="cpu", disable_access_log=True, shutdown_grace_period=5), app=None)
     assert on.access_log and not off.access_log
     assert on.timeout_graceful_shutdown == 30 and off.timeout_graceful_shutdown == 5
+    on.load()  # the HTTP protocol actually used: httptools (a dependency), not h11's pure-Python one
+    assert on.http_protocol_class.__name__ == "HttpToolsProtocol"
 
 
 def test_request_id_header_is_sanitized():
