@@ -112,6 +112,26 @@ def get_table() -> GemvTable:
     return GemvTable.load()
 
 
+_FAILED: set = set()  # (kind, n, k, config) whose kernel failed to build or launch: the fallback runs
+
+
+def _run_guarded(key: tuple, run) -> Optional[torch.Tensor]:
+    """The kernel's output, or None (the caller's fallback) if it fails outside a graph capture.
+    Its configs are not yet compiled on every GPU; a Triton build error there must cost speed,
+    not the server. Inside a capture the warm-up has already built it, so errors propagate."""
+    if key in _FAILED:
+        return None
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return run()
+    try:
+        return run()
+    except Exception as e:  # triton CompilationError, out of resources, ...
+        _FAILED.add(key)
+        logger.warning("skinny GEMM %s failed (%s: %s); this shape falls back to the library GEMM",
+                       key, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None
+
+
 @functools.lru_cache(maxsize=4096)
 def _select(m: int, n: int, k: int, kind: str, sms: int, block_k: Optional[int]) -> Optional[GemvConfig]:
     cfg = get_table().select(m, n, k, kind, sms)
@@ -130,8 +150,11 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     m = x.numel() // k if k else 0
     if m == 0 or m > MAX_M or weight.dtype != x.dtype or not weight.is_contiguous():
         return None
-    cfg = _select(m, weight.shape[0], k, weight_kind(weight), device_sms(x), None)
-    return None if cfg is None else skinny_gemm(x, weight, bias, cfg)
+    kind = weight_kind(weight)
+    cfg = _select(m, weight.shape[0], k, kind, device_sms(x), None)
+    if cfg is None:
+        return None
+    return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(x, weight, bias, cfg))
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -145,10 +168,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if m == 0:
         return None
     if m <= MAX_M and (activation_strategy != "group" or weight_block is not None):
-        cfg = _select(m, weight.shape[0], k, weight_kind(weight, weight_block), device_sms(x),
-                      weight_block[1] if weight_block else None)
+        kind = weight_kind(weight, weight_block)
+        cfg = _select(m, weight.shape[0], k, kind, device_sms(x), weight_block[1] if weight_block else None)
         if cfg is not None:
-            return skinny_gemm_fp8(x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg)
+            y = _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm_fp8(
+                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg))
+            if y is not None:
+                return y
     if _scaled_mm_fits(x, weight, weight_block, activation_strategy):
         return scaled_mm_rowwise(x, weight, weight_scale, input_scale, activation_strategy, bias)
     return None

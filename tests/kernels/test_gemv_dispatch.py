@@ -94,6 +94,26 @@ def test_gemv_linear_hook_matches_layer(table, m, device, gen):
     torch.testing.assert_close(y, layer.forward_native(x), **tol)
 
 
+def test_a_failing_kernel_falls_back_once(table, device, gen, monkeypatch, caplog):
+    """A config that does not build on this GPU costs speed, not the server: the hook answers None
+    (the caller's F.linear), warns once, and does not try that shape again."""
+    table({"default_max_m": {"bf16": 16, "fp32": 16}})
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("out of resource: shared memory\nmore detail")
+
+    monkeypatch.setattr(gd, "skinny_gemm", broken)
+    monkeypatch.setattr(gd, "_FAILED", set())
+    layer = _linear(gen, 40, 96).to(device, DTYPE)
+    x = torch.randn(2, 96, generator=gen).to(device, DTYPE)
+    with caplog.at_level("WARNING"):
+        assert sglserve_kernels.gemv_linear(x, layer.weight, layer.bias) is None
+        assert sglserve_kernels.gemv_linear(x, layer.weight, layer.bias) is None
+    assert len(calls) == 1 and "falls back to the library GEMM" in caplog.text and "out of resource" in caplog.text
+
+
 def test_gemv_linear_declines_unselected(table, device, gen):
     table({"default_max_m": {"bf16": 0, "fp32": 0}})
     x = torch.randn(1, 96, generator=gen).to(device, DTYPE)
