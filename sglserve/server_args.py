@@ -167,8 +167,7 @@ class ServerArgs:
         "nnodes": "Number of hosts the --tp-size ranks span (each runs --tp-size / --nnodes of them).",
         "node_rank": "This host's index, 0..--nnodes - 1. Node 0 serves HTTP; the others run only their ranks.",
         "dist_init_addr": "host:port where the ranks meet (node 0 listens there); needed with --nnodes > 1.",
-        "disable_custom_all_reduce": "Send every tensor-parallel all-reduce through NCCL (default on CUDA: messages "
-                                     "up to 512 KiB go through a one-shot kernel over PyTorch symmetric memory).",
+        "disable_custom_all_reduce": "All tensor-parallel all-reduces via NCCL (default: <= 512 KiB via a one-shot kernel).",
         "random_seed": "Seed of the server's sampling generators and dummy weights.",
         "grammar_backend": "Structured output backend for json_schema / regex / ebnf requests: xgrammar (default), "
                            "llguidance (ebnf in GBNF or Lark syntax), or none to refuse constrained requests.",
