@@ -115,13 +115,13 @@ def get_table() -> GemvTable:
 _FAILED: set = set()  # (kind, n, k, config) whose kernel failed to build or launch: the fallback runs
 
 
-def _run_guarded(key: tuple, run) -> Optional[torch.Tensor]:
+def _run_guarded(key: tuple, run, on_cuda: bool) -> Optional[torch.Tensor]:
     """The kernel's output, or None (the caller's fallback) if it fails outside a graph capture.
     Its configs are not yet compiled on every GPU; a Triton build error there must cost speed,
     not the server. Inside a capture the warm-up has already built it, so errors propagate."""
     if key in _FAILED:
         return None
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if on_cuda and torch.cuda.is_current_stream_capturing():
         return run()
     try:
         return run()
@@ -154,7 +154,7 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     cfg = _select(m, weight.shape[0], k, kind, device_sms(x), None)
     if cfg is None:
         return None
-    return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(x, weight, bias, cfg))
+    return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(x, weight, bias, cfg), x.is_cuda)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -172,7 +172,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         cfg = _select(m, weight.shape[0], k, kind, device_sms(x), weight_block[1] if weight_block else None)
         if cfg is not None:
             y = _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm_fp8(
-                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg))
+                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg), x.is_cuda)
             if y is not None:
                 return y
     if _scaled_mm_fits(x, weight, weight_block, activation_strategy):

@@ -37,9 +37,8 @@ class SymmMemAllReduce:
 
         self.group_name = group.group_name
         self.max_bytes = max_bytes
-        enable = getattr(symm_mem, "enable_symm_mem_for_group", None)  # needed before torch 2.9, a no-op after
-        if enable is not None:
-            enable(self.group_name)
+        if torch.torch_version.TorchVersion(torch.__version__) < (2, 9):  # later: deprecated, a no-op that warns
+            symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffer = symm_mem.empty(2 * max_bytes, dtype=torch.uint8, device=device)
         self.turn = 0
 

@@ -22,7 +22,6 @@ import openai
 import psutil
 import pytest
 import requests
-import torch
 
 from tests.helpers import ServerProcess, free_port, start_server
 from tests.tiny_checkpoints import save_random_llama
