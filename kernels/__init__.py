@@ -21,8 +21,34 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import logging
+import os
+import sys
 from typing import Any
+
+
+def _defer_to_hub_kernels() -> bool:
+    """When a checkout's root is on sys.path (`python -m` from the root, pytest's `pythonpath`),
+    this folder is also importable as `kernels`, the name of Hugging Face's kernels package, which
+    transformers >= 5.25 requires and imports. Imported under that name, hand the import over to
+    the real package wherever else sys.path finds it; with none installed, stay as we are (older
+    transformers probe `kernels` and read no version from us)."""
+    if __name__ != "kernels":
+        return False
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module  # the import statement returns what sys.modules holds
+    spec.loader.exec_module(module)
+    return True
+
+
+_defer_to_hub_kernels()
 
 _EXPORTS = {
     "rmsnorm": "layernorm",
