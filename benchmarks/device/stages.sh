@@ -375,8 +375,8 @@ open(sys.argv[3], 'a').write(json.dumps(r) + '\\n')" "$STATE/gemv_$run.jsonl" "$
   done
   if [[ $runs == *" tests "* ]]; then
     if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi
-    log "GEMV GPU tests"; timeout "$(cap 200 5)" $PY -m pytest -q $tests tests/kernels/test_gemv.py tests/kernels/test_gemv_dispatch.py \
-      -p no:cacheprovider 2>&1 | tail -3
+    log "GEMV GPU tests (failures in full: gemv_tests.txt)"; timeout "$(cap 200 5)" $PY -m pytest -q -rf $tests tests/kernels/test_gemv.py \
+      tests/kernels/test_gemv_dispatch.py -p no:cacheprovider > "$OUT/gemv_tests.txt" 2>&1; grep -E "^FAILED|passed|failed" "$OUT/gemv_tests.txt" | tail -20
   fi ;;
 esac
 log "summary"; $PY benchmarks/device/summarize.py "$OUT"
