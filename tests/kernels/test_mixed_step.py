@@ -9,7 +9,9 @@ this runs on the CPU interpreter, where nothing is compiled."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -138,3 +140,19 @@ def test_triton_decoding_counts_cover_every_split_count(device):
     splits = {backend._splits_for(bs) for bs in range(1, 65)}
     assert sorted(backend._splits_for(k) for k in counts) == sorted(splits, ) and len(counts) == len(splits)
     assert counts[0] == 1 and backend.warmup_decoding_counts(2) == counts[:2]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--dry runs on the Triton interpreter")
+def test_profile_mixed_dry_run(capsys):
+    """benchmarks/kernels/profile_mixed.py --dry: the stage's mixed-step profile on tiny shapes."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "kernels", "profile_mixed.py")
+    spec = importlib.util.spec_from_file_location("profile_mixed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--dry"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["tag"] for r in lines] == ["mixed_first_step", "mixed_step"]
+    step = lines[1]
+    assert step["num_decoding"] == module.DRY["num_decoding"] and step["prefill_tokens"] == module.DRY["prefill_tokens"][0]
+    for key in ("attn_split_ms_per_layer", "attn_unsplit_ms_per_layer", "forward_split_ms", "forward_unsplit_ms"):
+        assert step[key] > 0, key
