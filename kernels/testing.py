@@ -91,3 +91,37 @@ def interpreter_bf16_round_to_nearest() -> bool:
     builder.cast_impl = cast_impl
     builder._sglserve_bf16_rne = True
     return True
+
+
+def specialization_key(args: Sequence, kwargs: dict) -> tuple:
+    """What Triton keys a compiled variant on for one launch, by Triton's own specialization
+    function: each tensor's dtype and 16-byte alignment, each int's type and whether it is 1 or
+    a multiple of 16, floats by type; keyword arguments (constexprs, num_warps) by value. Two
+    launches with equal keys run one compiled kernel; a new key compiles (on the GPU, seconds).
+    Raises ImportError on a Triton without native_specialize_impl (before 3.4)."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    spec = tuple(native_specialize_impl(BaseBackend, a, False, True, True) for a in args)
+    return spec + tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+
+
+class LaunchRecorder:
+    """Stands in for a @triton.jit kernel (monkeypatch the kernel module's global): records each
+    launch's grid and specialization_key, then launches the real kernel."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.launches: List[tuple] = []  # (grid, key)
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.launches.append((tuple(grid), specialization_key(args, kwargs)))
+            return launch(*args, **kwargs)
+
+        return run
+
+    def keys(self) -> set:
+        return {key for _, key in self.launches}

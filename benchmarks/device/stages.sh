@@ -19,7 +19,11 @@
 #                                                 stream, with each server process's CPU; real-weights
 #                                                 bf16 check; the CPU host-path bench on this host
 #   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
-#                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each)
+#                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each).
+#                                                 W3_MIXED_PROFILE=1 first runs benchmarks/kernels/profile_mixed.py
+#                                                 (~1 min, no server up): one mixed step on 8B, attention split vs
+#                                                 unsplit, whole forward, first step's Triton compiles (w3_mixed.txt;
+#                                                 W3_MIXED_ARGS: its shapes)
 #   ab      carry .whl .tok                       SmolLM2's config with dummy weights (same speed as the
 #                                                 GGUF, no GGUF to carry): decode profile at AB_PROFILE_BS,
 #                                                 offline Engine per --cuda-graph-max-bs in AB_GRAPH, HTTP
@@ -197,6 +201,12 @@ online)
     --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
 w3)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
+  if [ "${W3_MIXED_PROFILE:-0}" = 1 ]; then
+    if [ "$DRYRUN" = 1 ]; then margs="--dry"; else margs="--model-path $L $D --disable-cuda-graph ${W3_MIXED_ARGS:-}"; fi
+    log "mixed-step profile"; TRITON_INTERPRET=$DRYRUN timeout "$(cap 150)" $PY benchmarks/kernels/profile_mixed.py $margs \
+      > "$OUT/w3_mixed.txt" 2>&1 || log "profile failed: $(tail -3 "$OUT/w3_mixed.txt")"
+    grep '^{' "$OUT/w3_mixed.txt" | cut -c1-600
+  fi
   start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report || exit 1
   for run in $W3_RUNS; do
     rate=${run%%:*}; n=${run##*:}; log "W3 ShareGPT $n prompts at rate $rate"

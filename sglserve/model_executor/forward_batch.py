@@ -45,6 +45,9 @@ class ForwardBatch:
     extend_seq_lens_cpu: Optional[List[int]] = None
     # Logits for every input position (input logprobs, parity tests), not just the last
     return_all_logits: bool = False
+    # EXTEND only: the last num_decoding requests are running ones extending by one token (a
+    # mixed step); a backend may send them through its decode kernel
+    num_decoding: int = 0
     # Pools and backend, set by the model runner
     req_to_token_pool: Optional["ReqToTokenPool"] = None
     token_to_kv_pool: Optional["MHATokenToKVPool"] = None
@@ -68,6 +71,7 @@ class ForwardBatch:
         out_cache_loc: torch.Tensor,
         device: torch.device | str,
         return_all_logits: bool = False,
+        num_decoding: int = 0,
     ) -> "ForwardBatch":
         """From per-request host lists: request i computes positions prefix_lens[i]..seq_lens[i]-1."""
         extend_lens = [s - p for p, s in zip(prefix_lens, seq_lens)]
@@ -103,6 +107,7 @@ class ForwardBatch:
             out_cache_loc=col[2],
             seq_lens_cpu=list(seq_lens),
             return_all_logits=return_all_logits,
+            num_decoding=num_decoding if mode.is_extend() else 0,
         )
         if mode.is_extend():
             fb.extend_prefix_lens = col[5].to(torch.int32)

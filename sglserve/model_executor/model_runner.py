@@ -18,6 +18,7 @@ from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.sampler import Sampler, SamplingBatchInfo
 from sglserve.mem_cache.memory_pool import FP8_KV_DTYPE, MHATokenToKVPool, PagedTokenToKVPoolAllocator, ReqToTokenPool
 from sglserve.model_executor.forward_batch import ForwardBatch
+from sglserve.model_executor.warmup import warm_up_extend
 from sglserve.model_loader import get_model
 from sglserve.server_args import ServerArgs, local_gpu_id, ranks_per_node
 
@@ -71,6 +72,9 @@ class ModelRunner:
             from sglserve.model_executor.cuda_graph_runner import CudaGraphRunner
 
             self.cuda_graph_runner = CudaGraphRunner(self)
+        if self.device.type == "cuda" and server_args.attention_backend == "triton":
+            # Extend and mixed-step kernel variants compile now, not in the first requests' steps
+            warm_up_extend(self)
 
     # ---- memory ------------------------------------------------------------------------
 

@@ -228,7 +228,7 @@ class ScheduleBatch:
             r.last_loc = locs[end - 1]
         return ForwardBatch.build(
             ForwardMode.EXTEND, input_ids, [r.req_pool_idx for r in self.reqs], self.prefix_lens,
-            self.seq_lens, out_cache_loc, self.device, self.return_all_logits,
+            self.seq_lens, out_cache_loc, self.device, self.return_all_logits, self.num_decoding,
         )
 
     def prepare_for_decode(self) -> ForwardBatch:

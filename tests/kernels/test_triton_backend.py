@@ -51,7 +51,7 @@ class World:
         self.rows = self.r2t.alloc(3)
         self.lens = [0, 0, 0]
 
-    def step(self, new_lens: List[int], mode: ForwardMode):
+    def step(self, new_lens: List[int], mode: ForwardMode, num_decoding: int = 0):
         prefix = list(self.lens)
         seq = [p + n for p, n in zip(prefix, new_lens)]
         last = [int(self.r2t.req_to_token[r, p - 1]) if p else 0 for r, p in zip(self.rows, prefix)]
@@ -62,7 +62,8 @@ class World:
             cursor += s - p
         self.lens = seq
         ids = [1] * sum(new_lens)
-        return lambda: ForwardBatch.build(mode, ids, self.rows, prefix, seq, loc, self.device)
+        return lambda: ForwardBatch.build(mode, ids, self.rows, prefix, seq, loc, self.device,
+                                          num_decoding=num_decoding)
 
 
 def run_layers(backend, fb: ForwardBatch, pool, r2t, qkvs):
@@ -108,12 +109,14 @@ def test_backend_matches_torch_native_and_reference(page_size, dtype, device, ge
     backends = {"triton": TritonAttnBackend(fake_runner(device))}
     if TorchNativeAttnBackend is not None:
         backends["native"] = TorchNativeAttnBackend(fake_runner(device))
-    steps = [([5, 12, 3], ForwardMode.EXTEND),      # prefill
-             ([4, 1, 9], ForwardMode.EXTEND),       # continues after a cached prefix (chunked prefill)
-             ([1, 1, 1], ForwardMode.DECODE),
-             ([1, 1, 1], ForwardMode.DECODE)]
-    for new_lens, mode in steps:
-        make_fb = world.step(new_lens, mode)
+    steps = [([5, 12, 3], ForwardMode.EXTEND, 0),      # prefill
+             ([4, 1, 9], ForwardMode.EXTEND, 0),       # continues after a cached prefix (chunked prefill)
+             ([1, 1, 1], ForwardMode.DECODE, 0),
+             ([7, 1, 1], ForwardMode.EXTEND, 2),       # mixed: the last two decode (decode kernel) in an extend
+             ([1, 6, 1], ForwardMode.EXTEND, 1),       # mixed, the prefill rows' own first one a single token
+             ([1, 1, 1], ForwardMode.DECODE, 0)]
+    for new_lens, mode, num_decoding in steps:
+        make_fb = world.step(new_lens, mode, num_decoding)
         qkvs = [torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device, dtype) for _ in range(LAYERS)]
         want = reference(make_fb(), world.kv["ref"], world.r2t, qkvs)
         for name, backend in backends.items():
@@ -159,9 +162,10 @@ def test_backend_fp8_kv_matches_torch_native_and_reference(page_size, kv_scales,
     backends = {"triton": TritonAttnBackend(fake_runner(device))}
     if TorchNativeAttnBackend is not None:
         backends["native"] = TorchNativeAttnBackend(fake_runner(device))
-    steps = [([5, 12, 3], ForwardMode.EXTEND), ([4, 1, 9], ForwardMode.EXTEND), ([1, 1, 1], ForwardMode.DECODE)]
-    for new_lens, mode in steps:
-        make_fb = world.step(new_lens, mode)
+    steps = [([5, 12, 3], ForwardMode.EXTEND, 0), ([4, 1, 9], ForwardMode.EXTEND, 0),
+             ([1, 1, 1], ForwardMode.DECODE, 0), ([6, 1, 1], ForwardMode.EXTEND, 2)]
+    for new_lens, mode, num_decoding in steps:
+        make_fb = world.step(new_lens, mode, num_decoding)
         qkvs = [torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device) for _ in range(LAYERS)]
         want = reference(make_fb(), world.kv["ref"], world.r2t, qkvs)
         for name, backend in backends.items():

@@ -9,6 +9,10 @@ forward_batch.out_cache_loc (one Triton launch for K and V), then run:
 What the kernels need from the ForwardBatch is worked out once per pass in
 init_forward_metadata:
   extend: the grid bound max_extend_len (a host int, from extend_seq_lens_cpu);
+  mixed:  an extend pass whose last num_decoding requests decode one token each: those go
+          through the decode kernel (split-KV, GQA-grouped heads), the rest through the
+          extend kernel, whose query tiles would otherwise hold one live row per decoding
+          request and re-read its whole prefix once per query head;
   decode: num_kv_splits per request (computed on the device from seq_lens, no host sync)
           and the fp32 split scratch.
 Decode metadata is allocation free and shape-stable: the split counts and the scratch
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import torch
 
@@ -51,15 +55,29 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TritonExtendMetadata:
-    max_extend_len: int
-
-
-@dataclass
 class TritonDecodeMetadata:
     num_kv_splits: torch.Tensor  # [bs] int32
     mid_o: torch.Tensor  # [bs, num_heads, splits, head_dim] fp32
     mid_lse: torch.Tensor  # [bs, num_heads, splits] fp32
+
+
+@dataclass
+class MixedDecodeRows:
+    """The decoding requests of a mixed step (the last ones of the batch), in tensors of their
+    own: slices of the batch's columns would start at addresses that depend on how many
+    requests prefill, and Triton compiles a new kernel variant for each pointer alignment it
+    meets (16 bytes or not) - mid-serving, seconds each. Own allocations are always aligned,
+    as the decode graphs' static buffers are, so the decode kernels are the captured ones."""
+
+    req_pool_indices: torch.Tensor  # [k] int64
+    seq_lens: torch.Tensor  # [k] int32
+    meta: TritonDecodeMetadata
+
+
+@dataclass
+class TritonExtendMetadata:
+    max_extend_len: int  # over the requests the extend kernel runs (a mixed step: the prefill ones)
+    decode: Optional[MixedDecodeRows] = None  # a mixed step's decoding requests
 
 
 class TritonAttnBackend(AttentionBackend):
@@ -94,6 +112,19 @@ class TritonAttnBackend(AttentionBackend):
     def _splits_for(self, bs: int) -> int:
         return decode_max_splits(bs, self.num_kv_heads, self.max_kv_splits, self.num_sms)
 
+    def warmup_decoding_counts(self, max_count: int) -> List[int]:
+        """The smallest batch size (<= max_count) of each decode split count: the split count shapes
+        the scratch, whose strides are int arguments Triton specializes on (1, a multiple of 16),
+        so a mixed step with a new count of decoding rows may need a kernel variant of its own.
+        The start-up warm-up (model_executor/warmup.py) runs one mixed step of each."""
+        counts, last = [], None
+        for bs in range(1, max(1, min(max_count, self.max_bs)) + 1):
+            splits = self._splits_for(bs)
+            if splits != last:
+                counts.append(bs)
+                last = splits
+        return counts
+
     # ---- metadata ----------------------------------------------------------------------
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
@@ -103,7 +134,14 @@ class TritonAttnBackend(AttentionBackend):
             lens = forward_batch.extend_seq_lens_cpu
             if lens is None or forward_batch.extend_start_loc is None or forward_batch.extend_prefix_lens is None:
                 raise ValueError("an EXTEND ForwardBatch needs extend_prefix_lens, extend_seq_lens(_cpu), extend_start_loc")
-            forward_batch.attn_metadata = TritonExtendMetadata(max_extend_len=max(lens, default=0))
+            k = forward_batch.num_decoding
+            n_prefill = forward_batch.batch_size - k
+            meta = TritonExtendMetadata(max_extend_len=max(lens[:n_prefill], default=0))
+            if k:
+                rows = forward_batch.req_pool_indices[n_prefill:].clone()
+                seq_lens = forward_batch.seq_lens[n_prefill:].clone()
+                meta.decode = MixedDecodeRows(rows, seq_lens, self._decode_metadata(k, seq_lens))
+            forward_batch.attn_metadata = meta
         else:
             forward_batch.attn_metadata = None
 
@@ -160,12 +198,20 @@ class TritonAttnBackend(AttentionBackend):
         k3 = self._heads(k, layer.tp_k_head_num, layer.qk_head_dim)
         v3 = self._heads(v, layer.tp_v_head_num, layer.v_head_dim)
         o = q.new_empty(q3.shape[0], layer.tp_q_head_num, layer.v_head_dim)
+        req_to_token = forward_batch.req_to_token_pool.req_to_token
+        dec = meta.decode
+        k_dec = 0 if dec is None else dec.seq_lens.shape[0]
+        n_req, n_tok = forward_batch.batch_size - k_dec, q3.shape[0] - k_dec  # decode rows: the last k tokens
+        # Prefill rows start at offset 0 of every column: aligned, like a prefill-only step's
         extend_attention_fwd(
-            q3, k3, v3, o, k_buf, v_buf,
-            forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
-            forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens, forward_batch.extend_start_loc,
+            q3[:n_tok], k3[:n_tok], v3[:n_tok], o[:n_tok], k_buf, v_buf, req_to_token,
+            forward_batch.req_pool_indices[:n_req], forward_batch.extend_prefix_lens[:n_req],
+            forward_batch.extend_seq_lens[:n_req], forward_batch.extend_start_loc[:n_req],
             meta.max_extend_len, layer.scaling, k_scale, v_scale,
         )  # fmt: skip
+        if dec is not None:  # their K/V is in the pool already (_save_kv above): plain decode attention
+            self._decode(q3[n_tok:], o[n_tok:], k_buf, v_buf, req_to_token, dec.req_pool_indices, dec.seq_lens,
+                         dec.meta, layer, k_scale, v_scale)
         return o.view(o.shape[0], -1)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
@@ -176,14 +222,17 @@ class TritonAttnBackend(AttentionBackend):
         bs = forward_batch.batch_size
         q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty(bs, layer.tp_q_head_num, layer.v_head_dim)
+        self._decode(q3, o, k_buf, v_buf, forward_batch.req_to_token_pool.req_to_token,
+                     forward_batch.req_pool_indices, forward_batch.seq_lens, meta, layer, k_scale, v_scale)
+        return o.view(bs, -1)
+
+    def _decode(self, q3, o, k_buf, v_buf, req_to_token, rows, seq_lens, meta: TritonDecodeMetadata,
+                layer: "RadixAttention", k_scale: float, v_scale: float) -> None:
         mid_o, mid_lse = meta.mid_o, meta.mid_lse
         if mid_o.shape[1] != layer.tp_q_head_num or mid_o.shape[3] != layer.v_head_dim:
             raise ValueError(
                 f"layer {layer.layer_id} has {layer.tp_q_head_num} heads x {layer.v_head_dim}, the backend was sized "
                 f"for {self.num_heads} x {self.head_dim} (model_config)"
             )
-        decode_attention_fwd(
-            q3, k_buf, v_buf, o, forward_batch.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
-            forward_batch.seq_lens, meta.num_kv_splits, mid_o, mid_lse, layer.scaling, k_scale, v_scale,
-        )  # fmt: skip
-        return o.view(bs, -1)
+        decode_attention_fwd(q3, k_buf, v_buf, o, req_to_token, rows, seq_lens, meta.num_kv_splits, mid_o, mid_lse,
+                             layer.scaling, k_scale, v_scale)

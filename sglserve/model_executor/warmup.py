@@ -1,0 +1,70 @@
+"""Start-up forwards through the extend path, prefill and mixed (decoding rows riding along),
+so that the Triton kernels an extend step uses are compiled before the first request instead
+of mid-serving: Triton JIT-compiles one variant per specialization it meets (an int argument
+equal to 1 or a multiple of 16, a pointer 16-byte aligned or not, each constexpr set), seconds
+each, and every running stream stalls behind a compile (RESULTS.md R8: ~4 s at the first mixed
+steps, max ITL 0.8-0.9 s).
+
+The batches vary what can change the specializations of a mixed step:
+  - prefill token counts 1, 2, 4, 8, 16: the decoding rows' q/o start at that row of the
+    step's tensors, and these five cover every 16-byte alignment such an offset can have
+    (with head_dim a multiple of 8, as in every real model, all of them are aligned);
+  - decoding-row counts: one per split count of the decode kernel (the backend's
+    warmup_decoding_counts), whose scratch strides follow it.
+Every request reads row 0 of req_to_token and writes its K/V to slot 0, in page 0, which is
+reserved (the CUDA graphs' padding rows write there too): no request's state is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, List, Sequence, Tuple
+
+import torch
+
+from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from sglserve.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+WARMUP_PREFILL_TOKENS = (1, 2, 4, 8, 16)
+WARMUP_DECODE_LEN = 8  # tokens each decoding row has in KV (all read from slot 0)
+
+
+def warmup_shapes(decoding_counts: Sequence[int]) -> List[Tuple[int, int]]:
+    """(prefill tokens, decoding rows) of each warm-up forward: a plain prefill, then a mixed
+    step per count of decoding rows, the prefill token counts cycling through
+    WARMUP_PREFILL_TOKENS (each at least once)."""
+    counts = list(decoding_counts) or [1]
+    counts += [counts[0]] * (len(WARMUP_PREFILL_TOKENS) - len(counts))
+    tokens = WARMUP_PREFILL_TOKENS
+    return [(tokens[0], 0)] + [(tokens[i % len(tokens)], k) for i, k in enumerate(counts)]
+
+
+def synthetic_extend_batch(n_prefill: int, num_decoding: int, device: torch.device | str) -> ForwardBatch:
+    """One request prefilling n_prefill tokens (no prefix), then num_decoding requests decoding
+    their WARMUP_DECODE_LEN-th token: a mixed step's layout (ScheduleBatch.prepare_for_extend)."""
+    bs = 1 + num_decoding
+    prefix = [0] + [WARMUP_DECODE_LEN - 1] * num_decoding
+    seq = [n_prefill] + [WARMUP_DECODE_LEN] * num_decoding
+    num_tokens = n_prefill + num_decoding
+    return ForwardBatch.build(
+        ForwardMode.EXTEND, [0] * num_tokens, [0] * bs, prefix, seq, torch.zeros(num_tokens, dtype=torch.int64),
+        device, num_decoding=num_decoding,
+    )
+
+
+def warm_up_extend(runner: "ModelRunner") -> int:
+    """Runs the warm-up forwards on runner (after its CUDA graphs are captured); returns how many."""
+    t0 = time.perf_counter()
+    counts = getattr(runner.attn_backend, "warmup_decoding_counts", lambda n: [1])(runner.max_running_requests)
+    shapes = warmup_shapes(counts)
+    for n_prefill, num_decoding in shapes:
+        runner.forward(synthetic_extend_batch(n_prefill, num_decoding, runner.device))
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    logger.info("Warmed up %d extend/mixed forwards in %.2f s", len(shapes), time.perf_counter() - t0)
+    return len(shapes)
