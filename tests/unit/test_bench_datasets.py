@@ -109,6 +109,20 @@ def test_sharegpt_seeded_order_count_and_fixed_output():
     assert templated[0].prompt.startswith("<user>")
 
 
+def test_sharegpt_subset_file_holds_the_same_prompts(tmp_path):
+    """The carried subset (benchmarks/device/stages.sh prep) is the workload's exact prompt set."""
+    import gzip
+
+    tok = FakeTokenizer()
+    picked = ds.sample_sharegpt_requests(SHAREGPT, 3, tok, seed=3, context_len=50)
+    out = str(tmp_path / "subset.json.gz")
+    assert ds.write_sharegpt_subset(SHAREGPT, out, 3, tok, seed=3, context_len=50) == 3
+    plain = tmp_path / "subset.json"
+    plain.write_bytes(gzip.decompress(open(out, "rb").read()))
+    again = ds.sample_sharegpt_requests(str(plain), 3, tok, seed=3, context_len=50)
+    assert sorted((r.prompt, r.output_len) for r in again) == sorted((r.prompt, r.output_len) for r in picked)
+
+
 def test_shared_prefix_groups_share_their_system_prompt():
     tok = FakeTokenizer()
     rows = ds.sample_generated_shared_prefix_requests(4, 3, 20, 5, 7, np.random.default_rng(0), tokenizer=tok)
