@@ -67,7 +67,7 @@
 #                                                 second call without "sweep" reuses $STATE's table
 # (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
 #
-# perf's knobs: PERF_RUNS (default "w1 w2 w5"), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
+# perf's knobs: PERF_RUNS (default "w1 w2 w5"; w2bf16: W2 once more without W2_KV / W2_QUANT), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
 # W2_KV (e.g. fp8_e4m3: W2 with --kv-cache-dtype W2_KV; its JSON line reports the pool: max_total_num_tokens,
 # kv_bytes_per_token, kv_cache_gb), W2_QUANT (fp8: W2 with --quantization fp8; the issue-12 run is both). online's real-weights checks include FP8 KV perplexity vs bf16 KV (Triton).
 # STARTUP_RUNS (launches timed by benchmarks/bench_startup.py, default 2; SKIP_STARTUP=1 skips them).
@@ -172,9 +172,11 @@ perf)
   runs=" ${PERF_RUNS:-w1 w2 w5} "
   [[ $runs == *" w1 "* ]] && { log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
       --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400; }
-  [[ $runs == *" w2 "* ]] && { log "W2"; timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
-      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY ${W2_KV:+--kv-cache-dtype $W2_KV} ${W2_QUANT:+--quantization $W2_QUANT} \
-      --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
+  w2() { timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
+      --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY "$@" --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
+  [[ $runs == *" w2 "* ]] && { log "W2 ${W2_KV:+kv $W2_KV }${W2_QUANT:+quantization $W2_QUANT}"; w2 ${W2_KV:+--kv-cache-dtype $W2_KV} ${W2_QUANT:+--quantization $W2_QUANT}; }
+  # w2bf16: the same W2 without W2_KV / W2_QUANT (the bf16 counterpart in the same call)
+  [[ $runs == *" w2bf16 "* ]] && { log "W2 bf16"; w2; }
   [[ $runs == *" w5 "* ]] && { log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
       --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1; }
   # Start-up to ready (benchmarks/bench_startup.py: /health polled every 50 ms, phases from the log);
