@@ -123,6 +123,12 @@ def _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi):
 
 
 @triton.jit
+def _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr):
+    """The block scales of columns offs_n at K offset k0 (one K tile lies in one block)."""
+    return tl.load(WS + (offs_n // SCALE_BN) * stride_wsn + k0 // SCALE_BK, mask=mask_n, other=0.0)
+
+
+@triton.jit
 def _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_SCALE: tl.constexpr,
               SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr):
@@ -136,7 +142,7 @@ def _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_l
         w = w_next.to(tl.float32)
         w_next = _w_tile(W, offs_n, mask_n, stride_wn, offs_k + BLOCK_K, k_hi)  # in flight during this tile
         if W_SCALE == 2:
-            w = w * tl.load(WS + (offs_n // SCALE_BN) * stride_wsn + k0 // SCALE_BK, mask=mask_n, other=0.0)[:, None]
+            w = w * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[:, None]
         mask_k = offs_k < k_hi
         acc0 += w * tl.load(X + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
         if BLOCK_M == 2:
@@ -160,7 +166,7 @@ def _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_l
         w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
         part = tl.dot(x, tl.trans(w.to(X.dtype.element_ty)), input_precision=DOT_PREC)
         if W_SCALE == 2:
-            part = part * tl.load(WS + (offs_n // SCALE_BN) * stride_wsn + k0 // SCALE_BK, mask=mask_n, other=0.0)[None, :]
+            part = part * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[None, :]
         acc += part
     return acc
 
