@@ -3,25 +3,28 @@
 At batch 1..16 a linear layer is a weight read: every byte of W is used M times, so the kernel's
 only job is to stream W at HBM speed. cuBLAS (and `torch._scaled_mm` for FP8) pick tiles made for
 large M and leave most of the bandwidth unused on these shapes. Here each program owns BLOCK_N
-output columns and a 1/SPLIT_K slice of K, so even N = 2048 fills the GPU; with SPLIT_K > 1 the
-programs write fp32 partial sums that a second small kernel adds up in a fixed order (so the
-result is deterministic, no atomics), adds the bias and casts.
+output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
+that a second small kernel adds up in a fixed order (deterministic, no atomics), adds the bias
+and casts.
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
-[N, 1] or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must divide bk).
+[N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must
+divide bk).
 
-FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): x is quantized *inside* this
-kernel: per token (each program first reads its rows' absolute max over all of K from L2; when
-those reads would pass half of W's bytes, a one-program-per-row launch writes the maxima first), per tensor (dynamic: max over all rows; static: the checkpoint's
-input_scale) or per 1 x bk group (BLOCK_K == bk: the tile is the group). The rounding to the
-E4M3 grid is done in fp32 arithmetic (round-to-nearest-even, saturating like `to_fp8`), which is
-exactly torch's cast and, unlike Triton's cast, also exact in the CPU interpreter. The products
-q_x * q_w are exact in fp32; both scales multiply the fp32 sum. The CPU path instead rounds
-q_x * s_x and q_w * s_w to bf16 before its matmul, so the two agree to bf16 rounding, not bitwise.
+Products, up to 2 rows (the FMA path, what batch-1 decode runs): each thread owns contiguous
+16-byte runs of W rows and keeps an elementwise fp32 [BLOCK_N, BLOCK_K] partial per row of x over
+the whole K loop (one fused multiply-add per weight, no cross-lane work inside the loop); the rows
+are reduced once at the end. The next W tile is loaded before the current one is used, so every
+thread has two tiles in flight. From 3 rows (or with use_dot): a tensor-core tl.dot on a 16-row
+tile, FP8 weights converted to x's dtype in registers.
 
-Products: with USE_DOT a tensor-core tl.dot on a 16-row tile (rows >= M masked); without, fp32
-multiply-adds on a [BLOCK_M, BLOCK_N, BLOCK_K] broadcast (for M <= 2, where a 16-row dot would
-waste registers and issue slots).
+FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): a one-program-per-row
+pre-kernel rounds x through E4M3 once per call (per token, per tensor dynamic or static, or per
+1 x bk group) and writes q * scale in x's dtype, exactly what the CPU path's matmul sees; the GEMM
+then reads that instead of x. Before, every program re-derived the scales and re-rounded every x
+tile, which cost more instructions than the weight stream it was hiding behind. The rounding is
+done in fp32 arithmetic (round-to-nearest-even, saturating like `to_fp8`), which is exactly
+torch's cast and, unlike Triton's cast, also exact in the CPU interpreter.
 """
 
 from __future__ import annotations
@@ -36,15 +39,18 @@ import triton.language as tl
 from ._utils import dot_precision, next_pow2
 
 MAX_M = 16
+FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
 FP8_MAX = 448.0
 _MIN_SCALE = 1e-12
 # activation modes (constexpr ACT)
 ACT_NONE, ACT_TOKEN, ACT_TENSOR, ACT_STATIC, ACT_GROUP = 0, 1, 2, 3, 4
+_QUANT_BLOCK = 8192  # elements of x one pre-kernel iteration holds (8 warps: 32 a thread)
 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """One launch shape. block_k must divide the weight's block k for block-scaled FP8."""
+    """One launch shape. block_k must divide the weight's block k for block-scaled FP8; block_n
+    may go below 16 only on the FMA path (M <= 2 without use_dot)."""
 
     block_n: int = 64
     block_k: int = 128
@@ -54,10 +60,10 @@ class GemvConfig:
     use_dot: bool = False
 
     def check(self) -> None:
-        for name in ("block_n", "block_k"):
+        for name, lo in (("block_n", 16 if self.use_dot else 1), ("block_k", 16)):
             v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"GemvConfig.{name}={v} must be a power of two >= 16")
+            if v < lo or v & (v - 1):
+                raise ValueError(f"GemvConfig.{name}={v} must be a power of two >= {lo}")
         if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
             raise ValueError(f"GemvConfig {self} needs split_k, num_warps, num_stages >= 1")
 
@@ -79,69 +85,111 @@ def _act_scale(amax):
 
 
 @triton.jit
-def _gemv_kernel(X, W, WS, XS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
+def _quant_act(X, XS, Q, M, K, stride_xm, stride_qm, ACT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr):
+    """Q[m] = fake_quantize_activation(X[m]) in Q's dtype: one program per row, x in [NG, GROUP]
+    tiles (a group per tile row for ACT_GROUP). The scale is amax / 448 (at least 1e-12)."""
+    m = tl.program_id(0)
+    offs = tl.arange(0, NG)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    scale = tl.zeros((NG, GROUP), tl.float32)
+    if ACT == 3:  # static per tensor
+        scale += tl.load(XS)
+    if ACT == 1 or ACT == 2:  # dynamic: this row's (token) or every row's (tensor) absolute max first
+        if ACT == 1:
+            lo = m
+            hi = m + 1
+        else:
+            lo = 0
+            hi = M
+        amax = tl.zeros((NG, GROUP), tl.float32)
+        for r in range(lo, hi):
+            for k0 in range(0, K, NG * GROUP):
+                xa = tl.load(X + r * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0)
+                amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
+        scale += _act_scale(tl.max(tl.max(amax, axis=1), axis=0))
+    for k0 in range(0, K, NG * GROUP):
+        mask = k0 + offs < K
+        x = tl.load(X + m * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+        s = scale
+        if ACT == 4:  # dynamic per 1 x GROUP group: one tile row is one group
+            s = scale + _act_scale(tl.max(tl.abs(x), axis=1))[:, None]
+        q = _round_e4m3(tl.math.div_rn(x, s)) * s
+        tl.store(Q + m * stride_qm + k0 + offs, q.to(Q.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi):
+    return tl.load(W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
+                   mask=mask_n[:, None] & (offs_k < k_hi)[None, :], other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
+def _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr):
+    """The block scales of columns offs_n at K offset k0 (one K tile lies in one block)."""
+    return tl.load(WS + (offs_n // SCALE_BN) * stride_wsn + k0 // SCALE_BK, mask=mask_n, other=0.0)
+
+
+@triton.jit
+def _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_SCALE: tl.constexpr,
+              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] sums over [k_lo, k_hi) for M == BLOCK_M (1 or 2): elementwise fp32 partials,
+    reduced once."""
+    acc0 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    w_next = _w_tile(W, offs_n, mask_n, stride_wn, k_lo + tl.arange(0, BLOCK_K), k_hi)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        w = w_next.to(tl.float32)
+        w_next = _w_tile(W, offs_n, mask_n, stride_wn, offs_k + BLOCK_K, k_hi)  # in flight during this tile
+        if W_SCALE == 2:
+            w = w * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[:, None]
+        mask_k = offs_k < k_hi
+        acc0 += w * tl.load(X + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+        if BLOCK_M == 2:
+            acc1 += w * tl.load(X + stride_xm + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+    offs_m = tl.arange(0, BLOCK_M)
+    return tl.where(offs_m[:, None] == 0, tl.sum(acc0, axis=1)[None, :], tl.sum(acc1, axis=1)[None, :])
+
+
+@triton.jit
+def _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_SCALE: tl.constexpr,
+              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """[BLOCK_M (16), BLOCK_N] sums over [k_lo, k_hi) on the tensor cores (rows >= M masked)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    x_rows = X + offs_m[:, None].to(tl.int64) * stride_xm
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :], other=0.0)
+        w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
+        part = tl.dot(x, tl.trans(w.to(X.dtype.element_ty)), input_precision=DOT_PREC)
+        if W_SCALE == 2:
+            part = part * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[None, :]
+        acc += part
+    return acc
+
+
+@triton.jit
+def _gemv_kernel(X, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                 W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, ACT: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                 PRESCALED: tl.constexpr):
+                 W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    x_rows = X + offs_m[:, None].to(tl.int64) * stride_xm
-    w_rows = W + offs_n[:, None].to(tl.int64) * stride_wn
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-
-    x_scale = tl.full((BLOCK_M,), 1.0, tl.float32)
-    if (ACT == 1 or ACT == 2) and PRESCALED:  # the rows' absolute max, from _row_amax
-        amax = tl.load(XS + offs_m, mask=mask_m, other=0.0)
-        if ACT == 2:
-            amax = tl.full((BLOCK_M,), 0.0, tl.float32) + tl.max(amax, axis=0)
-        x_scale = _act_scale(amax)
-    if (ACT == 1 or ACT == 2) and not PRESCALED:  # dynamic per token / tensor: the absolute max over K first
-        amax = tl.zeros((BLOCK_M,), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            xa = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k[None, :] < K), other=0.0)
-            amax = tl.maximum(amax, tl.max(tl.abs(xa.to(tl.float32)), axis=1))
-        if ACT == 2:
-            amax = tl.full((BLOCK_M,), 0.0, tl.float32) + tl.max(amax, axis=0)
-        x_scale = _act_scale(amax)
-    if ACT == 3:  # static per tensor
-        x_scale = tl.full((BLOCK_M,), 0.0, tl.float32) + tl.load(XS)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_hi
-        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        if ACT == 4:  # dynamic per 1 x BLOCK_K group: this tile is the group
-            g_scale = _act_scale(tl.max(tl.abs(x.to(tl.float32)), axis=1))
-            xq = _round_e4m3(tl.math.div_rn(x.to(tl.float32), g_scale[:, None]))
-        elif ACT != 0:
-            xq = _round_e4m3(tl.math.div_rn(x.to(tl.float32), x_scale[:, None]))
-        else:
-            xq = x
-        if USE_DOT:
-            if ACT != 0:  # fp8 x fp8 on the tensor cores (xq is on the E4M3 grid: the cast is exact)
-                part = tl.dot(xq.to(W.dtype.element_ty), tl.trans(w))
-            else:
-                part = tl.dot(xq, tl.trans(w.to(X.dtype.element_ty)), input_precision=DOT_PREC)
-        else:
-            part = tl.sum(xq.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-        if ACT == 4:
-            part = part * g_scale[:, None]
-        if W_SCALE == 2:
-            ws = tl.load(WS + (offs_n // SCALE_BN) * stride_wsn + k0 // SCALE_BK, mask=mask_n, other=0.0)
-            part = part * ws[None, :]
-        acc += part
-
-    if ACT == 1 or ACT == 2 or ACT == 3:
-        acc = acc * x_scale[:, None]
+    if USE_DOT:
+        acc = _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, DOT_PREC)
+    else:
+        acc = _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK)
     if W_SCALE == 1:
         acc = acc * tl.load(WS + offs_n * stride_wsn, mask=mask_n, other=0.0)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -151,17 +199,6 @@ def _gemv_kernel(X, W, WS, XS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
         if HAS_BIAS:
             acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_amax(X, A, K, stride_xm, BLOCK_K: tl.constexpr):
-    """A[m] = max |X[m, :]|: one program per row."""
-    m = tl.program_id(0)
-    amax = tl.zeros((BLOCK_K,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        amax = tl.maximum(amax, tl.abs(tl.load(X + m * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)))
-    tl.store(A + m, tl.max(amax, axis=0))
 
 
 @triton.jit
@@ -178,6 +215,22 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
 
 
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
+
+
+def quantize_activation(x2: torch.Tensor, act: int, input_scale: Optional[torch.Tensor],
+                        group: Optional[int]) -> torch.Tensor:
+    """x [M, K] rounded through FP8 and scaled back, in x's dtype (`fake_quantize_activation`)."""
+    m, k = x2.shape
+    q = torch.empty_like(x2)
+    block = min(_QUANT_BLOCK, next_pow2(k))
+    if act == ACT_GROUP:
+        if group is None or group < 1 or group & (group - 1) or group > _QUANT_BLOCK:
+            raise ValueError(f"activation groups of {group} are not a power of two <= {_QUANT_BLOCK}")
+        block = max(block, group)
+    width = group if act == ACT_GROUP else min(block, 256)
+    _quant_act[(m,)](x2, input_scale if input_scale is not None else x2, q, m, k, x2.stride(0), q.stride(0),
+                     ACT=act, GROUP=width, NG=block // width, num_warps=8)
+    return q
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
@@ -217,33 +270,27 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             if weight_scale.shape != (-(-n // scale_bn), -(-k // scale_bk)) or weight_scale.stride(-1) != 1:
                 raise ValueError(f"block scale {tuple(weight_scale.shape)} does not fit [{n}, {k}] in blocks {weight_block}")
             w_scale_mode, stride_wsn = 2, weight_scale.stride(0)
-    if act == ACT_GROUP and (weight_block is None or bk != weight_block[1]):
-        raise ValueError(f"group activations need block_k == the weight block's k, got {bk} with {weight_block}")
-    # split K into whole BLOCK_K tiles (block scales and groups never straddle two splits)
+    if act == ACT_GROUP and weight_block is None:
+        raise ValueError("group activations need a block-scaled weight (the group is its block's k)")
+    if act != ACT_NONE:
+        x2 = quantize_activation(x2, act, input_scale, weight_block[1] if weight_block else None)
+    # split K into whole BLOCK_K tiles (block scales never straddle two splits)
     tiles = triton.cdiv(k, bk)
     split = max(1, min(config.split_k, tiles))
     k_per_split = triton.cdiv(tiles, split) * bk
     split = triton.cdiv(k, k_per_split)
-    use_dot = config.use_dot or m > 4  # a [BLOCK_M, BLOCK_N, BLOCK_K] broadcast past 4 rows spills registers
+    use_dot = config.use_dot or m > FMA_MAX_M
     block_m = 16 if use_dot else next_pow2(m)
+    block_n = max(16, config.block_n) if use_dot else config.block_n  # a dot needs 16 columns
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = y
-    grid = (triton.cdiv(n, config.block_n), split)
-    # Per-token / per-tensor scales: every program reading its rows over all of K is free at small
-    # M x programs; once those L2 reads reach half of W's bytes, one small launch reads x once.
-    prescaled = act in (ACT_TOKEN, ACT_TENSOR) and \
-        2 * grid[0] * split * m * k * x2.element_size() > n * k * weight.element_size()
-    if prescaled:
-        input_scale = torch.empty(m, dtype=torch.float32, device=x.device)
-        _row_amax[(m,)](x2, input_scale, k, x2.stride(0), BLOCK_K=min(1024, next_pow2(k)), num_warps=4)
+    grid = (triton.cdiv(n, block_n), split)
     _gemv_kernel[grid](
-        x2, weight, weight_scale if weight_scale is not None else dummy,
-        input_scale if input_scale is not None else dummy, bias if bias is not None else dummy, y, partial,
-        m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
-        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
-        SCALE_BN=scale_bn, SCALE_BK=scale_bk, ACT=act, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
-        DOT_PREC=dot_precision(x.dtype), PRESCALED=prescaled, num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        x2, weight, weight_scale if weight_scale is not None else dummy, bias if bias is not None else dummy,
+        y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
+        SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
+        DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split > 1:
         block = min(1024, next_pow2(n))

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ._utils import device_sms, is_interpret, next_pow2
-from .gemv import MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
+from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +53,24 @@ def m_bucket(m: int) -> int:
 
 
 def heuristic_config(m: int, n: int, k: int, kind: str, sms: int) -> GemvConfig:
-    """A config from first principles (the committed table's entries). Up to 2 rows, fp32 FMAs on
-    a [BLOCK_M, 32, BLOCK_K] broadcast of at most 8192 products (64 a thread at 4 warps); from
-    3 rows, a 16-row tensor-core dot on 64 x 256-byte W tiles. SPLIT_K so that about 4 programs
-    per SM stream W (enough bytes in flight to cover HBM latency), each over >= 4 K tiles."""
+    """A config from first principles (the defaults for shapes the table does not list). Up to 2
+    rows, the FMA path: 8-16 W rows x 512 K a program (4 KiB of FP8 or 8 KiB of bf16 a tile, two
+    tiles in flight), an fp32 partial of at most 64 values a thread per row of x. From 3 rows, a
+    16-row tensor-core dot on 64 x 256-byte W tiles. SPLIT_K only where the columns alone give
+    fewer than 2 programs per SM (its reduce kernel is one launch more)."""
     fp8 = kind.startswith("fp8")
-    use_dot = m > 2
+    use_dot = m > FMA_MAX_M
     if use_dot:
         block_n, block_k = 64, (256 if fp8 else 128)
     else:
-        block_n, block_k = 32, 256 // m_bucket(m)
+        block_n, block_k = (8 if n <= 8192 else 16) // m_bucket(m), 512
     if kind == "fp32":
-        block_k = min(block_k, 64)
+        block_k = min(block_k, 64 if use_dot else 256)
     n_blocks = -(-n // block_n)
     tiles = -(-k // block_k)
-    split = max(1, min(-(-4 * sms // n_blocks), tiles // 4))
-    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=3, use_dot=use_dot)
+    split = max(1, min(-(-2 * sms // n_blocks), tiles // 4))
+    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
+                      num_stages=1 if not use_dot else 3, use_dot=use_dot)
 
 
 class GemvTable:
@@ -136,10 +138,10 @@ def _run_guarded(key: tuple, run, on_cuda: bool) -> Optional[torch.Tensor]:
 def _select(m: int, n: int, k: int, kind: str, sms: int, block_k: Optional[int]) -> Optional[GemvConfig]:
     cfg = get_table().select(m, n, k, kind, sms)
     if cfg is not None and block_k is not None:
-        # block scales (and 1 x block_k activation groups): one K tile is one block
-        if block_k < 16 or block_k > 256 or block_k & (block_k - 1):
+        # block scales: a K tile never straddles two blocks (the scale is loaded once a tile)
+        if block_k < 16 or block_k & (block_k - 1):
             return None
-        cfg = dataclasses.replace(cfg, block_k=block_k)
+        cfg = dataclasses.replace(cfg, block_k=min(cfg.block_k, block_k))
     return cfg
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import peak_bandwidth  # noqa: E402  (also maps sglserve_kernels onto kernels/)
 
 from sglserve_kernels._utils import num_sms  # noqa: E402
-from sglserve_kernels.gemv import GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref  # noqa: E402
+from sglserve_kernels.gemv import FMA_MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref  # noqa: E402
 from sglserve_kernels.gemv_dispatch import heuristic_config, m_bucket, quantize_rows, scaled_mm_rowwise, table_key  # noqa: E402
 
 MODELS = {  # name: (hidden, intermediate, heads, kv heads, head dim, tp)
@@ -50,20 +50,29 @@ def model_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
 
 
 def candidates(m: int, n: int, k: int, fp8: bool, sms: int) -> List[GemvConfig]:
-    """A pruned sweep around the heuristic: tile shapes x warps x stages, then SPLIT_K values
-    that keep 1-16 programs per SM."""
+    """A pruned sweep around the heuristic. Up to 2 rows, the FMA path: BLOCK_N x BLOCK_K tiles
+    whose fp32 partials hold 16-64 values a thread (bigger spills, smaller leaves too few bytes in
+    flight), 4 or 8 warps, Triton's own pipelining off (the kernel already keeps the next tile in
+    flight) plus the heuristic tile with it on; a few 16-row tensor-core dots at every M. SPLIT_K
+    only where the columns alone give fewer than 2 programs per SM, keeping 1/2-16 programs per SM."""
     tiles = []
-    bks = (256, 512) if fp8 else (128, 256)
-    if m_bucket(m) <= 2:  # fp32 FMAs on a [BLOCK_M, BLOCK_N, BLOCK_K] broadcast: <= 64 values a thread
-        tiles += [(bn, bk, 4, s, False) for bn in (16, 32, 64) for bk in bks for s in (2, 4)
-                  if m_bucket(m) * bn * bk <= 64 * 128]
-    if m_bucket(m) >= 2:  # a 16-row tensor-core dot
-        tiles += [(bn, bks[0], 8 if bn == 128 else 4, s, True) for bn in (32, 64, 128) for s in (3, 5)]
+    mb = m_bucket(m)
+    if mb <= FMA_MAX_M:
+        for w in (4, 8):
+            for bn in (2, 4, 8, 16, 32):
+                for bk in ((256, 512, 1024, 2048) if fp8 else (256, 512, 1024)):
+                    if 16 <= mb * bn * bk // (32 * w) <= 64:
+                        tiles.append((bn, bk, w, 1, False))
+        h = heuristic_config(m, n, k, "fp8" if fp8 else "bf16", sms)
+        tiles.append((h.block_n, h.block_k, h.num_warps, 3, False))
+    bk_dot = 256 if fp8 else 128
+    dot_bns = (32, 64, 128) if mb >= 2 else (64,)
+    tiles += [(bn, bk_dot, 8 if bn == 128 else 4, s, True) for bn in dot_bns for s in (3, 5)]
     out = {heuristic_config(m, n, k, "fp8" if fp8 else "bf16", sms)}
     for bn, bk, w, s, dot in tiles:
         n_blocks, ktiles = -(-n // bn), -(-k // bk)
         for split in (1, 2, 4, 8, 16):
-            if split > 1 and (split > ktiles // 2 or n_blocks * split > 16 * sms):
+            if split > 1 and (split > ktiles // 2 or n_blocks >= 2 * sms or n_blocks * split > 16 * sms):
                 continue
             if n_blocks * split < sms // 2 and split < 16:
                 continue  # too few programs to stream W: a larger split follows

@@ -13,7 +13,18 @@ from sglserve.layers.quantization.fp8_utils import (
     quantize_per_block,
     quantize_per_channel,
 )
-from sglserve_kernels.gemv import GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref
+from sglserve_kernels.gemv import (
+    ACT_GROUP,
+    ACT_STATIC,
+    ACT_TENSOR,
+    ACT_TOKEN,
+    GemvConfig,
+    quantize_activation,
+    skinny_gemm,
+    skinny_gemm_fp8,
+    skinny_gemm_fp8_ref,
+    skinny_gemm_ref,
+)
 from sglserve_kernels.testing import randn
 
 HAS_CUDA = torch.cuda.is_available()
@@ -25,10 +36,11 @@ TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2
 # (M, N, K): odd N and K, K not a multiple of BLOCK_K, M across 1..16
 SHAPES = [(1, 40, 96), (2, 33, 200), (3, 64, 128), (7, 17, 130), (16, 48, 256)]
 CONFIGS = [GemvConfig(block_n=16, block_k=32, split_k=1, num_warps=2, num_stages=1),
+           GemvConfig(block_n=4, block_k=64, split_k=2, num_warps=4, num_stages=1),  # FMA path, < 16 columns
            GemvConfig(block_n=32, block_k=64, split_k=3, num_warps=4, num_stages=2, use_dot=True)]
 if HAS_CUDA:  # the real shapes too
     SHAPES += [(1, 6144, 4096), (4, 4096, 14336), (16, 2560, 8192)]
-    CONFIGS += [GemvConfig(64, 128, 4, 4, 3, False), GemvConfig(64, 128, 2, 4, 3, True)]
+    CONFIGS += [GemvConfig(8, 512, 1, 4, 1, False), GemvConfig(64, 128, 2, 4, 3, True)]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
@@ -70,6 +82,25 @@ def test_skinny_gemm_fp8(m, n, k, act, static, block, split_k, use_dot, device, 
     xc = x if act is None else fake_quantize_activation(x, act, input_scale, block[1] if block else 128)
     cpu = torch.nn.functional.linear(xc, dequantize(q, s, block, x.dtype), bias)
     torch.testing.assert_close(y.float(), cpu.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("strategy", ["token", "tensor", "static", "group"])
+@pytest.mark.parametrize("m,k", [(1, 4096), (3, 320), (16, 9000)])
+def test_activation_prequant_is_the_cpu_path(strategy, m, k, device, gen):
+    """The pre-kernel's output is bit for bit `fake_quantize_activation` (the CPU serving path),
+    in the io dtype, including rows longer than one pre-kernel tile and an all-zero row."""
+    if strategy == "group" and k % 64:
+        k = 384
+    x = randn(gen, m, k, dtype=IO_DTYPE, device=device) * (torch.rand(m, 1, generator=gen) * 8).to(device, IO_DTYPE)
+    x[-1, : k // 2] = 0  # the group of zeros keeps the 1e-12 scale
+    if m > 1:
+        x[0] = 0
+    static = torch.tensor([0.03], device=device) if strategy == "static" else None
+    mode = {"token": ACT_TOKEN, "tensor": ACT_TENSOR, "static": ACT_STATIC, "group": ACT_GROUP}[strategy]
+    got = quantize_activation(x, mode, static, 64 if strategy == "group" else None)
+    want = fake_quantize_activation(x, "tensor" if strategy == "static" else strategy, static, 64)
+    assert got.dtype == x.dtype
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 def test_fp8_activation_rounding_is_torch_cast(device, gen):
