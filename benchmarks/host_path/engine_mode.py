@@ -33,11 +33,9 @@ def _summary(xs: List[float]) -> Dict[str, float]:
 
 
 def run_engine(n: int, model_dir: str, table: Sequence[int], input_len: int, output_len: int,
-               budget: int = 32768, profile: str = "") -> Dict[str, Any]:
+               budget: int = 32768) -> Dict[str, Any]:
     """n prompts submitted at once to an Engine with the free forward and overlap on; per-step
-    host time split into steps that launch a prefill and steps that launch a decode.
-
-    profile: a path to write a cProfile of the timed run (pstats format), or "" for none."""
+    host time split into steps that launch a prefill (mixed) batch and the others."""
     from sglserve.engine import Engine
     from sglserve.model_executor.forward_batch import ForwardMode
 
@@ -48,33 +46,31 @@ def run_engine(n: int, model_dir: str, table: Sequence[int], input_len: int, out
     sched = engine.scheduler
     sched.enable_overlap = True  # the GPU's mode; ServerArgs turns it off on CPU
     hp_stubs.install_on_instance(sched.model_runner, table)
-    hp_stubs.LOGITS_WIDTH = 1  # plain greedy rows only: no one reads the logits (see hp_stubs)
+    width, hp_stubs.LOGITS_WIDTH = hp_stubs.LOGITS_WIDTH, 1  # plain greedy rows: nobody reads logits (hp_stubs)
     # Random ids as the benchmark's random dataset has them: no two prompts share a prefix
     rng = random.Random(0)
     ids = [[rng.randrange(10, hp_stubs.VOCAB) for _ in range(input_len)] for _ in range(n)]
     params = {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}
 
-    steps: Dict[str, List[float]] = {"prefill": [], "decode": [], "drain": []}
-    step = sched.step
+    steps: Dict[str, List[float]] = {"prefill": [], "decode": []}
+    step, launch, launched = sched.step, sched.batch_runner.launch, []
+
+    def noted_launch(batch, *a, **kw):
+        launched.append(batch.forward_mode)
+        return launch(batch, *a, **kw)
 
     def timed_step() -> bool:
+        launched.clear()
         stub0, t0 = hp_stubs.CLOCK.seconds, clock()
         busy = step()
         host = clock() - t0 - (hp_stubs.CLOCK.seconds - stub0)
-        pending = sched._pending
-        kind = "drain" if pending is None else (
-            "decode" if pending.batch.forward_mode == ForwardMode.DECODE else "prefill")
-        steps[kind].append(host)
+        # a step that only resolves the last one (nothing launched) counts as decode
+        steps["prefill" if ForwardMode.EXTEND in launched else "decode"].append(host)
         return busy
 
+    sched.batch_runner.launch = noted_launch
     sched.step = timed_step
     gc.collect()
-    prof = None
-    if profile:
-        import cProfile
-
-        prof = cProfile.Profile()
-        prof.enable()
     gc_clock = GcClock()
     gc.callbacks.append(gc_clock)
     t0 = clock()
@@ -83,9 +79,7 @@ def run_engine(n: int, model_dir: str, table: Sequence[int], input_len: int, out
     finally:
         total = clock() - t0
         gc.callbacks.remove(gc_clock)
-    if prof is not None:
-        prof.disable()
-        prof.dump_stats(profile)
+        hp_stubs.LOGITS_WIDTH = width
     step_host = sum(sum(v) for v in steps.values())
     got = sum(o["meta_info"]["completion_tokens"] for o in outs)
     if got != n * output_len:
@@ -94,8 +88,7 @@ def run_engine(n: int, model_dir: str, table: Sequence[int], input_len: int, out
     del engine, sched
     gc.collect()
     return {"n": n, "input_len": input_len, "output_len": output_len, "budget": budget,
-            "prefill": _summary(steps["prefill"]), "decode": _summary(steps["decode"]),
-            "drain": _summary(steps["drain"]), "steps_host_ms": step_host * 1e3,
+            "prefill": _summary(steps["prefill"]), "decode": _summary(steps["decode"]), "steps_host_ms": step_host * 1e3,
             # generate() outside the steps: InputProcessor per prompt, results (stubs' time is in steps)
             "outside_steps_ms": (total - step_host) * 1e3,
             # the cyclic collector's pauses (in the steps' and the outside figures alike)

@@ -50,7 +50,7 @@ class Req:
         self.has_stop_strs = bool(sp.stop_strs or sp.stop_regex_strs)
         # Per-step host work is skipped for plain requests: greedy argmax with no penalties,
         # bias, seeded draws, grammar or logprobs (RequestIntake clears it for logprobs), once
-        # min_new_tokens are out. Read by BatchRunner.launch and overlap_safe.
+        # min_new_tokens are out. Read by BatchRunner.launch and all_overlap_safe.
         self.greedy = sp.is_greedy
         self.min_new_tokens = sp.min_new_tokens
         self.plain = not (sp.frequency_penalty or sp.presence_penalty or sp.repetition_penalty != 1.0 or sp.logit_bias
