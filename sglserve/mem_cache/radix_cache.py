@@ -163,6 +163,10 @@ class RadixCache(BasePrefixCache):
         if self.disable:
             self.token_to_kv_pool_allocator.free(value)
             return 0
+        return self._insert(key, value, salt)[0]
+
+    def _insert(self, key: List[int], value: torch.Tensor, salt: Optional[str]) -> Tuple[int, TreeNode]:
+        """insert's work; also returns the node that ends key (a root when key is empty)."""
         tick = self._tick()
         key, value = list(key), value.to(torch.int64)
         node, prefix_len = self._root(salt, create=bool(key)) or self.root_node, 0
@@ -173,7 +177,8 @@ class RadixCache(BasePrefixCache):
             leaf = TreeNode(next(self._node_ids), key, value.clone(), node, tick)
             node.children[self._child_key(key)] = leaf
             self._evictable += len(key)
-        return prefix_len
+            node = leaf
+        return prefix_len, node
 
     def evict(self, num_tokens: int) -> None:
         """Free LRU unlocked leaves (parents cascade in as they empty) until num_tokens are freed."""
@@ -253,17 +258,31 @@ class RadixCache(BasePrefixCache):
         aligned = self._floor_page(len(token_ids))
         old_len = self._floor_page(len(req.prefix_indices))
         salt = getattr(req, "cache_salt", None)
-        new_len = self.insert(token_ids[:aligned], kv[:aligned], salt)
-        self.token_to_kv_pool_allocator.free(kv[old_len:new_len])
-        new_indices, new_node = self.match_prefix(token_ids[:aligned], salt)
-        if len(new_indices) != aligned:
-            raise RuntimeError(f"cache_unfinished_req: re-match found {len(new_indices)} of {aligned} tokens")
-        # Duplicated pages were just freed: point the row at the tree's copies instead.
-        self.req_to_token_pool.write_row(req.req_pool_idx, old_len, new_indices[old_len:])
+        new_len, new_node = self._insert(token_ids[:aligned], kv[:aligned], salt)
+        if new_len == old_len and aligned:
+            # Nothing was cached twice (the usual case): the tree now holds exactly the row's slots,
+            # so the re-match below would find kv[:aligned] and rewrite the row with it. Only its
+            # LRU stamp is left to do (per prefill step, 128 requests: that match cost ~5 ms).
+            self._stamp_path(new_node)
+            req.prefix_indices = kv
+        else:
+            self.token_to_kv_pool_allocator.free(kv[old_len:new_len])
+            new_indices, new_node = self.match_prefix(token_ids[:aligned], salt)
+            if len(new_indices) != aligned:
+                raise RuntimeError(f"cache_unfinished_req: re-match found {len(new_indices)} of {aligned} tokens")
+            # Duplicated pages were just freed: point the row at the tree's copies instead.
+            self.req_to_token_pool.write_row(req.req_pool_idx, old_len, new_indices[old_len:])
+            req.prefix_indices = torch.cat([new_indices, kv[aligned:].to(new_indices.device)])
         self.inc_lock_ref(new_node)
         self.dec_lock_ref(req.last_node)
-        req.prefix_indices = torch.cat([new_indices, kv[aligned:].to(new_indices.device)])
         req.last_node = new_node
+
+    def _stamp_path(self, node: TreeNode) -> None:
+        """Stamp root..node as used now: what match_prefix of their whole key does."""
+        tick = self._tick()
+        while node.parent is not None:
+            node.last_access = tick
+            node = node.parent
 
     # ---- accounting and debugging -------------------------------------------------
     def evictable_size(self) -> int:

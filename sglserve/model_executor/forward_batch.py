@@ -74,20 +74,18 @@ class ForwardBatch:
         num_decoding: int = 0,
     ) -> "ForwardBatch":
         """From per-request host lists: request i computes positions prefix_lens[i]..seq_lens[i]-1."""
-        extend_lens = [s - p for p, s in zip(prefix_lens, seq_lens)]
-        positions: List[int] = []
-        for p, s in zip(prefix_lens, seq_lens):
-            positions.extend(range(p, s))
-        starts = [0]
-        for n in extend_lens[:-1]:
-            starts.append(starts[-1] + n)
+        prefix = np.asarray(prefix_lens, dtype=np.int64)
+        lens = np.asarray(seq_lens, dtype=np.int64) - prefix
+        starts = np.cumsum(lens) - lens
+        # Position of each token: its request's prefix length plus its offset in the request's run
+        positions = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(prefix - starts, lens)
         # Every int column in one pinned host buffer and one queued copy: the host never waits
         # here for the forwards still running (a pageable or blocking copy would). Columns start
         # 16-aligned: Triton specializes kernels on pointer alignment, so unaligned views would
         # compile new variants mid-run.
         cols = [input_ids, positions, out_cache_loc.to("cpu").numpy(), req_pool_indices, seq_lens]
         if mode.is_extend():
-            cols += [prefix_lens, extend_lens, starts]
+            cols += [prefix, lens, starts]
         arrays = [np.asarray(c, dtype=np.int64) for c in cols]
         offsets = [0]
         for a in arrays:
@@ -114,5 +112,5 @@ class ForwardBatch:
             fb.extend_seq_lens = col[6].to(torch.int32)
             fb.extend_start_loc = col[7].to(torch.int32)
             fb.extend_prefix_lens_cpu = list(prefix_lens)
-            fb.extend_seq_lens_cpu = extend_lens
+            fb.extend_seq_lens_cpu = lens.tolist()
         return fb

@@ -69,8 +69,10 @@ class LaunchedBatch:
         return self.host_ids.tolist()
 
 
-def overlap_safe(req: "Req") -> bool:
-    return req.plain and req.to_abort is None and req.min_new_tokens <= len(req.output_ids)
+def all_overlap_safe(reqs: List["Req"]) -> bool:
+    """No request needs its last token on the host before the next step (one pass per step over
+    every running request: inlined, without a call per request)."""
+    return all(r.plain and r.to_abort is None and r.min_new_tokens <= len(r.output_ids) for r in reqs)
 
 
 def same_reqs(a: List["Req"], b: List["Req"]) -> bool:

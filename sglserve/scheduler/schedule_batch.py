@@ -6,7 +6,6 @@ rows and KV slots, writes them into req_to_token, and lists the tokens to comput
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
@@ -51,7 +50,7 @@ class Req:
         self.has_stop_strs = bool(sp.stop_strs or sp.stop_regex_strs)
         # Per-step host work is skipped for plain requests: greedy argmax with no penalties,
         # bias, seeded draws, grammar or logprobs (RequestIntake clears it for logprobs), once
-        # min_new_tokens are out. Read by BatchRunner.launch and overlap_safe.
+        # min_new_tokens are out. Read by BatchRunner.launch and all_overlap_safe.
         self.greedy = sp.is_greedy
         self.min_new_tokens = sp.min_new_tokens
         self.plain = not (sp.frequency_penalty or sp.presence_penalty or sp.repetition_penalty != 1.0 or sp.logit_bias
@@ -221,11 +220,11 @@ class ScheduleBatch:
             input_ids.extend(r.fill_ids[p:s])
         # (a request whose last token is still in flight gets it from the device: BatchRunner)
         input_ids.extend(r.output_ids[-1] if r.output_ids else 0 for r in decodes)
-        ends = list(itertools.accumulate(s - p for p, s in zip(self.prefix_lens, self.seq_lens)))
-        locs = out_cache_loc.tolist()  # host tensor: no device sync
-        for r, s, end in zip(self.reqs, self.seq_lens, ends):
+        ends = np.cumsum(np.asarray(self.seq_lens, dtype=np.int64) - np.asarray(self.prefix_lens, dtype=np.int64))
+        last_locs = out_cache_loc.cpu().numpy()[ends - 1].tolist()  # a host tensor: no device sync
+        for r, s, loc in zip(self.reqs, self.seq_lens, last_locs):
             r.kv_len = s
-            r.last_loc = locs[end - 1]
+            r.last_loc = loc
         return ForwardBatch.build(
             ForwardMode.EXTEND, input_ids, [r.req_pool_idx for r in self.reqs], self.prefix_lens,
             self.seq_lens, out_cache_loc, self.device, self.return_all_logits, self.num_decoding,

@@ -37,7 +37,7 @@ from sglserve.scheduler.batch_runner import BatchRunner
 from sglserve.scheduler.grammar_manager import GrammarManager
 from sglserve.scheduler.kv_accounting import KVAccounting
 from sglserve.scheduler.output_sender import OutputSender
-from sglserve.scheduler.overlap import LaunchedBatch, carried_rows, overlap_safe
+from sglserve.scheduler.overlap import LaunchedBatch, all_overlap_safe, carried_rows
 from sglserve.scheduler.prefill_planner import PrefillPlanner
 from sglserve.scheduler.rank_input import DiscardQueue, RankInput
 from sglserve.scheduler.request_intake import RequestIntake
@@ -260,7 +260,7 @@ class Scheduler:
         if not reqs and not len(self.planner):
             return None
         # Per-token host state (grammar, penalties, logprobs, aborts) needs each token first
-        if not all(overlap_safe(r) for r in pending.batch.reqs):
+        if not all_overlap_safe(pending.batch.reqs):
             return None
         chunked = self.planner.chunked_req
         if chunked is not None and chunked.to_abort is not None:

@@ -18,7 +18,7 @@ def pages_of(slots: torch.Tensor, ps: int) -> List[int]:
 
 
 def snapshot(a: PagedTokenToKVPoolAllocator):
-    return list(a.free_pages), set(a._free_set), a.available_size()
+    return list(a.free_pages), a.available_size()
 
 
 @pytest.mark.parametrize("ps", PAGE_SIZES)

@@ -13,8 +13,14 @@ from sglserve.entrypoints.openai.protocol import (
     DeltaMessage,
     UsageInfo,
 )
-from sglserve.entrypoints.openai.serving_utils import usage_of
-from sglserve.entrypoints.openai.stream_chunks import chat_chunk, chat_delta, completion_chunk, usage_chunk
+from sglserve.entrypoints.openai.serving_utils import sse, usage_of
+from sglserve.entrypoints.openai.stream_chunks import (
+    ChatContentFrames,
+    chat_chunk,
+    chat_delta,
+    completion_chunk,
+    usage_chunk,
+)
 
 METAS = [{"prompt_tokens": 7, "completion_tokens": 3, "cached_tokens": 2},
          {"prompt_tokens": 7, "completion_tokens": 5, "cached_tokens": 0}]
@@ -64,3 +70,13 @@ def test_usage_chunks_match_models():
               ChatCompletionStreamResponse(id="rid", created=1, model="m", choices=[], usage=usage))
     same_json(usage_chunk("text_completion", "rid", 1, "m", usage),
               CompletionStreamResponse(id="rid", created=1, model="m", choices=[], usage=usage))
+
+
+@pytest.mark.parametrize("text", ["Paris", "", " caf\u00e9 \u2014 \"quoted\" \\ back\nslash\t\u0001", "\U0001f600 emoji"])
+@pytest.mark.parametrize("index", [0, 3])
+@pytest.mark.parametrize("meta", [None, METAS[0], {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}])
+def test_chat_content_frames_match_dict_chunks(text, index, meta):
+    rid, model = "chatcmpl-\"x\"\u00e9", "Smol/LM \u00e9"
+    usage = None if meta is None else usage_of([meta])
+    expected = sse(chat_chunk(rid, 1700000000, model, index, chat_delta(content=text), usage=usage))
+    assert ChatContentFrames(rid, 1700000000, model).content(index, text, meta) == expected

@@ -26,7 +26,7 @@ from sglserve.entrypoints.openai.serving_utils import (
     usage_of,
 )
 from sglserve.entrypoints.openai.chat_output import ChoiceOutput
-from sglserve.entrypoints.openai.stream_chunks import chat_chunk, chat_delta, usage_chunk
+from sglserve.entrypoints.openai.stream_chunks import ChatContentFrames, chat_chunk, chat_delta, usage_chunk
 from sglserve.entrypoints.openai.chat_tools import ToolPlan, plan_tools, prepare_messages, template_supports_tools
 from sglserve.io_struct import GenerateReqInput
 from sglserve.tokenizer.logprob_output import MAX_TOP_LOGPROBS, chat_logprobs
@@ -181,22 +181,27 @@ async def _stream(tm: TokenizerManager, run: ChatRun, model_name: str, req: Chat
 
     metas: Dict[int, Dict[str, Any]] = {}
     reasoning: Dict[int, Optional[int]] = {}
+    frames = ChatContentFrames(rid, created, model_name)  # the per-token chunk, from bytes made once
+    continuous, want_logprobs = req.continuous_usage, req.logprobs
     for i in range(req.n):
         yield chunk(i, chat_delta(role="assistant", content=""))
     async for out in gen:
         index = out.get("index", 0)
         meta = metas[index] = out["meta_info"]
-        usage = usage_of([meta]) if req.continuous_usage else None
         reason, matched = finish_reason_fields(meta)
         choice_out = outputs[index]
         delta = choice_out.update(out["text"], final=reason is not None)
         logprobs = None
-        if req.logprobs:
+        if want_logprobs:
             n_lp = len(meta.get("output_token_logprobs") or [])
             if n_lp > choice_out.sent_logprobs:
                 logprobs = chat_logprobs(meta, choice_out.sent_logprobs, n_lp)
                 choice_out.sent_logprobs = n_lp
-        if delta or logprobs:
+        fast = logprobs is None and len(delta) == 1 and "content" in delta
+        usage = usage_of([meta]) if continuous and (reason is not None or not fast) else None
+        if fast:
+            yield frames.content(index, delta["content"], meta if continuous else None)
+        elif delta or logprobs:
             yield chunk(index, chat_delta(**delta), usage=usage, logprobs=logprobs)
         if reason is not None:
             reasoning[index] = reasoning_tokens(tm, choice_out, out["output_ids"]) if req.include_usage else None
