@@ -202,7 +202,7 @@ online)
   else acc="--device cuda --dtype bfloat16"; fi
   if [ -f "$SMOL/sharegpt50.json" ]; then
     timeout "$(cap 180)" $PY benchmarks/fp8_accuracy.py --model-path "$GGUF" --tokenizer-path "$TOK" $acc \
-      --conversations "$SMOL/sharegpt50.json" --result-file "$OUT/online.jsonl" 2>&1 | grep -vE "Loading GGUF|^ *$" | tail -9
+      --conversations "$SMOL/sharegpt50.json" --result-file "$OUT/online.jsonl" 2>&1 | grep -vE "Loading GGUF|^ *$" | tail -10
   else log "no $SMOL/sharegpt50.json (prep writes it; carry .smol/sharegpt50.json)"; fi
   log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
     --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
