@@ -14,10 +14,13 @@
 #   perf    carry .whl .tok .smol/a .smol/sha256  W1, W2, W5, start-up to ready, GPU tests (tests/gpu
 #                                                 tests/kernels, in the time left); keeps part a in /tmp
 #   online  carry .whl .tok .smol/b .smol/sha256  right after perf (the machine stays warm 30 s): joins
-#                                                 the GGUF; SmolLM2 2000 x 256/256 at rate inf: offline
+#           .smol/sharegpt50.json                 the GGUF; SmolLM2 2000 x 256/256 at rate inf: offline
 #                                                 Engine (GPU busy), HTTP /generate stream, OpenAI chat
 #                                                 stream, with each server process's CPU; real-weights
-#                                                 bf16 check; the CPU host-path bench on this host
+#                                                 bf16 check; FP8 accuracy (issue 12: benchmarks/
+#                                                 fp8_accuracy.py, bf16 vs --quantization fp8, W8A16,
+#                                                 fp8 KV over the 50 ShareGPT conversations that prep
+#                                                 extracts, into online.jsonl); the CPU host-path bench
 #   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
 #                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each).
 #                                                 W3_MIXED_PROFILE=1 first runs benchmarks/kernels/profile_mixed.py
@@ -115,6 +118,7 @@ if [ "$STAGE" = prep ]; then  # here, not on the device
   # beside .smol/b in the online call, so w3 can run in the same call as online (SHAREGPT falls back to it)
   $PY -c "import sys; from sglserve.benchmark.datasets import write_sharegpt_subset as w; from sglserve.utils.hf_transformers_utils import get_tokenizer as g
 print('W3 subset:', w(sys.argv[1], sys.argv[2], 1000, g(sys.argv[3])), 'prompts')" "$SHAREGPT" "$SMOL/w3_sharegpt.json.gz" "$TOK"
+  $PY benchmarks/fp8_accuracy.py --conversations "$SHAREGPT" --extract "$SMOL/sharegpt50.json"  # the first 50, ~0.3 MB
   if [ -n "${OLD:-}" ]; then  # the baseline tree for sweep's same-call W2 comparison
     rm -rf "$CARRY_ROOT/.old" && mkdir -p "$CARRY_ROOT/.old" && git archive "$OLD" | tar -x -C "$CARRY_ROOT/.old"
     grep -qxF /.old/ "$(git rev-parse --git-path info/exclude)" || echo /.old/ >> "$(git rev-parse --git-path info/exclude)"
@@ -124,8 +128,8 @@ print('W3 subset:', w(sys.argv[1], sys.argv[2], 1000, g(sys.argv[3])), 'prompts'
   cd "$CARRY_ROOT"
   echo "MiB: tracked tree $((tree >> 20)); .whl $(( $(size .whl) >> 20 )) .tok $(( $(size .tok) >> 20 )) .data $(( $(size .data) >> 20 )) .smol/a $(( $(size .smol/a) >> 20 )) .smol/b $(( $(size .smol/b) >> 20 ))"
   echo "carried + tree, MiB (limit 64): perf $(( (tree + $(size .whl .tok .smol/a .smol/sha256)) >> 20 ))," \
-       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))," \
-       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 )), online + w3 (.smol/w3_sharegpt.json.gz) $(( (tree + $(size .whl .tok .smol/b .smol/sha256 .smol/w3_sharegpt.json.gz)) >> 20 ))"
+       "online $(( (tree + $(size .whl .tok .smol/b .smol/sha256 .smol/sharegpt50.json)) >> 20 )), w3 $(( (tree + $(size .whl .tok .data)) >> 20 ))," \
+       "fi $(( (tree + $(size .whl .fi .tok)) >> 20 )), online + w3 (.smol/w3_sharegpt.json.gz) $(( (tree + $(size .whl .tok .smol/b .smol/sha256 .smol/sharegpt50.json .smol/w3_sharegpt.json.gz)) >> 20 ))"
   exit 0
 fi
 
@@ -211,6 +215,13 @@ online)
   log "SmolLM2 real-weights FP8 KV perplexity (triton)"
   SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 90)" $PY -m pytest -q -s tests/gpu/test_fp8_kv_gpu.py -k perplexity \
     -p no:cacheprovider 2>&1 | grep -E "ppl|passed|failed|skipped|rror" | tail -5
+  log "SmolLM2 FP8 accuracy (issue 12): bf16 vs fp8 W8A8, W8A16, fp8 KV, 50 ShareGPT conversations"
+  if [ "$DRYRUN" = 1 ]; then acc="--device cpu --dtype float32 --num-conversations 2 --max-tokens 48"
+  else acc="--device cuda --dtype bfloat16"; fi
+  if [ -f "$SMOL/sharegpt50.json" ]; then
+    timeout "$(cap 180)" $PY benchmarks/fp8_accuracy.py --model-path "$GGUF" --tokenizer-path "$TOK" $acc \
+      --conversations "$SMOL/sharegpt50.json" --result-file "$OUT/online.jsonl" 2>&1 | grep -vE "Loading GGUF|^ *$" | tail -10
+  else log "no $SMOL/sharegpt50.json (prep writes it; carry .smol/sharegpt50.json)"; fi
   log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
     --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
 w3)

@@ -49,11 +49,14 @@ def main(folder: str) -> None:
         if os.path.basename(path)[: -len(".jsonl")] in WORKLOAD_FILES:
             continue
         data = rows(path)
+        accuracy = [r for r in data if r.get("tag") == "fp8_accuracy"]  # benchmarks/fp8_accuracy.py
+        data = [r for r in data if r.get("tag") != "fp8_accuracy"]
         cpu: Dict[str, dict] = {r["tag"][4:]: r for r in data if str(r.get("tag", "")).startswith("cpu_")}
         offline = next((r["output_throughput"] for r in data if r.get("backend") == "sglserve-engine"), None)
         print(f"\n{os.path.basename(path)}")
-        print("| run | out tok/s | vs offline | median TTFT ms | median ITL ms | P99 ITL ms | max ITL ms | cores http/sched/detok |")
-        print("|---|---|---|---|---|---|---|---|")
+        if data:
+            print("| run | out tok/s | vs offline | median TTFT ms | median ITL ms | P99 ITL ms | max ITL ms | cores http/sched/detok |")
+            print("|---|---|---|---|---|---|---|---|")
         for r in data:
             if str(r.get("tag", "")).startswith("cpu_"):
                 continue
@@ -68,6 +71,14 @@ def main(folder: str) -> None:
             cores = "/".join(f"{c[k]:.2f}" for k in ("http", "scheduler", "detokenizer") if k in c) or "-"
             print(f"| {tag} | {fmt(tput)} | {rel} | {fmt(r.get('median_ttft_ms'))} | {fmt(r.get('median_itl_ms'), 1)} "
                   f"| {fmt(r.get('p99_itl_ms'), 1)} | {fmt(r.get('max_itl_ms'), 1)} | {cores} |")
+        if accuracy:
+            print(("\n" if data else "") + "| FP8 accuracy | ppl | vs baseline | top-1 agreement | issue 12 bar |\n|---|---|---|---|---|")
+        for r in accuracy:
+            ratio = f"{(r['ppl_ratio'] - 1) * 100:+.2f} %" if "ppl_ratio" in r else "-"
+            top1 = f"{r['top1_agreement'] * 100:.2f} %" if "top1_agreement" in r else "-"
+            bar = "-" if "meets_bar" not in r else ("met" if r["meets_bar"] else "not met")
+            print(f"| {r['variant']} ({r['dtype']}, {r['conversations']} conv., {r['tokens']} tok.) | {r['ppl']:.4f} "
+                  f"| {ratio} | {top1} | {bar} |")
 
 
 if __name__ == "__main__":
