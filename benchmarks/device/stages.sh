@@ -73,6 +73,8 @@
 # perf's knobs: PERF_RUNS (default "w1 w2 w5"; w2bf16: W2 once more without W2_KV / W2_QUANT), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
 # W2_KV (e.g. fp8_e4m3: W2 with --kv-cache-dtype W2_KV; its JSON line reports the pool: max_total_num_tokens,
 # kv_bytes_per_token, kv_cache_gb), W2_QUANT (fp8: W2 with --quantization fp8; the issue-12 run is both). online's real-weights checks include FP8 KV perplexity vs bf16 KV (Triton).
+# online's checks after the HTTP runs: ONLINE_CHECKS (default "engine_host parity fp8kv acc host"), PARITY_K (-k for the
+# bf16 check's tests/gpu/test_engine_gpu.py, e.g. "top1 and bfloat16").
 # STARTUP_RUNS (launches timed by benchmarks/bench_startup.py, default 2; SKIP_STARTUP=1 skips them).
 # Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
 # stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
@@ -205,25 +207,29 @@ online)
       serving "smol_$backend" "$OUT/online.jsonl" --backend $backend --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
     done
   stop_server
+  checks=" ${ONLINE_CHECKS:-engine_host parity fp8kv acc host} "
   # The same Engine workload on this host's CPU with a free forward: host µs per prefill and decode step (~15 s)
-  log "host-path CPU bench: the offline Engine workload"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
+  [[ $checks == *" engine_host "* ]] && log "host-path CPU bench: the offline Engine workload" && timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
     --tokenizer-path "$TOK" --result-file "$OUT/host_path_engine.json" $HP_ENGINE 2>&1 | grep -E "^offline|prefill \||decode \||outside"
   [ "${SKIP_CHECKS:-0}" = 1 ] && { log "summary"; $PY benchmarks/device/summarize.py "$OUT"; exit 0; }
-  log "SmolLM2 real-weights bf16 check"
-  SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 \
-    | grep -E "agreement|passed|failed|skipped|rror" | tail -5
-  log "SmolLM2 real-weights FP8 KV perplexity (triton)"
+  [[ $checks == *" parity "* ]] && log "SmolLM2 real-weights bf16 check" && \
+  SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 150)" $PY -m pytest -q -s tests/gpu/test_engine_gpu.py ${PARITY_K:+-k "$PARITY_K"} \
+    -p no:cacheprovider 2>&1 | grep -E "agreement|passed|failed|skipped|rror" | tail -5
+  [[ $checks == *" fp8kv "* ]] && log "SmolLM2 real-weights FP8 KV perplexity (triton)" && \
   SGLSERVE_GPU_TEST_MODEL=$GGUF timeout "$(cap 90)" $PY -m pytest -q -s tests/gpu/test_fp8_kv_gpu.py -k perplexity \
     -p no:cacheprovider 2>&1 | grep -E "ppl|passed|failed|skipped|rror" | tail -5
-  log "SmolLM2 FP8 accuracy (issue 12): bf16 vs fp8 W8A8, W8A16, fp8 KV, 50 ShareGPT conversations"
-  if [ "$DRYRUN" = 1 ]; then acc="--device cpu --dtype float32 --num-conversations 2 --max-tokens 48"
-  else acc="--device cuda --dtype bfloat16"; fi
-  if [ -f "$SMOL/sharegpt50.json" ]; then
-    timeout "$(cap 180)" $PY benchmarks/fp8_accuracy.py --model-path "$GGUF" --tokenizer-path "$TOK" $acc \
-      --conversations "$SMOL/sharegpt50.json" --result-file "$OUT/online.jsonl" 2>&1 | grep -vE "Loading GGUF|^ *$" | tail -10
-  else log "no $SMOL/sharegpt50.json (prep writes it; carry .smol/sharegpt50.json)"; fi
-  log "host-path CPU bench on this host"; timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \
-    --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12 ;;
+  if [[ $checks == *" acc "* ]]; then
+    log "SmolLM2 FP8 accuracy (issue 12): bf16 vs fp8 W8A8, W8A16, fp8 KV, 50 ShareGPT conversations"
+    if [ "$DRYRUN" = 1 ]; then acc="--device cpu --dtype float32 --num-conversations 2 --max-tokens 48"
+    else acc="--device cuda --dtype bfloat16"; fi
+    if [ -f "$SMOL/sharegpt50.json" ]; then
+      timeout "$(cap 180)" $PY benchmarks/fp8_accuracy.py --model-path "$GGUF" --tokenizer-path "$TOK" $acc \
+        --conversations "$SMOL/sharegpt50.json" --result-file "$OUT/online.jsonl" 2>&1 | grep -vE "Loading GGUF|^ *$" | tail -10
+    else log "no $SMOL/sharegpt50.json (prep writes it; carry .smol/sharegpt50.json)"; fi
+  fi
+  [[ $checks == *" host "* ]] && log "host-path CPU bench on this host" && timeout "$(cap 60)" $PY benchmarks/host_path/run.py \
+    --no-http --tokenizer-path "$TOK" --result-file "$OUT/host_path.json" $HP_ARGS 2>&1 | tail -12
+  true ;;
 w3)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   if [ "${W3_MIXED_PROFILE:-0}" = 1 ]; then
