@@ -143,10 +143,11 @@ if [ "$DRYRUN" = 1 ]; then  # tiny shapes on the CPU: the same commands and flag
   L=$TINY; Q=$TINY; S=$TINY; DEV="--device cpu"; BUSY=""; D="--load-format dummy --context-length 1024 --max-total-tokens 100000"
   W1_OUT=8; W2_N=8; W5="--num-prompts 8 --random-input-len 64 --random-output-len 64"
   SMOL_RUN="--num-prompts 8 --random-input-len 32 --random-output-len 16"; W3_RUNS="inf:12 4:6"; HP_ARGS="--n 16 --steps 3"
+  SG_CTX="--sharegpt-context-len 1024"  # the tiny config's context: longer ShareGPT pairs would be refused
   HP_ENGINE="--engine 64 --input-len 32 --engine-output-len 16"
 else
   L=benchmarks/configs/Llama-3.1-8B-Instruct; Q=benchmarks/configs/Qwen3-0.6B; S=benchmarks/configs/SmolLM2-135M-Instruct; DEV=""; BUSY="--measure-gpu-busy"
-  D="--load-format dummy --context-length 4096"
+  D="--load-format dummy --context-length 4096"; SG_CTX=""
   W1_OUT=512; W2_N=1000; W5="--num-prompts 256 --random-input-len 1024 --random-output-len 1024"
   SMOL_RUN="--num-prompts 2000 --random-input-len 256 --random-output-len 256"; W3_RUNS=${W3_RUNS:-"inf:1000 4:240 8:480 16:960"}; HP_ARGS=""
   HP_ENGINE="--engine 2000 --input-len 256"  # the SmolLM2 Engine run's host work per prefill / decode step, on this host
@@ -241,7 +242,7 @@ w3)
   start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report || exit 1
   for run in $W3_RUNS; do
     rate=${run%%:*}; n=${run##*:}; log "W3 ShareGPT $n prompts at rate $rate"
-    serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
+    serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
       --num-prompts "$n" --request-rate "$rate" --flush-cache --output-details
   done ;;
 ab)
@@ -280,7 +281,7 @@ sweep)
   for budget in ${SWEEP_BUDGETS:-2048 8192}; do
     start_server "$OUT/sweep_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" || continue
     n=$(echo "${W3_RUNS%% *}" | cut -d: -f2); log "W3 ShareGPT $n prompts at rate inf, step budget $budget"
-    serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" \
+    serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
       --num-prompts "$n" --request-rate inf
     stop_server
   done
