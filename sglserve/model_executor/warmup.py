@@ -60,7 +60,7 @@ def synthetic_extend_batch(n_prefill: int, num_decoding: int, device: torch.devi
 def warm_up_extend(runner: "ModelRunner") -> int:
     """Runs the warm-up forwards on runner (after its CUDA graphs are captured); returns how many."""
     t0 = time.perf_counter()
-    counts = getattr(runner.attn_backend, "warmup_decoding_counts", lambda n: [1])(runner.max_running_requests)
+    counts = runner.attn_backend.warmup_decoding_counts(runner.max_running_requests)  # the Triton backend's
     shapes = warmup_shapes(counts)
     for n_prefill, num_decoding in shapes:
         runner.forward(synthetic_extend_batch(n_prefill, num_decoding, runner.device))
