@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
+from .numerics import exact_div
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
@@ -333,7 +334,7 @@ def skinny_gemm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 def _ref_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+    return exact_div(x, scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
 
 
 def skinny_gemm_fp8_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -347,12 +348,12 @@ def skinny_gemm_fp8_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: tor
         if input_scale is not None:
             scale = input_scale.float()
         elif activation_strategy == "token":
-            scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+            scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=_MIN_SCALE)
         elif activation_strategy == "tensor":
-            scale = (xf.abs().amax() / FP8_MAX).clamp(min=_MIN_SCALE)
+            scale = exact_div(xf.abs().amax(), FP8_MAX).clamp(min=_MIN_SCALE)
         else:  # group
             g = xf.unflatten(-1, (k // weight_block[1], weight_block[1]))
-            gs = (g.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+            gs = exact_div(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=_MIN_SCALE)
             xf = (_ref_quantize(g, gs) * gs).flatten(-2)
         if activation_strategy != "group" or input_scale is not None:
             xf = _ref_quantize(xf, scale) * scale

@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ._utils import device_sms, is_interpret, next_pow2
+from .numerics import exact_div
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,9 @@ def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activat
     if input_scale is not None:
         scale = input_scale.float().reshape(1, 1).expand(m, 1)
     elif activation_strategy == "token":
-        scale = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp_(min=1e-12)
+        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), 448.0).clamp_(min=1e-12)
     else:
-        scale = (xf.abs().amax() / 448.0).clamp_(min=1e-12).reshape(1, 1).expand(m, 1)
+        scale = exact_div(xf.abs().amax(), 448.0).clamp_(min=1e-12).reshape(1, 1).expand(m, 1)
     scale = scale.contiguous()
     return (xf / scale).clamp_(-448.0, 448.0).to(torch.float8_e4m3fn), scale
 

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ._utils import is_interpret, next_pow2
+from .numerics import exact_div
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
 FP8_KV_MAX = torch.finfo(FP8_KV_DTYPE).max  # 448
@@ -107,7 +108,7 @@ def store_kv_cache(k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Te
 
 def quantize_fp8_ref(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Torch reference of the FP8 store: x / scale in fp32, saturated, rounded to E4M3."""
-    return (x.float() / scale).clamp(-FP8_KV_MAX, FP8_KV_MAX).to(FP8_KV_DTYPE)
+    return exact_div(x.float(), scale).clamp(-FP8_KV_MAX, FP8_KV_MAX).to(FP8_KV_DTYPE)
 
 
 def store_kv_cache_ref(k_buffer, v_buffer, loc, k, v, k_scale: float = 1.0, v_scale: float = 1.0) -> None:

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from sglserve_kernels.numerics import exact_div
 
 
 def to_device_async(t: torch.Tensor, device: Union[str, torch.device]) -> torch.Tensor:
@@ -165,7 +166,7 @@ class MHATokenToKVPool:
     def _store(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         if not self.is_fp8:
             return x.to(self.dtype)
-        return (x.float() / scale).clamp_(-FP8_KV_MAX, FP8_KV_MAX).to(self.dtype)
+        return exact_div(x.float(), scale).clamp_(-FP8_KV_MAX, FP8_KV_MAX).to(self.dtype)
 
     def read_kv(self, layer_id: int, slots: torch.Tensor, dtype: torch.dtype):
         """(K, V) of `slots` (any index shape) in `dtype`, dequantized when the pool is FP8."""

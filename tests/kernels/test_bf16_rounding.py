@@ -65,25 +65,25 @@ def our_norm(hidden: int, eps: float, weight: torch.Tensor) -> RMSNorm:
 
 
 @pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 576), (33, 1000), (4, 4096)])
-def test_rmsnorm(rows, hidden, gen):
-    x, w = rand(gen, rows, hidden, scale=3.0), rand(gen, hidden, scale=0.3) + 1
+def test_rmsnorm(rows, hidden, gen, device):
+    x, w = rand(gen, rows, hidden, scale=3.0).to(device), (rand(gen, hidden, scale=0.3) + 1).to(device)
     with torch.no_grad():
-        want = hf_norm(hidden, 1e-5, w)(x)
-        assert_bits(our_norm(hidden, 1e-5, w).forward_native(x), want, "native")
+        want = hf_norm(hidden, 1e-5, w).to(device)(x)
+        assert_bits(our_norm(hidden, 1e-5, w).to(device).forward_native(x), want, "native")
         assert_bits(rmsnorm_ref(x, w, 1e-5), want, "reference")
         assert_bits(rmsnorm(x, w, 1e-5), want, "kernel", ulp_frac=0.01)
 
 
 @pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 576), (33, 1000)])
-def test_residual_add_then_rmsnorm(rows, hidden, gen):
+def test_residual_add_then_rmsnorm(rows, hidden, gen, device):
     """Decoder layer: hidden = residual + hidden (bf16); residual = hidden; norm(hidden)."""
-    x, r = rand(gen, rows, hidden), rand(gen, rows, hidden, scale=8.0)  # residual stream: larger
-    w = rand(gen, hidden, scale=0.3) + 1
+    x, r = rand(gen, rows, hidden).to(device), rand(gen, rows, hidden, scale=8.0).to(device)  # residual: larger
+    w = (rand(gen, hidden, scale=0.3) + 1).to(device)
     with torch.no_grad():
         want_res = r + x
-        want = hf_norm(hidden, 1e-5, w)(want_res)
+        want = hf_norm(hidden, 1e-5, w).to(device)(want_res)
         for name, (out, res), frac in (
-            ("native", our_norm(hidden, 1e-5, w).forward_native(x, r.clone()), 0.0),
+            ("native", our_norm(hidden, 1e-5, w).to(device).forward_native(x, r.clone()), 0.0),
             ("reference", rmsnorm_ref(x, w, 1e-5, r), 0.0),
             ("kernel", rmsnorm(x, w, 1e-5, r.clone()), 0.01),
         ):
@@ -93,16 +93,17 @@ def test_residual_add_then_rmsnorm(rows, hidden, gen):
 
 @pytest.mark.parametrize("tokens,heads,kv_heads,head_dim,theta", [(5, 4, 2, 64, 10000.0), (19, 9, 3, 64, 100000.0),
                                                                    (3, 8, 8, 128, 500000.0)])
-def test_rope(tokens, heads, kv_heads, head_dim, theta, gen):
+def test_rope(tokens, heads, kv_heads, head_dim, theta, gen, device):
     max_pos = 8192
     cfg = LlamaConfig(hidden_size=heads * head_dim, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_pos, rope_theta=theta)
-    pos = torch.randint(0, max_pos, (tokens,), generator=gen)
-    q, k = rand(gen, tokens, heads * head_dim, scale=4.0), rand(gen, tokens, kv_heads * head_dim, scale=4.0)
-    cos, sin = LlamaRotaryEmbedding(cfg)(q, pos[None])  # [1, T, D] in bf16
+    pos = torch.randint(0, max_pos, (tokens,), generator=gen).to(device)
+    q = rand(gen, tokens, heads * head_dim, scale=4.0).to(device)
+    k = rand(gen, tokens, kv_heads * head_dim, scale=4.0).to(device)
+    cos, sin = LlamaRotaryEmbedding(cfg).to(device)(q, pos[None])  # [1, T, D] in bf16
     hq, hk = (t.view(1, tokens, -1, head_dim).transpose(1, 2) for t in (q, k))
     want_q, want_k = (t.transpose(1, 2).reshape(tokens, -1) for t in apply_rotary_pos_emb(hq, hk, cos, sin))
-    rope = get_rope(head_dim, max_pos, theta)
+    rope = get_rope(head_dim, max_pos, theta).to(device)
     cache = rope.cos_sin_cache
     got = {
         "native": rope.forward_native(pos, q.clone(), k.clone()),
@@ -115,8 +116,8 @@ def test_rope(tokens, heads, kv_heads, head_dim, theta, gen):
 
 
 @pytest.mark.parametrize("tokens,inter", [(1, 64), (7, 1536), (4, 2816)])
-def test_silu_and_mul(tokens, inter, gen):
-    x = rand(gen, tokens, 2 * inter, scale=3.0)
+def test_silu_and_mul(tokens, inter, gen, device):
+    x = rand(gen, tokens, 2 * inter, scale=3.0).to(device)
     want = ACT2FN["silu"](x[:, :inter]) * x[:, inter:]
     assert_bits(SiluAndMul().forward_native(x), want, "native")
     assert_bits(silu_and_mul_ref(x), want, "reference")

@@ -108,11 +108,14 @@ def tiny_runner(tmp_path_factory):
     return runner
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="a CPU ModelRunner driving Triton: the interpreter's; on the GPU profile_mixed.py "
+                           "counts the compiles of the first mixed step after the server's warm-up")
 def test_warmup_covers_every_later_mixed_step(tiny_runner, recorders):
     """warm_up_extend runs prefill and mixed forwards through the Triton backend (decoding rows in
     the decode kernel), and mixed steps of other shapes afterwards meet no new specialization."""
     counts = tiny_runner.attn_backend.warmup_decoding_counts(tiny_runner.max_running_requests)
-    assert counts == [1, 2, 3, 4]  # 8 SMs on the CPU, 2 KV heads: 8, 4, 3, 2 splits
+    assert counts == [1, 2, 3, 4]  # 8 SMs on the interpreter, 2 KV heads: 8, 4, 3, 2 splits
     n = warm_up_extend(tiny_runner)
     assert n == len(warmup_shapes(counts)) == 1 + 5
     decode_rows = {g[0] for g, _ in recorders["_decode_stage1"].launches}
@@ -139,7 +142,7 @@ def test_triton_decoding_counts_cover_every_split_count(device):
     counts = backend.warmup_decoding_counts(64)
     splits = {backend._splits_for(bs) for bs in range(1, 65)}
     assert sorted(backend._splits_for(k) for k in counts) == sorted(splits, ) and len(counts) == len(splits)
-    assert counts[0] == 1 and backend.warmup_decoding_counts(2) == counts[:2]
+    assert counts[0] == 1 and backend.warmup_decoding_counts(2) == [k for k in counts if k <= 2]
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--dry runs on the Triton interpreter")

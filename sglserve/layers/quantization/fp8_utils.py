@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from sglserve_kernels.numerics import exact_div
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
@@ -17,18 +18,18 @@ _MIN_SCALE = 1e-12  # an all-zero row or block keeps a finite scale
 
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x / scale saturated to the E4M3 range, then cast (no NaN on overflow)."""
-    return (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return exact_div(x.float(), scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 def quantize_per_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """w [out, in] -> (fp8 [out, in], float32 scale [out, 1]) with w ~ q * scale."""
-    scale = (w.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp_(min=_MIN_SCALE)
+    scale = exact_div(w.abs().amax(dim=1, keepdim=True).float(), FP8_MAX).clamp_(min=_MIN_SCALE)
     return to_fp8(w, scale), scale
 
 
 def quantize_per_tensor(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """w -> (fp8, float32 scale [1])."""
-    scale = (w.abs().amax().float() / FP8_MAX).clamp_(min=_MIN_SCALE).reshape(1)
+    scale = exact_div(w.abs().amax().float(), FP8_MAX).clamp_(min=_MIN_SCALE).reshape(1)
     return to_fp8(w, scale), scale
 
 
@@ -41,7 +42,7 @@ def quantize_per_block(w: torch.Tensor, block: Tuple[int, int]) -> Tuple[torch.T
     padded = w.new_zeros(nb_n * n, nb_k * k)
     padded[:out, :inp] = w
     blocks = padded.view(nb_n, n, nb_k, k)
-    scale = (blocks.abs().amax(dim=(1, 3)).float() / FP8_MAX).clamp_(min=_MIN_SCALE)
+    scale = exact_div(blocks.abs().amax(dim=(1, 3)).float(), FP8_MAX).clamp_(min=_MIN_SCALE)
     return to_fp8(w, expand_block_scale(scale, block, out, inp)), scale
 
 
@@ -67,16 +68,16 @@ def fake_quantize_activation(x: torch.Tensor, strategy: str, static_scale: Optio
     if static_scale is not None:
         scale = static_scale.float()
     elif strategy == "token":
-        scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_(min=_MIN_SCALE)
+        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
     elif strategy == "group":
         inp = x.shape[-1]
         if inp % group_size:
             raise ValueError(f"activation groups of {group_size} do not divide the input size {inp}")
         g = xf.unflatten(-1, (inp // group_size, group_size))
-        scale = (g.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_(min=_MIN_SCALE)
+        scale = exact_div(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
         return (to_fp8(g, scale).float() * scale).flatten(-2).to(x.dtype)
     elif strategy == "tensor":
-        scale = (xf.abs().amax() / FP8_MAX).clamp_(min=_MIN_SCALE)
+        scale = exact_div(xf.abs().amax(), FP8_MAX).clamp_(min=_MIN_SCALE)
     else:
         raise ValueError(f"activation strategy {strategy!r} is unknown")
     return (to_fp8(xf, scale).float() * scale).to(x.dtype)
