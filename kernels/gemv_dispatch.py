@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ._utils import device_sms, is_interpret, next_pow2
-from .numerics import exact_div
+from .fp8_rows import quantize_rows
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
 
 logger = logging.getLogger(__name__)
@@ -193,21 +193,6 @@ def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor, weight_block: Optiona
     return (x.is_cuda and weight_block is None and activation_strategy in ("token", "tensor")
             and x.dtype == torch.bfloat16 and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0
             and _fp8_tensor_cores(x.device.index or 0))
-
-
-def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
-                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]) exactly as fake_quantize_activation."""
-    xf = x2.float()
-    m = x2.shape[0]
-    if input_scale is not None:
-        scale = input_scale.float().reshape(1, 1).expand(m, 1)
-    elif activation_strategy == "token":
-        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), 448.0).clamp_(min=1e-12)
-    else:
-        scale = exact_div(xf.abs().amax(), 448.0).clamp_(min=1e-12).reshape(1, 1).expand(m, 1)
-    scale = scale.contiguous()
-    return (xf / scale).clamp_(-448.0, 448.0).to(torch.float8_e4m3fn), scale
 
 
 def scaled_mm_rowwise(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,

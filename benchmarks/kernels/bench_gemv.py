@@ -28,7 +28,8 @@ from bench_attention import peak_bandwidth  # noqa: E402  (also maps sglserve_ke
 
 from sglserve_kernels._utils import num_sms  # noqa: E402
 from sglserve_kernels.gemv import FMA_MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref  # noqa: E402
-from sglserve_kernels.gemv_dispatch import heuristic_config, m_bucket, quantize_rows, scaled_mm_rowwise, table_key  # noqa: E402
+from sglserve_kernels.fp8_rows import quantize_rows  # noqa: E402
+from sglserve_kernels.gemv_dispatch import heuristic_config, m_bucket, scaled_mm_rowwise, table_key  # noqa: E402
 
 MODELS = {  # name: (hidden, intermediate, heads, kv heads, head dim, tp)
     "8b": (4096, 14336, 32, 8, 128, 1), "8b_tp2": (4096, 14336, 32, 8, 128, 2), "70b_tp4": (8192, 28672, 64, 8, 128, 4),
