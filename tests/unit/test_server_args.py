@@ -75,12 +75,11 @@ def test_fp8_kv_cache_backends(monkeypatch):
     import importlib.util
 
     import pytest
-    import torch
 
     from sglserve.server_args import ServerArgsError
 
     assert ServerArgs(device="cpu", kv_cache_dtype="fp8_e4m3").kv_cache_dtype == "fp8_e4m3"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # validation only: nothing runs on it
+    monkeypatch.setattr("sglserve.server_args.cuda_device_count", lambda: 1)  # validation only: nothing runs on it
     assert ServerArgs(device="cuda", attention_backend="triton", kv_cache_dtype="fp8_e4m3").attention_backend == "triton"
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flashinfer" else find_spec(name, *a))
@@ -88,3 +87,25 @@ def test_fp8_kv_cache_backends(monkeypatch):
         ServerArgs(device="cuda", attention_backend="flashinfer", kv_cache_dtype="fp8_e4m3")
     with pytest.raises(SystemExit):  # argparse choices
         prepare_server_args(["--device", "cpu", "--kv-cache-dtype", "fp8_e5m2"])
+
+
+def test_device_resolves_without_importing_torch():
+    """--device auto and --device cuda are checked through the driver and torch's version file:
+    the launcher must not import torch before it spawns the scheduler (~3 s on a GPU host)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from sglserve.utils.cuda_probe import cuda_device_count, torch_built_with_cuda
+
+    assert torch_built_with_cuda() == (torch.version.cuda is not None)
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        assert cuda_device_count() == 0
+    else:
+        assert cuda_device_count() == torch.cuda.device_count()
+    code = ("import sys; from sglserve.server_args import prepare_server_args as p; "
+            "a = p(['--model-path', 'x', '--load-format', 'dummy']); print(a.device, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    device, imported = out.stdout.split()
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu") and imported == "False"

@@ -111,8 +111,7 @@ def test_tp_flags(monkeypatch, tmp_path):
         ServerArgs(**base, device="cpu", tp_size=2, dist_init_addr="nohost")
     with pytest.raises(ServerArgsError, match="--node-rank=2 must be in 0..1"):
         ServerArgs(**base, device="cpu", tp_size=2, nnodes=2, node_rank=2, dist_init_addr="h:1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr("sglserve.server_args.cuda_device_count", lambda: 2)
     assert ServerArgs(**base, device="cuda", tp_size=2).tp_size == 2
     with pytest.raises(ServerArgsError, match="--tp-size=4 needs 4 GPUs on this node .* but 2 are visible"):
         ServerArgs(**base, device="cuda", tp_size=4)
