@@ -1,87 +1,8 @@
 #!/usr/bin/env bash
 # The GPU pass in stages, one device call each (<= ~9 min: BUDGET=540 s, every step's timeout is
 # cut to what is left). Logs and results go to $OUT, at most 5 files per stage (8 come back).
-# Scripts of older passes (gpu_check1-3.sh, gpu_final*.sh, gpu_next.sh) are in git history
-# (benchmarks/RESULTS.md names the commits).
-#
-# Prep, here, once (writes the git-ignored carried folders at the project root):
-#   ../shared/device/fetch-wheels.sh          # .whl: wheels the GPU image lacks
-#   benchmarks/device/stages.sh prep          # .tok/smollm2 (HF tokenizer folder saved from the
-#                                             #   SmolLM2 GGUF), .data/sharegpt_head.json (first 20 MB
-#                                             #   of the shipped ShareGPT JSON), .smol/{a,b,sha256}
-#                                             #   (the 98 MB GGUF in two halves: split_gguf.sh); sizes
-# Stages (device commands: `bash benchmarks/device/stages.sh <stage>`, timeout_s 600):
-#   perf    carry .whl .tok .smol/a .smol/sha256  W1, W2, W5, start-up to ready, GPU tests (tests/gpu
-#                                                 tests/kernels, in the time left); keeps part a in /tmp
-#   online  carry .whl .tok .smol/b .smol/sha256  right after perf (the machine stays warm 30 s): joins
-#           .smol/sharegpt50.json                 the GGUF; SmolLM2 2000 x 256/256 at rate inf: offline
-#                                                 Engine (GPU busy), HTTP /generate stream, OpenAI chat
-#                                                 stream, with each server process's CPU; real-weights
-#                                                 bf16 check; FP8 accuracy (issue 12: benchmarks/
-#                                                 fp8_accuracy.py, bf16 vs --quantization fp8, W8A16,
-#                                                 fp8 KV over the 50 ShareGPT conversations that prep
-#                                                 extracts, into online.jsonl); the CPU host-path bench
-#   w3      carry .whl .tok .data                 8B dummy, ShareGPT: 1000 prompts at rate inf, then
-#                                                 4, 8, 16 req/s (240/480/960 prompts: ~60 s each).
-#                                                 W3_MIXED_PROFILE=1 first runs benchmarks/kernels/profile_mixed.py
-#                                                 (~1 min, no server up): one mixed step on 8B, attention split vs
-#                                                 unsplit, whole forward, first step's Triton compiles (w3_mixed.txt;
-#                                                 W3_MIXED_ARGS: its shapes)
-#   ab      carry .whl .tok                       SmolLM2's config with dummy weights (same speed as the
-#                                                 GGUF, no GGUF to carry): decode profile at AB_PROFILE_BS,
-#                                                 offline Engine per --cuda-graph-max-bs in AB_GRAPH, HTTP
-#                                                 /generate per step budget in AB_BUDGETS (AB_FLAGS added to
-#                                                 each), py-spy of the first Engine run and of the first
-#                                                 server's processes ("none" skips a part)
-#   sweep   carry .whl .tok .data .old            W3 at rate inf with other step budgets (SWEEP_BUDGETS,
-#                                                 default "2048 8192"); W2 of the commit in .old (prep:
-#                                                 OLD=<commit> ... prep), of this tree, and of this tree
-#                                                 with the offline step budgets in W2_BUDGETS
-#   tp      carry .whl .tok                       tensor parallelism through the HTTP server (one scheduler per
-#                                                 GPU): per run "model:tp" in TP_RUNS, start-up to ready, W1
-#                                                 (1 x 128/512, rate inf) and W2 (1000 x 256/256) where listed.
-#                                                 Default by visible GPUs: 2 -> "8b:1 8b:2 70b:2" (8B TP=1 vs TP=2
-#                                                 W1 and W2, 70B dummy W1 at TP=2); 4 -> "70b:4 70b:2" (70B W1
-#                                                 and W2 at TP=4, W1 at TP=2). W2 runs for 8b and for 70b at
-#                                                 tp 4 (TP_W2 overrides: a list of "model:tp"). Dry run: a tiny
-#                                                 4-head config, gloo on the CPU (TP_GPUS picks the GPU count).
-#                                                 Runs "model:tp[:nccl|:fp32]" (nccl: W1 without the one-shot
-#                                                 all-reduce; fp32: top-1 only); model smol = the GGUF (carry
-#                                                 .smol/a in one call, .smol/b in the next); TP_SPY="8b:2" py-spies
-#                                                 that run's W2 (carry .spy: the py-spy wheel); TP_TESTS: pytest
-#                                                 paths, TP_K: a -k expression ("two_nodes or smollm2")
-#   fi      carry .whl .fi .tok                   the FlashInfer attention backend (.fi: ../shared/device/fetch-flashinfer.sh,
-#                                                 ~32 MB): FI_PARTS (default "tests engine bench"): tests = tests/kernels/
-#                                                 test_flashinfer_backend.py on the real library; engine = tests/gpu/
-#                                                 test_engine_gpu.py with SGLSERVE_GPU_TEST_ATTENTION_BACKEND=flashinfer;
-#                                                 bench = W1 and W2 (8B dummy) per backend in FI_BACKENDS (default
-#                                                 "triton flashinfer"), FI_FLAGS added (e.g. "--page-size 16"), into
-#                                                 fi_w1.jsonl / fi_w2.jsonl. FlashInfer JIT-compiles each kernel on first
-#                                                 use (~15 s decode, ~100 s sm90 prefill) into ~/.cache/flashinfer, kept
-#                                                 while the machine is warm: if one call runs out of time, run
-#                                                 FI_PARTS=tests first, then FI_PARTS="engine bench" on the warm machine
-#   gemv    carry .whl .tok                       the skinny GEMM for M <= 16 (issue 12): benchmarks/kernels/bench_gemv.py
-#                                                 times cuBLAS bf16, row-wise _scaled_mm FP8 and the kernel's configs
-#                                                 at 8B, 8B TP=2 and 70B TP=4 shapes, M 1..16 (GEMV_BUDGET s, default
-#                                                 250), writes $OUT/gemv_table.json (also kept in $STATE), then W1 bf16
-#                                                 and W1 --quantization fp8 with that table (8B dummy). GEMV_RUNS picks
-#                                                 the parts (default "sweep w1 w1fp8"; w1off / w1fp8off: the same W1
-#                                                 with the kernel off, for the A/B; "tests": the GEMV GPU tests); a
-#                                                 second call without "sweep" reuses $STATE's table
-# (.data does not fit beside .smol/b in online's 64 MiB, hence the third stage.)
-#
-# perf's knobs: PERF_RUNS (default "w1 w2 w5"; w2bf16: W2 once more without W2_KV / W2_QUANT), GPU_TESTS (pytest arguments, default "tests/gpu tests/kernels"),
-# W2_KV (e.g. fp8_e4m3: W2 with --kv-cache-dtype W2_KV; its JSON line reports the pool: max_total_num_tokens,
-# kv_bytes_per_token, kv_cache_gb), W2_QUANT (fp8: W2 with --quantization fp8; the issue-12 run is both). online's real-weights checks include FP8 KV perplexity vs bf16 KV (Triton).
-# online's checks after the HTTP runs: ONLINE_CHECKS (default "engine_host parity fp8kv acc host"), PARITY_K (-k for the
-# bf16 check's tests/gpu/test_engine_gpu.py, e.g. "top1 and bfloat16").
-# STARTUP_RUNS (launches timed by benchmarks/bench_startup.py, default 2; SKIP_STARTUP=1 skips them).
-# Load: bench_serving with --client-procs ${CLIENT_PROCS:-4} (one client loop cannot parse a small model's
-# stream); online's checks after the three runs are skipped with SKIP_CHECKS=1.
-# Dry run on the CPU (tiny random Llama config, real SmolLM2 GGUF, small counts, no wheels):
-#   DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp|gemv
-# It reads the carried folders from CARRY_ROOT (DRYRUN default: /tmp/sglserve-stages-dry/carry,
-# written by `DRYRUN=1 ... prep`), and keeps its state in STATE instead of /tmp.
+# Each stage's carry, parts and knobs: benchmarks/README.md, "Stages, carries and knobs".
+# Dry run on the CPU: DRYRUN=1 OUT=/tmp/dry benchmarks/device/stages.sh prep|perf|online|w3|tp|gemv
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=${1:-}
@@ -184,7 +105,8 @@ perf)
   w2() { timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
       --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY "$@" --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
   [[ $runs == *" w2 "* ]] && { log "W2 ${W2_KV:+kv $W2_KV }${W2_QUANT:+quantization $W2_QUANT}"; w2 ${W2_KV:+--kv-cache-dtype $W2_KV} ${W2_QUANT:+--quantization $W2_QUANT}; }
-  # w2bf16: the same W2 without W2_KV / W2_QUANT (the bf16 counterpart in the same call)
+  # w2q: W2 with W2_QUANT only (KV in the model dtype); w2bf16: without W2_KV / W2_QUANT (the same call's bf16 counterpart)
+  [[ $runs == *" w2q "* ]] && { log "W2 quantization ${W2_QUANT:-none}, KV auto"; w2 ${W2_QUANT:+--quantization $W2_QUANT}; }
   [[ $runs == *" w2bf16 "* ]] && { log "W2 bf16"; w2; }
   [[ $runs == *" w5 "* ]] && { log "W5"; timeout "$(cap 90)" $PY -m sglserve.bench_offline_throughput --model-path $Q $D $DEV $W5 \
       --random-range-ratio 0.09765625 $BUSY --result-file "$OUT/w5.jsonl" 2>&1 | tail -1; }
