@@ -115,6 +115,10 @@ perf)
   [ "${SKIP_STARTUP:-0}" = 1 ] || { log "start-up to ready, ${STARTUP_RUNS:-2} runs"; timeout "$(cap 150)" $PY benchmarks/bench_startup.py \
       --runs "${STARTUP_RUNS:-2}" --timeout 120 --log "$OUT/perf_server.log" --tag startup_8b -- --model-path $L $D $DEV \
       --tokenizer-path "$TOK" | cut -c1-700; }
+  # IMPORT_PROFILE=1: `-X importtime` of the scheduler child's start-up and of the launcher's HTTP side, one file each
+  # (benchmarks/import_profile.py; with PERF_RUNS=none the stage keeps to perf.log, perf_server.log and these two)
+  [ "${IMPORT_PROFILE:-0}" = 1 ] && for side in scheduler http; do log "import profile: $side"; timeout "$(cap 120)" \
+    $PY -X importtime benchmarks/import_profile.py $side -- --model-path $L $D $DEV --tokenizer-path "$TOK" 2> "$OUT/import_$side.txt" > /dev/null; tail -1 "$OUT/import_$side.txt"; done
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
   log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests ${GPU_TESTS:-tests/gpu tests/kernels} -p no:cacheprovider 2>&1 | tail -4 ;;
 online)

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from sglserve.server_args import ServerArgs
+from sglserve.utils.process import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ class HttpSidePrep:
                 from sglserve.utils.hf_transformers_utils import get_tokenizer
 
                 self.tokenizer = get_tokenizer(sa.tokenizer_path, sa.trust_remote_code)
+            # The full collection over what start-up has built (modules, tokenizer: ~0.1 s on the
+            # CPU runner), here beside the scheduler: the launcher's freeze after the ReadyMsgs
+            # then walks only the few objects made since
+            freeze_startup_objects()
         except BaseException as e:  # raised in the caller's thread by result()
             self.error = e
         finally:

@@ -34,7 +34,6 @@ from sglserve.io_struct import (
 from sglserve.model_executor.forward_batch import ForwardMode
 from sglserve.model_executor.model_runner import ModelRunner
 from sglserve.scheduler.batch_runner import BatchRunner
-from sglserve.scheduler.grammar_manager import GrammarManager
 from sglserve.scheduler.kv_accounting import KVAccounting
 from sglserve.scheduler.output_sender import OutputSender
 from sglserve.scheduler.overlap import LaunchedBatch, all_overlap_safe, carried_rows
@@ -45,8 +44,8 @@ from sglserve.scheduler.running_batch import RunningBatch
 from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.scheduler.schedule_policy import SchedulePolicy, clip_max_new_tokens
 from sglserve.scheduler.stats import SchedulerStats
+from sglserve.scheduler.text_side import start_text_side
 from sglserve.server_args import PortArgs, ServerArgs
-from sglserve.utils.hf_transformers_utils import get_tokenizer
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
 from sglserve.utils.zmq_queue import PullQueue, PushQueue
@@ -62,9 +61,10 @@ class Scheduler:
         self.server_args = sa = server_args
         self.tp_rank, self.tp_size = tp_rank, sa.tp_size
         self.model_config = ModelConfig.from_server_args(server_args)
-        self.tokenizer = None if sa.skip_tokenizer_init else get_tokenizer(sa.tokenizer_path)
-        self.eos_token_ids = self._eos_token_ids()
+        text_side = start_text_side(sa, self.model_config, agree=all_reduce_min if self.tp_size > 1 else None)
         self.model_runner = mr = ModelRunner(self.model_config, server_args, tp_rank, dist_init_addr)
+        text = text_side.result()
+        self.tokenizer, self.eos_token_ids, self.grammar_manager = text.tokenizer, text.eos_token_ids, text.grammar_manager
         self.context_len = mr.context_len
         self.max_total_num_tokens = mr.max_total_num_tokens
         self.max_running_requests = mr.max_running_requests
@@ -78,8 +78,6 @@ class Scheduler:
         max_prefill = max(sa.max_prefill_tokens, self.step_budget or 0)
         self.planner = PrefillPlanner(self.kv, policy, max_prefill, self.max_running_requests, clip)
         self.running = RunningBatch(self.kv, clip)
-        self.grammar_manager = GrammarManager(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids,
-                                              sa.grammar_backend, agree=all_reduce_min if self.tp_size > 1 else None)
         self.output_sender = OutputSender(stream_interval=sa.stream_interval)
         self.stats = SchedulerStats(self.kv, sa.decode_log_interval, sa.enable_cache_report)
         self.intake = RequestIntake(self.context_len, self.max_total_num_tokens, sa.page_size, self.eos_token_ids,
@@ -106,23 +104,6 @@ class Scheduler:
             self.max_total_num_tokens, self.step_budget, max_prefill, self.max_running_requests,
             self.context_len, sa.page_size, clip,
         )
-
-    def _eos_token_ids(self) -> set:
-        ids = set()
-        eos = getattr(self.model_config.hf_config, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        try:
-            from transformers import GenerationConfig
-
-            gen = GenerationConfig.from_pretrained(self.server_args.model_path)
-            eos = gen.eos_token_id
-            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-        except Exception:  # no generation_config.json (GGUF, dummy)
-            pass
-        ids.discard(None)
-        return ids
 
     def ready_info(self) -> dict:
         return {
@@ -343,8 +324,10 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
         logger.error("Scheduler failed to start:\n%s", traceback.format_exc())
         ready_writer.send(ReadyMsg(who="scheduler", error=f"{type(e).__name__}: {e}"))
         sys.exit(1)
-    freeze_startup_objects()
     ready_writer.send(ReadyMsg(who="scheduler", info=scheduler.ready_info()))
+    # After the ReadyMsg: the full collection (~0.15 s on the CPU runner) overlaps with the
+    # launcher's own last steps instead of delaying them (a request arriving meanwhile waits in its socket)
+    freeze_startup_objects()
     try:
         scheduler.event_loop()
     except Exception:
