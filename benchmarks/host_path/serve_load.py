@@ -38,7 +38,9 @@ class Server:
         fd, self.ids_path = tempfile.mkstemp(prefix="hp-ids-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(list(table), f)
-        env = dict(os.environ, SGLSERVE_BENCH_FREE_FORWARD=self.ids_path,
+        # 1-wide stub logits: a step with a chunked prompt gathers its sampled rows, a ~400 MB copy at
+        # 2000 rows of the full vocabulary on this CPU that is an asynchronous gather on a GPU (hp_stubs)
+        env = dict(os.environ, SGLSERVE_BENCH_FREE_FORWARD=self.ids_path, SGLSERVE_BENCH_LOGITS_WIDTH="1",
                    PYTHONPATH=os.pathsep.join([os.path.join(HERE, "site"), os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "sglserve.launch_server", "--model-path", model_dir, "--load-format", "dummy",
                "--tokenizer-path", tokenizer_path, "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),

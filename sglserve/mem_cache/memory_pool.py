@@ -203,8 +203,15 @@ class PagedTokenToKVPoolAllocator:
 
     @property
     def free_pages(self) -> List[int]:
-        """The free pages, the next one handed out last (for checks and tests)."""
+        """The free pages, the next one handed out last (for tests)."""
         return self._stack[: self._top].tolist()
+
+    def free_page_ids(self) -> np.ndarray:
+        """The free pages as a read-only int64 view of the stack: the idle check reads millions of
+        them (a GPU pool), which as a Python list cost ~0.2 s while the next request waited."""
+        view = self._stack[: self._top]
+        view.flags.writeable = False
+        return view
 
     def available_size(self) -> int:
         return self._top * self.page_size

@@ -355,7 +355,7 @@ class RadixCache(BasePrefixCache):
             if (np.bincount(ids) > 1).any():
                 raise RuntimeError("a page is owned by two tree nodes")
             is_free = np.zeros(alloc.num_pages + 1, dtype=bool)
-            is_free[np.asarray(alloc.free_pages, dtype=np.int64)] = True
+            is_free[alloc.free_page_ids()] = True
             if is_free[ids].any():
                 raise RuntimeError(f"tree pages are free in the allocator: {ids[is_free[ids]][:5].tolist()}")
         super().check_integrity(outstanding_tokens)

@@ -225,3 +225,19 @@ def test_req_to_token_pool_rows() -> None:
     pool.alloc(3)
     pool.clear()
     assert pool.available_size() == 3
+
+
+def test_free_page_ids_is_the_free_list_read_only() -> None:
+    """The idle check reads the free pages as an array view: the same pages as free_pages, in
+    the same order, and writing through it must fail (it is the allocator's own stack)."""
+    import numpy as np
+
+    alloc = PagedTokenToKVPoolAllocator(64, 4, "cpu")
+    taken = alloc.alloc(10)
+    alloc.free(taken[:4])
+    ids = alloc.free_page_ids()
+    assert ids.tolist() == alloc.free_pages and ids.dtype == np.int64
+    with pytest.raises(ValueError):
+        ids[0] = 0
+    alloc.alloc(4)  # the allocator still writes its stack after a view was handed out
+    assert alloc.free_page_ids().tolist() == alloc.free_pages

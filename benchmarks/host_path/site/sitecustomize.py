@@ -12,6 +12,8 @@ def _install(path: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import hp_stubs
 
+    # SGLSERVE_BENCH_LOGITS_WIDTH=1: 1-wide logits, as engine_mode uses (hp_stubs.LOGITS_WIDTH says why)
+    hp_stubs.LOGITS_WIDTH = int(os.environ.get("SGLSERVE_BENCH_LOGITS_WIDTH", hp_stubs.VOCAB))
     with open(path) as f:
         hp_stubs.install_on_class(json.load(f))
 

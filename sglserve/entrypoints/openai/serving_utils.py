@@ -6,9 +6,9 @@ from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Tuple
 
 import orjson
 from fastapi import Response
-from fastapi.responses import StreamingResponse
 
 from sglserve.entrypoints.openai.protocol import ErrorResponse
+from sglserve.entrypoints.sse_response import SSEResponse
 from sglserve.tokenizer.req_state import ClientDisconnected, ServerError
 
 ERROR_TYPES = {
@@ -75,8 +75,8 @@ async def sse_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-def stream_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(sse_stream(frames), media_type="text/event-stream")
+def stream_response(frames: AsyncIterator[bytes]) -> SSEResponse:
+    return SSEResponse(sse_stream(frames), media_type="text/event-stream")
 
 
 async def final_outputs(gen: AsyncIterator[Any]) -> List[Dict[str, Any]]:
