@@ -9,8 +9,10 @@ One program per token handles every q and k head of that token.
 Rounding points are transformers' Llama ones (`q * cos + rotate_half(q) * sin` with cos/sin
 computed in fp32 and cast to the activation dtype): cos and sin are rounded to the dtype of
 q, each product is rounded, then the sum. In fp32 every rounding is the identity; in bf16 the
-output is bit-exact with transformers given the same q, k and table. Math stays in fp32
-registers between the explicit roundings, so no FMA can skip one.
+output is bit-exact with transformers given the same q, k and table. In bf16 the roundings are
+integer operations: written as casts (fp32 -> bf16 -> fp32), the compiler may narrow a product
+of two bf16 values to a bf16 multiply and fuse it with the following add into one FMA, a single
+rounding where transformers has two (the H100 gave 18-23 % of elements off, RESULTS.md V5).
 """
 
 from __future__ import annotations
@@ -25,8 +27,24 @@ from ._utils import next_pow2
 
 
 @triton.jit
+def _round_bf16(x):
+    """fp32 x rounded to the nearest-even bf16 value, still fp32 (NaN stays NaN)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    r = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return tl.where(x == x, r, x)
+
+
+@triton.jit
+def _round(x, dt: tl.constexpr, BF16: tl.constexpr):
+    if BF16:
+        return _round_bf16(x)
+    else:
+        return x.to(dt).to(tl.float32)
+
+
+@triton.jit
 def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
-            HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr):
+            HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr):
     offs_h = tl.arange(0, BLOCK_H)
     mask = (offs_h < n_heads)[:, None] & mask_r[None, :]
     if IS_NEOX:
@@ -39,11 +57,11 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
     dt = X.dtype.element_ty
     x1 = tl.load(base + i1[None, :], mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(base + i2[None, :], mask=mask, other=0.0).to(tl.float32)
-    c = cos.to(dt).to(tl.float32)
-    s = sin.to(dt).to(tl.float32)
+    c = _round(cos, dt, BF16)
+    s = _round(sin, dt, BF16)
     # round(round(x1*c) - round(x2*s)): transformers' x1*cos + (-x2)*sin in the activation dtype
-    y1 = (x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)
-    y2 = (x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)
+    y1 = _round(_round(x1 * c, dt, BF16) - _round(x2 * s, dt, BF16), dt, BF16)
+    y2 = _round(_round(x2 * c, dt, BF16) + _round(x1 * s, dt, BF16), dt, BF16)
     tl.store(base + i1[None, :], y1.to(dt), mask=mask)
     tl.store(base + i2[None, :], y2.to(dt), mask=mask)
 
@@ -51,15 +69,15 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
 @triton.jit
 def _rope(Q, K, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh, stride_cs, n_q, n_k,
           HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-          IS_NEOX: tl.constexpr):
+          IS_NEOX: tl.constexpr, BF16: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < HALF
     cos = tl.load(cos_sin + pos * stride_cs + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(cos_sin + pos * stride_cs + HALF + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
-    _rotate(Q, t, stride_qt, stride_qh, n_q, cos, sin, offs_r, mask_r, HALF, BLOCK_HQ, IS_NEOX)
-    _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX)
+    _rotate(Q, t, stride_qt, stride_qh, n_q, cos, sin, offs_r, mask_r, HALF, BLOCK_HQ, IS_NEOX, BF16)
+    _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX, BF16)
 
 
 def rotary_embedding(
@@ -86,7 +104,7 @@ def rotary_embedding(
         q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
         q.shape[1], k.shape[1],
         HALF=half, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]),
-        IS_NEOX=is_neox, num_warps=4,
+        IS_NEOX=is_neox, BF16=query.dtype == torch.bfloat16, num_warps=4,
     )
     return query, key
 
