@@ -7,15 +7,29 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 
-def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def _auto_tokenizer() -> Any:
+    """transformers' AutoTokenizer, imported on first use: its module pulls in auto_factory and,
+    through it, transformers' generation, masking and FSDP modules (sympy, torch._dynamo,
+    torch.distributed.tensor, and sklearn where installed): 4.8 s of the scheduler's 9.1 s of
+    imports on the H100 host (RESULTS.md V5). The scheduler loads its tokenizer on a thread
+    beside the model (scheduler/text_side.py), so that import now runs there."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
+
+
+def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
     """Load the tokenizer; the chat template comes with it (tokenizer.chat_template).
 
     A .gguf file carries its vocabulary and chat template in its metadata; transformers
@@ -26,7 +40,7 @@ def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> PreTr
     """
     if str(tokenizer_path).endswith(".gguf"):
         return _gguf_tokenizer(os.path.abspath(tokenizer_path), trust_remote_code)
-    return AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+    return _auto_tokenizer().from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
 
 
 def tokenizer_cache_root() -> Optional[str]:
@@ -74,8 +88,8 @@ def _gguf_converted(loader: Any, path: str, kind: str, trust_remote_code: bool) 
     return obj
 
 
-def _gguf_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
-    tokenizer = _gguf_converted(AutoTokenizer, path, "tokenizer", trust_remote_code)
+def _gguf_tokenizer(path: str, trust_remote_code: bool) -> "PreTrainedTokenizerBase":
+    tokenizer = _gguf_converted(_auto_tokenizer(), path, "tokenizer", trust_remote_code)
     tokenizer.name_or_path = os.path.dirname(path)  # as a direct load names it, not the cache folder
     return tokenizer
 
@@ -89,7 +103,7 @@ def get_gguf_config(path: str, trust_remote_code: bool = False) -> PretrainedCon
     return config
 
 
-def _save_atomically(obj: PreTrainedTokenizerBase | PretrainedConfig, dest: str) -> None:
+def _save_atomically(obj: "PreTrainedTokenizerBase | PretrainedConfig", dest: str) -> None:
     """Write into a temp folder beside dest, then rename: a concurrent reader sees all or nothing,
     and of two processes converting at once the second rename simply loses."""
     parent = os.path.dirname(dest)
