@@ -120,7 +120,7 @@ perf)
   [ "${IMPORT_PROFILE:-0}" = 1 ] && for side in scheduler http; do log "import profile: $side"; timeout "$(cap 120)" \
     $PY -X importtime benchmarks/import_profile.py $side -- --model-path $L $D $DEV --tokenizer-path "$TOK" 2> "$OUT/import_$side.txt" > /dev/null; tail -1 "$OUT/import_$side.txt"; done
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
-  log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests ${GPU_TESTS:-tests/gpu tests/kernels} -p no:cacheprovider 2>&1 | tail -4 ;;
+  log "GPU tests"; timeout "$(cap 400 5)" $PY -m pytest -q $tests ${GPU_TESTS:-tests/gpu tests/kernels tests/unit/test_fp8_loading.py} -p no:cacheprovider 2>&1 | tail -4 ;;
 online)
   GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
   [ -f "$SMOL/b" ] && [ -f "$STATE/smol.part_a" ] && cat "$STATE/smol.part_a" "$SMOL/b" > "$GGUF"

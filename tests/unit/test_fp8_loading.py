@@ -35,11 +35,11 @@ def tiny():
     return config, tiny_state_dict(config)
 
 
-def _logits(folder: str, **kw) -> tuple:
-    model, config = load_model(folder, **kw)
-    runner = PagedModelRunner(model, config)
+def _logits(folder: str, device: str = "cpu", **kw) -> tuple:
+    model, config = load_model(folder, device=device, **kw)
+    runner = PagedModelRunner(model, config, device=device)
     reqs = [runner.new_req() for _ in PROMPTS]
-    return model, runner.extend(reqs, PROMPTS, return_all_logits=True).all_logits
+    return model, runner.extend(reqs, PROMPTS, return_all_logits=True).all_logits.float().cpu()
 
 
 def _calibration_amax(folder: str) -> dict:
@@ -68,7 +68,7 @@ def _check_fused_rows(model, ref: dict) -> None:
     for fused, parts, prefix in ((layer.self_attn.qkv_proj, ("q_proj", "k_proj", "v_proj"), "self_attn"),
                                  (layer.mlp.gate_up_proj, ("gate_proj", "up_proj"), "mlp")):
         assert fused.weight.dtype == FP8_DTYPE
-        got = dequantize(fused.weight, fused.weight_scale, fused.weight_block, torch.float32)
+        got = dequantize(fused.weight, fused.weight_scale, fused.weight_block, torch.float32).cpu()
         want = torch.cat([ref[f"model.layers.1.{prefix}.{p}.weight"] for p in parts])
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
@@ -79,8 +79,13 @@ def _close(got: torch.Tensor, want: torch.Tensor, max_rel: float, min_top1: floa
     assert rel < max_rel and top1 >= min_top1, f"relative error {rel:.4f}, top-1 agreement {top1:.3f}"
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]  # on CUDA the linears go through fp8_linear's dispatch
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["fp8-block", "ct-channel-dynamic", "ct-tensor-static", "ct-channel-weight-only"])
-def test_fp8_checkpoint_matches_dequantized_reference(tiny, tmp_path, layout):
+def test_fp8_checkpoint_matches_dequantized_reference(tiny, tmp_path, layout, device):
     config, sd = tiny
     src = write_unquantized(str(tmp_path / "bf16"), sd, config, torch.float32, tokenizer=False)
     folder = str(tmp_path / layout)
@@ -93,9 +98,9 @@ def test_fp8_checkpoint_matches_dequantized_reference(tiny, tmp_path, layout):
         ref = write_compressed_tensors_fp8(folder, sd, config, "channel", acts, tokenizer=False)
     ref_folder = write_unquantized(str(tmp_path / "ref"), ref, config, torch.float32, tokenizer=False)
 
-    model, got = _logits(folder)
+    model, got = _logits(folder, device)
     _check_fused_rows(model, ref)
-    _, want = _logits(ref_folder)
+    _, want = _logits(ref_folder, device)
     if layout == "ct-channel-weight-only":  # W8A16: the same math as the dequantized model
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
     else:  # activations rounded through FP8 too (about 3 significant bits)
