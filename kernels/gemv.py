@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
+from .fp8_rows import quantize_rows_ref
 from .numerics import exact_div
 
 MAX_M = 16
@@ -344,19 +345,13 @@ def skinny_gemm_fp8_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: tor
     at least 1e-12), W dequantized exactly, no intermediate bf16 rounding."""
     xf = x.float()
     k = x.shape[-1]
-    if activation_strategy is not None:
-        if input_scale is not None:
-            scale = input_scale.float()
-        elif activation_strategy == "token":
-            scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=_MIN_SCALE)
-        elif activation_strategy == "tensor":
-            scale = exact_div(xf.abs().amax(), FP8_MAX).clamp(min=_MIN_SCALE)
-        else:  # group
-            g = xf.unflatten(-1, (k // weight_block[1], weight_block[1]))
-            gs = exact_div(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=_MIN_SCALE)
-            xf = (_ref_quantize(g, gs) * gs).flatten(-2)
-        if activation_strategy != "group" or input_scale is not None:
-            xf = _ref_quantize(xf, scale) * scale
+    if activation_strategy == "group" and input_scale is None:
+        g = xf.unflatten(-1, (k // weight_block[1], weight_block[1]))
+        gs = exact_div(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=_MIN_SCALE)
+        xf = (_ref_quantize(g, gs) * gs).flatten(-2)
+    elif activation_strategy is not None:  # per token, per tensor, or static: the W8A8 GEMM's rows
+        q, scale = quantize_rows_ref(xf.reshape(-1, k), input_scale, activation_strategy)
+        xf = (q.float() * scale).reshape(xf.shape)
     wf = weight.float()
     s = weight_scale.float()
     if weight_block is not None:
