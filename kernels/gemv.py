@@ -37,13 +37,11 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
-from .fp8_rows import quantize_rows_ref
+from .fp8_rows import _MIN_SCALE, FP8_MAX, quantize_rows_ref
 from .numerics import exact_div
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
-FP8_MAX = 448.0
-_MIN_SCALE = 1e-12
 # activation modes (constexpr ACT)
 ACT_NONE, ACT_TOKEN, ACT_TENSOR, ACT_STATIC, ACT_GROUP = 0, 1, 2, 3, 4
 _QUANT_BLOCK = 8192  # elements of x one pre-kernel iteration holds (8 warps: 32 a thread)
