@@ -102,6 +102,8 @@ perf)
   runs=" ${PERF_RUNS:-w1 w2 w5} "
   [[ $runs == *" w1 "* ]] && { log "W1"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV --batch-size 1 --input-len 128 \
       --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400; }
+  [[ $runs == *" w1fp8 "* ]] && { log "W1 --quantization fp8"; timeout "$(cap 90)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV \
+      --quantization fp8 --batch-size 1 --input-len 128 --output-len $W1_OUT --result-file "$OUT/w1.jsonl" 2>&1 | grep -E '^\{|rror' | cut -c1-400; }
   w2() { timeout "$(cap 120)" $PY -m sglserve.bench_offline_throughput --model-path $L $D $DEV --num-prompts $W2_N \
       --random-input-len 256 --random-output-len 256 --random-range-ratio 1.0 $BUSY "$@" --result-file "$OUT/w2.jsonl" 2>&1 | tail -1; }
   [[ $runs == *" w2 "* ]] && { log "W2 ${W2_KV:+kv $W2_KV }${W2_QUANT:+quantization $W2_QUANT}"; w2 ${W2_KV:+--kv-cache-dtype $W2_KV} ${W2_QUANT:+--quantization $W2_QUANT}; }
