@@ -24,11 +24,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
 from typing import Dict, List, Optional
 
-from sglserve.entrypoints.http_prep import HttpSidePrep
-from sglserve.io_struct import ReadyMsg
-from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args
-from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import freeze_startup_objects
+from sglserve.utils.optional_imports import hide_unused_optional_packages
+
+hide_unused_optional_packages()  # before transformers; spawned children run this module first too
+
+from sglserve.entrypoints.http_prep import HttpSidePrep  # noqa: E402
+from sglserve.io_struct import ReadyMsg  # noqa: E402
+from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args  # noqa: E402
+from sglserve.utils.logging_utils import configure_logger  # noqa: E402
+from sglserve.utils.process import freeze_startup_objects  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
