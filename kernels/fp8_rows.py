@@ -6,7 +6,7 @@ cast): ~600 MB of traffic for a 4096 x 4096 step, about as long as the FP8 GEMM 
 left W2 with `--quantization fp8` no faster than bf16 (RESULTS.md, H100). Here x is read twice
 (the row's absolute max, then the quantization) and only the FP8 bytes are written.
 
-Numerics are `quantize_rows_ref` bit for bit: scale = amax / 448 (correctly rounded, at least
+Numerics are `numerics.quantize_rows_ref` bit for bit: scale = amax / 448 (correctly rounded, at least
 1e-12), q = x / scale correctly rounded, saturated to +-448, rounded to nearest-even E4M3.
 """
 
@@ -20,10 +20,8 @@ import triton.language as tl
 
 from ._utils import next_pow2
 from .kv_store import quant_fp8
-from .numerics import exact_div
+from .numerics import _MIN_SCALE, FP8_MAX, exact_div
 
-FP8_MAX = 448.0
-_MIN_SCALE = 1e-12
 _BLOCK = 1024  # elements of a row per iteration
 
 
@@ -70,18 +68,3 @@ def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activat
     _quant_rows[(m,)](x2, static.float() if static is not None else x2, q, scale, k, x2.stride(0), q.stride(0),
                       STATIC=static is not None, BLOCK=block, num_warps=4 if block >= 512 else 1)
     return q, scale
-
-
-def quantize_rows_ref(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The torch reference: exactly as fake_quantize_activation quantizes (before it scales back)."""
-    xf = x2.float()
-    m = x2.shape[0]
-    if input_scale is not None:
-        scale = input_scale.float().reshape(1, 1).expand(m, 1)
-    elif activation_strategy == "token":
-        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
-    else:
-        scale = exact_div(xf.abs().amax(), FP8_MAX).clamp_(min=_MIN_SCALE).reshape(1, 1).expand(m, 1)
-    scale = scale.contiguous()
-    return exact_div(xf, scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
-from .fp8_rows import _MIN_SCALE, FP8_MAX, quantize_rows_ref
+from .numerics import _MIN_SCALE, FP8_MAX, quantize_rows_ref
 from .numerics import exact_div
 
 MAX_M = 16

@@ -3,7 +3,12 @@ import: sglserve's CPU path imports this)."""
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+_MIN_SCALE = 1e-12  # an all-zero row keeps a finite scale
 
 
 def exact_div(x: torch.Tensor, d) -> torch.Tensor:
@@ -16,3 +21,22 @@ def exact_div(x: torch.Tensor, d) -> torch.Tensor:
     elif d.device != x.device:
         d = d.to(x.device)
     return x / d
+
+
+def quantize_rows_ref(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]), per token ("token"), per tensor
+    ("tensor") or static (input_scale): the CPU path's W8A8 activations (fp8_utils.
+    fake_quantize_activation) and the reference of the Triton kernels (fp8_rows, gemv)."""
+    xf = x2.float()
+    m = x2.shape[0]
+    if input_scale is not None:
+        scale = input_scale.float().reshape(1, 1).expand(m, 1)
+    elif activation_strategy == "token":
+        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
+    elif activation_strategy == "tensor":
+        scale = exact_div(xf.abs().amax(), FP8_MAX).clamp_(min=_MIN_SCALE).reshape(1, 1).expand(m, 1)
+    else:
+        raise ValueError(f"activation strategy {activation_strategy!r} is unknown")
+    scale = scale.contiguous()
+    return exact_div(xf, scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale

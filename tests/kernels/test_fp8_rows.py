@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sglserve.layers.quantization.fp8_utils import fake_quantize_activation
-from sglserve_kernels.fp8_rows import quantize_rows, quantize_rows_ref
+from sglserve_kernels.fp8_rows import quantize_rows
+from sglserve_kernels.numerics import quantize_rows_ref
 from sglserve_kernels.testing import randn
 
 IO_DTYPE = torch.bfloat16

@@ -9,11 +9,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from sglserve_kernels.numerics import exact_div
+from sglserve_kernels.numerics import _MIN_SCALE, FP8_MAX, exact_div, quantize_rows_ref
 
 FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
-_MIN_SCALE = 1e-12  # an all-zero row or block keeps a finite scale
 
 
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -64,20 +62,12 @@ def fake_quantize_activation(x: torch.Tensor, strategy: str, static_scale: Optio
     """x rounded through FP8 as the GEMM's input would be: per token (dynamic), per 1 x group
     (dynamic, with block weights), or per tensor (dynamic, or static with the checkpoint's
     input_scale). Returns x's dtype."""
-    xf = x.float()
-    if static_scale is not None:
-        scale = static_scale.float()
-    elif strategy == "token":
-        scale = exact_div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
-    elif strategy == "group":
+    if strategy == "group" and static_scale is None:
         inp = x.shape[-1]
         if inp % group_size:
             raise ValueError(f"activation groups of {group_size} do not divide the input size {inp}")
-        g = xf.unflatten(-1, (inp // group_size, group_size))
+        g = x.float().unflatten(-1, (inp // group_size, group_size))
         scale = exact_div(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp_(min=_MIN_SCALE)
         return (to_fp8(g, scale).float() * scale).flatten(-2).to(x.dtype)
-    elif strategy == "tensor":
-        scale = exact_div(xf.abs().amax(), FP8_MAX).clamp_(min=_MIN_SCALE)
-    else:
-        raise ValueError(f"activation strategy {strategy!r} is unknown")
-    return (to_fp8(xf, scale).float() * scale).to(x.dtype)
+    q, scale = quantize_rows_ref(x.reshape(-1, x.shape[-1]), static_scale, strategy)
+    return (q.float() * scale).reshape(x.shape).to(x.dtype)
