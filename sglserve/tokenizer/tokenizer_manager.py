@@ -74,7 +74,8 @@ class TokenizerManager:
         self.encoder = BatchEncoder(tokenizer)
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
-        self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
+        workers = server_args.api_server_count  # each HTTP worker admits its share of the limit (rounded up)
+        self.admission = AdmissionControl(None if queued is None or running is None else -(-(running + queued) // workers),
                                           lambda: len(self.rid_to_state))
         self.metrics: Any = None  # a metrics.collector.MetricsCollector with --enable-metrics
 
