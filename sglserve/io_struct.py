@@ -91,6 +91,7 @@ class TokenizedGenerateReqInput(Msg, tag=True, kw_only=True):
     # Copies of one prompt (n > 1) share a group: the scheduler prefills one, the rest reuse its KV
     prefix_group: Optional[str] = None
     cache_salt: Optional[str] = None  # prefix-cache namespace: only requests with the same salt share KV
+    http_worker: int = 0  # the HTTP process (--api-server-count) its outputs go back to
 
 
 class AbortReq(Msg, tag=True, kw_only=True):
@@ -98,7 +99,7 @@ class AbortReq(Msg, tag=True, kw_only=True):
 
 
 class FlushCacheReq(Msg, tag=True, kw_only=True):
-    pass
+    http_worker: int = 0  # the HTTP process the reply goes to
 
 
 class FlushCacheReqOutput(Msg, tag=True, kw_only=True):
@@ -108,6 +109,8 @@ class FlushCacheReqOutput(Msg, tag=True, kw_only=True):
 
 class GetLoadReq(Msg, tag=True, kw_only=True):
     """Asks the scheduler for its KV pool, queue and token counts (/get_server_info, /metrics, /web/stats)."""
+
+    http_worker: int = 0  # the HTTP process the reply goes to
 
 
 class GetLoadReqOutput(Msg, tag=True, kw_only=True):
@@ -172,6 +175,8 @@ class Columns(Msg, kw_only=True):
     finished: List[int] = msgspec.field(default_factory=list)
     finished_reasons: List[Dict[str, Any]] = msgspec.field(default_factory=list)
     logprobs: Optional[LogprobNews] = None
+    # With --api-server-count > 1, request i's HTTP process (None: all go to the only one)
+    http_workers: Optional[List[int]] = None
 
     def new_ids(self, i: int) -> List[int]:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]

@@ -100,7 +100,7 @@ def dist_init_addr(server_args: ServerArgs) -> Optional[str]:
 
 def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
     """Spawn this node's scheduler ranks (and, on node 0, the detokenizer); wait_ready() waits for them."""
-    port_args = PortArgs.create()
+    port_args = PortArgs.create(server_args.api_server_count)
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
     addr = dist_init_addr(server_args)
@@ -212,6 +212,10 @@ def uvicorn_config(server_args: ServerArgs, app):
 
 
 def run_server(server_args: ServerArgs) -> int:
+    if server_args.api_server_count > 1:  # N HTTP processes; this one only starts and watches them
+        from sglserve.entrypoints.http_workers import run_http_workers
+
+        return run_http_workers(server_args)
     subs = start_subprocesses(server_args)  # first: the scheduler's imports and loading are the long pole
     state: dict = {}
     try:

@@ -58,6 +58,7 @@ class ServerArgs:
     api_key: Optional[str] = field(default=None, repr=False)  # never in logs or tracebacks
     max_payload_size: int = 32 * 1024 * 1024
     enable_metrics: bool = False
+    api_server_count: int = 1  # HTTP processes sharing --port (entrypoints/http_workers.py)
     disable_access_log: bool = False
     disable_web_ui: bool = False  # no playground/dashboard page at / and no /web/stats (docs/web_ui.md)
     # Limits and shutdown (docs/reliability.md)
@@ -113,7 +114,7 @@ class ServerArgs:
     }
 
     # vLLM's names for the same flags
-    ALIASES = {"chunked_prefill_size": ["--max-num-batched-tokens"]}
+    ALIASES = {"chunked_prefill_size": ["--max-num-batched-tokens"], "api_server_count": ["--tokenizer-worker-num"]}
 
     HELP = {
         "model_path": "Model folder (safetensors + config.json), a .gguf file, or a hub id org/name. "
@@ -140,6 +141,8 @@ class ServerArgs:
         "api_key": "Require 'Authorization: Bearer <key>' on every route but /health (or set SGLSERVE_API_KEY).",
         "max_payload_size": "Largest request body in bytes (larger: 413).",
         "enable_metrics": "Serve Prometheus metrics at /metrics.",
+        "api_server_count": "HTTP server processes sharing --port, each with its own tokenizer, all feeding the one "
+                            "scheduler (alias --tokenizer-worker-num, SGLang's name; 1: one process, as before).",
         "disable_access_log": "Turn off uvicorn's per-request access log.",
         "disable_web_ui": "Do not serve the playground and dashboard page at / nor its stats route /web/stats.",
         "max_queued_requests": "Requests allowed to wait beyond --max-running-requests; more get 503 + Retry-After.",
@@ -244,7 +247,8 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ServerArgsError(f"--{name.replace('_', '-')}={value!r} is invalid; allowed: {allowed}")
-        positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size", "stream_interval"]
+        positive = ["port", "page_size", "max_prefill_tokens", "decode_log_interval", "max_payload_size", "stream_interval",
+                    "api_server_count"]
         for name in positive + ["max_total_tokens", "max_running_requests", "context_length", "cuda_graph_max_bs",
                                 "max_queued_requests"]:
             value = getattr(self, name)
@@ -324,7 +328,6 @@ class ServerArgs:
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        defaults = ServerArgs.__dataclass_fields__
         for f in dataclasses.fields(ServerArgs):
             flags = ["--" + f.name.replace("_", "-")] + ServerArgs.ALIASES.get(f.name, [])
             # grammar_backend: validate() answers an unknown or uninstalled backend in one line
@@ -337,7 +340,6 @@ class ServerArgs:
             if f.name == "grammar_backend":
                 help_text = f"{help_text} {{{','.join(ServerArgs.CHOICES[f.name])}}}"
             parser.add_argument(*flags, type=kind, default=f.default, choices=choices, help=help_text)
-        del defaults
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
@@ -376,21 +378,23 @@ def prepare_server_args(argv: Optional[List[str]] = None) -> ServerArgs:
 
 @dataclass
 class PortArgs:
-    """ipc:// endpoints in a private temp dir, one per socket."""
+    """ipc:// endpoints in a private temp dir, one per socket; one tokenizer endpoint per HTTP worker."""
 
     ipc_dir: str
-    tokenizer_ipc_name: str = ""
+    tokenizer_ipc_names: List[str] = field(default_factory=list)  # [k]: HTTP worker k's PULL socket
     scheduler_input_ipc_name: str = ""
     detokenizer_ipc_name: str = ""
 
+    @property
+    def tokenizer_ipc_name(self) -> str:
+        """The only HTTP process's endpoint (--api-server-count 1)."""
+        return self.tokenizer_ipc_names[0]
+
     @classmethod
-    def create(cls) -> "PortArgs":
+    def create(cls, num_http_workers: int = 1) -> "PortArgs":
         import tempfile
 
         d = tempfile.mkdtemp(prefix="sglserve-")
-        return cls(
-            ipc_dir=d,
-            tokenizer_ipc_name=f"ipc://{d}/tokenizer",
-            scheduler_input_ipc_name=f"ipc://{d}/scheduler",
-            detokenizer_ipc_name=f"ipc://{d}/detokenizer",
-        )
+        names = [f"ipc://{d}/tokenizer"] + [f"ipc://{d}/tokenizer{k}" for k in range(1, num_http_workers)]
+        return cls(ipc_dir=d, tokenizer_ipc_names=names, scheduler_input_ipc_name=f"ipc://{d}/scheduler",
+                   detokenizer_ipc_name=f"ipc://{d}/detokenizer")

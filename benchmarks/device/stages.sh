@@ -130,12 +130,19 @@ online)
     || { log "no GGUF matching .smol/sha256: run perf (carrying .smol/a) first, then online within 30 s"; exit 1; }
   log "SmolLM2 offline Engine"; timeout "$(cap 150)" $PY -m sglserve.bench_offline_throughput --model-path "$GGUF" $DEV \
       --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/online.jsonl" 2>&1 | tail -1
-  start_server "$OUT/online_server.log" --model-path "$GGUF" --tokenizer-path "$TOK" $DEV \
-    && for backend in sglserve openai-chat; do
-      log "SmolLM2 HTTP $backend stream"
-      serving "smol_$backend" "$OUT/online.jsonl" --backend $backend --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
-    done
-  stop_server
+  # API_SERVERS="1 4": the two HTTP runs once per --api-server-count value, each on its own server (tags smol_<backend>_api<N>,
+  # logs appended to online_server.log); unset: one server without the flag, as before
+  for api in ${API_SERVERS:-none}; do
+    if [ "$api" = none ]; then sfx=""; api_flags=""; slog=$OUT/online_server.log
+    else sfx="_api$api"; api_flags="--api-server-count $api"; slog=$STATE/online_server$sfx.log; fi
+    start_server "$slog" --model-path "$GGUF" --tokenizer-path "$TOK" $DEV $api_flags \
+      && for backend in sglserve openai-chat; do
+        log "SmolLM2 HTTP $backend stream${api_flags:+ ($api_flags)}"
+        serving "smol_$backend$sfx" "$OUT/online.jsonl" --backend $backend --dataset-name random $SMOL_RUN --random-range-ratio 1 --request-rate inf
+      done
+    stop_server
+    [ "$api" = none ] || { echo "==== --api-server-count $api ====" >> "$OUT/online_server.log"; cat "$slog" >> "$OUT/online_server.log"; }
+  done
   checks=" ${ONLINE_CHECKS:-engine_host parity fp8kv acc host} "
   # The same Engine workload on this host's CPU with a free forward: host µs per prefill and decode step (~15 s)
   [[ $checks == *" engine_host "* ]] && log "host-path CPU bench: the offline Engine workload" && timeout "$(cap 60)" $PY benchmarks/host_path/run.py --no-http \

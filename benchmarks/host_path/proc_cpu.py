@@ -3,6 +3,9 @@
 Why: the host path is three Python processes; which one saturates a core tells where to work.
 The launcher is the HTTP process; its spawned children, in start order, are the scheduler then
 the detokenizer (launch_server.launch_subprocesses); multiprocessing's resource tracker is skipped.
+With --api-server-count N > 1 the HTTP workers come next ("http0".."http<N-1>") and the launcher only
+watches ("launcher"); "http" is then the sum of the launcher and its workers, so the column means
+the same thing for any N.
 
   python benchmarks/host_path/proc_cpu.py --pid <launcher pid> --out cpu.json -- <command ...>
 runs the command and writes {"wall_s", "cores": {http, scheduler, detokenizer}, "cpu_s": {...}}
@@ -26,9 +29,11 @@ def server_procs(pid: int) -> Dict[str, psutil.Process]:
     kids = [c for c in launcher.children(recursive=False)
             if "resource_tracker" not in " ".join(c.cmdline())]
     kids.sort(key=lambda c: c.create_time())
-    procs = {"http": launcher}
+    procs = {"http" if len(kids) <= 2 else "launcher": launcher}
     for name, proc in zip(("scheduler", "detokenizer"), kids):
         procs[name] = proc
+    for k, proc in enumerate(kids[2:]):  # --api-server-count's HTTP workers
+        procs[f"http{k}"] = proc
     return procs
 
 
@@ -59,6 +64,8 @@ class CpuWindow:
     def result(self) -> Dict[str, object]:
         wall = self.t1 - self.t0
         cpu = {k: self.c1[k] - self.c0[k] for k in self.c0}
+        if "launcher" in cpu:
+            cpu["http"] = sum(v for k, v in cpu.items() if k == "launcher" or k[4:].isdigit() and k.startswith("http"))
         return {"wall_s": round(wall, 3), "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
                 "cores": {k: round(v / wall, 3) for k, v in cpu.items()}}
 

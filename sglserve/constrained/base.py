@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import collections
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple
 
-import torch
+if TYPE_CHECKING:  # imported where used: the HTTP processes need grammar_key only, not torch
+    import torch
 
 GrammarKey = Tuple[str, str]  # ("json" | "regex" | "ebnf" | "structural_tag", the grammar text)
 CACHE_SIZE = 1024
@@ -77,6 +78,8 @@ class BaseGrammarBackend:
 
     def allocate_vocab_mask(self, rows: int) -> torch.Tensor:
         """All ones (every token allowed), on the CPU."""
+        import torch
+
         return torch.full((rows, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
 
     def shutdown(self) -> None:
@@ -97,6 +100,8 @@ def fill_vocab_mask(backend: BaseGrammarBackend, matchers: list, device) -> Opti
 def apply_vocab_mask(logits: torch.Tensor, mask: torch.Tensor) -> None:
     """In place: logits of tokens whose bit is 0 become -inf (columns past the mask stay).
     xgrammar's kernel when it is installed (CUDA), else the same in torch."""
+    import torch
+
     mask = mask.to(logits.device)
     try:
         import xgrammar as xgr

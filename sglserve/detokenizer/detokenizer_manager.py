@@ -35,7 +35,8 @@ from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyM
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, setup_child_process
-from sglserve.utils.zmq_queue import PullQueue, PushQueue
+from sglserve.utils.worker_routing import WorkerQueues, select
+from sglserve.utils.zmq_queue import PullQueue
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class DetokenizerManager:
             if len(recv.rids) == 1:
                 logger.exception("Error detokenizing request %s; failing it", recv.rids[0])
                 return self._failed(recv, e)
-        return _concat([self.handle_batch_token_id_out(_pick(recv, i)) for i in range(len(recv.rids))])
+        return _concat([self.handle_batch_token_id_out(select(recv, [i])) for i in range(len(recv.rids))])
 
     def _save(self, rid: str) -> Optional[tuple]:
         s = self.decode_status.get(rid)
@@ -198,26 +199,10 @@ def _str_out(recv: BatchTokenIDOut, texts: List[str], **override: Any) -> BatchS
     return BatchStrOut(texts=texts, **cols)
 
 
-def _pick(recv: BatchTokenIDOut, i: int) -> BatchTokenIDOut:
-    """Request i of a message as a message of its own."""
-    lp = recv.logprobs
-    if lp is not None and i in lp.index:
-        k = lp.index.index(i)
-        lp = LogprobNews(index=[0], **{f: getattr(lp, f)[k : k + 1] for f in LogprobNews.FIELDS})
-    else:
-        lp = None
-    ids = recv.new_ids(i)
-    return BatchTokenIDOut(
-        rids=[recv.rids[i]], offsets=[0, len(ids)], ids=ids, completion_tokens=[recv.completion_tokens[i]],
-        first=[0 for j in recv.first if j == i], infos=[x for j, x in zip(recv.first, recv.infos) if j == i],
-        finished=[0 for j in recv.finished if j == i],
-        finished_reasons=[x for j, x in zip(recv.finished, recv.finished_reasons) if j == i], logprobs=lp,
-    )
-
-
 def _concat(parts: List[BatchStrOut]) -> BatchStrOut:
     """Messages -> one; each part's positions shifted by the requests before it."""
-    out = BatchStrOut(rids=[], offsets=[0], ids=[], completion_tokens=[])
+    out = BatchStrOut(rids=[], offsets=[0], ids=[], completion_tokens=[],
+                      http_workers=None if parts[0].http_workers is None else [])
     lp = LogprobNews(index=[], output=[], output_top=[], input=[], input_top=[])
     for p in parts:
         base = len(out.rids)
@@ -230,6 +215,8 @@ def _concat(parts: List[BatchStrOut]) -> BatchStrOut:
         out.infos += p.infos
         out.finished += [base + j for j in p.finished]
         out.finished_reasons += p.finished_reasons
+        if out.http_workers is not None:
+            out.http_workers += p.http_workers
         if p.logprobs is not None:
             lp.index += [base + j for j in p.logprobs.index]
             for f in LogprobNews.FIELDS:
@@ -261,7 +248,7 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
         manager = DetokenizerManager(tokenizer)
         context = zmq.Context(2)
         recv_queue = PullQueue(context, port_args.detokenizer_ipc_name, bind=True)
-        send_queue = PushQueue(context, port_args.tokenizer_ipc_name)
+        send_queue = WorkerQueues(context, port_args.tokenizer_ipc_names)
     except Exception as e:
         logger.error("Detokenizer failed to start:\n%s", traceback.format_exc())
         ready_writer.send(ReadyMsg(who="detokenizer", error=f"{type(e).__name__}: {e}"))
@@ -275,7 +262,7 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_
         sys.exit(1)
 
 
-def event_loop(manager: DetokenizerManager, recv_queue: PullQueue, send_queue: PushQueue) -> None:
+def event_loop(manager: DetokenizerManager, recv_queue: PullQueue, send_queue: WorkerQueues) -> None:
     parent = os.getppid()
     while True:
         if not recv_queue.poll(1000):
@@ -285,6 +272,6 @@ def event_loop(manager: DetokenizerManager, recv_queue: PullQueue, send_queue: P
             continue
         recv = recv_queue.get()
         if isinstance(recv, BatchTokenIDOut):
-            send_queue.put(manager.handle_batch_token_id_out(recv))
+            send_queue.put_columns(manager.handle_batch_token_id_out(recv))  # each HTTP worker its own requests
         else:
             logger.error("Unknown message type %s", type(recv).__name__)

@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 import msgspec
 import orjson
@@ -39,7 +40,7 @@ from sglserve.entrypoints.openai.serving_completions import handle_completions
 from sglserve.entrypoints.openai.serving_score import handle_score
 from sglserve.entrypoints.openai import serving_responses
 from sglserve.entrypoints.openai.protocol_responses import ResponsesRequest
-from sglserve.entrypoints.openai.responses_store import ResponsesStore
+from sglserve.entrypoints.openai.responses_store import ResponsesStore, SharedResponsesStore
 from sglserve.entrypoints.openai.serving_tokenize import handle_detokenize, handle_tokenize
 from sglserve.entrypoints.openai.serving_utils import (
     OpenAIError,
@@ -59,7 +60,8 @@ HEALTH_GENERATE_TIMEOUT_S = 20.0
 GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
 
 
-def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> FastAPI:
+def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, shared_dir: Optional[str] = None) -> FastAPI:
+    """`shared_dir`: with several HTTP workers, where they share state (the responses store)."""
     tm = tokenizer_manager
     model_name = server_args.served_model_name
     web_ui = WebUI.create(server_args, tm)  # None with --disable-web-ui
@@ -84,7 +86,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     if server_args.enable_metrics and tm.metrics is None:
         from sglserve.metrics.collector import MetricsCollector
 
-        tm.metrics = MetricsCollector(model_name)
+        tm.metrics = MetricsCollector(model_name, inflight=lambda: tm.num_inflight)
 
     def guarded(fn: Callable[..., Awaitable[Response]]):
         """Map pipeline exceptions to error responses (ValueError is bad input: 400)."""
@@ -146,7 +148,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     async def get_server_info() -> Response:
         load = await tm.get_load()
         return json_response({**server_args.public_dict(), **tm.scheduler_info, **msgspec.structs.asdict(load),
-                              "version": app.version})
+                              "version": app.version, "http_worker": tm.http_worker})
 
     @guarded
     async def flush_cache() -> Response:
@@ -219,7 +221,8 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager) -> 
     async def completions(req: CompletionRequest, raw_request: Request) -> Response:
         return await handle_completions(tm, model_name, req, raw_request)
 
-    responses_store = ResponsesStore(server_args.responses_store_size)
+    responses_store = (ResponsesStore(server_args.responses_store_size) if shared_dir is None else
+                       SharedResponsesStore(os.path.join(shared_dir, "responses.sqlite"), server_args.responses_store_size))
 
     @app.post("/v1/responses")
     @guarded

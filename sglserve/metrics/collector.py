@@ -5,14 +5,25 @@ are computed here from what the TokenizerManager sees (TTFT and inter-token late
 streamed requests: a non-streamed one gets its tokens in one message at the end); the
 scheduler's state (running/queued requests, KV usage, cache hit rate) is read at scrape time
 from `GetLoadReqOutput`. A registry per collector, so several apps in one process (tests) work.
+
+With --api-server-count > 1 every HTTP worker counts its own requests into files of one shared
+directory (prometheus_client's multiprocess mode: the launcher sets PROMETHEUS_MULTIPROC_DIR
+before it spawns them, as vLLM does), and a scrape of any worker renders the sums over all of
+them: counters and histograms add up, in-flight requests are the sum over the live workers
+(each worker refreshes its own every second), the scheduler's gauges are its latest answer.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+INFLIGHT_REFRESH_S = 1.0
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -23,8 +34,9 @@ __all__ = ["MetricsCollector", "CONTENT_TYPE_LATEST"]
 
 
 class MetricsCollector:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, inflight: Optional[Callable[[], int]] = None) -> None:
         self.registry = CollectorRegistry()
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         self.labels = {"model_name": model_name}
         names = list(self.labels)
         r = self.registry
@@ -32,8 +44,8 @@ class MetricsCollector:
         def counter(name: str, doc: str) -> Any:
             return Counter(f"sglserve:{name}", doc, names, registry=r).labels(**self.labels)
 
-        def gauge(name: str, doc: str) -> Any:
-            return Gauge(f"sglserve:{name}", doc, names, registry=r).labels(**self.labels)
+        def gauge(name: str, doc: str, mode: str = "mostrecent") -> Any:  # mode: how workers' values combine
+            return Gauge(f"sglserve:{name}", doc, names, registry=r, multiprocess_mode=mode).labels(**self.labels)
 
         def histogram(name: str, doc: str, buckets: tuple) -> Any:
             return Histogram(f"sglserve:{name}", doc, names, buckets=buckets, registry=r).labels(**self.labels)
@@ -52,7 +64,7 @@ class MetricsCollector:
         self.itl = histogram("inter_token_latency_seconds", "Time between output tokens (streamed requests).",
                              ITL_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "End-to-end request latency.", LATENCY_BUCKETS)
-        self.num_inflight = gauge("num_inflight_reqs", "Requests in the HTTP process (queued or running).")
+        self.num_inflight = gauge("num_inflight_reqs", "Requests in the HTTP processes (queued or running).", "livesum")
         self.num_running = gauge("num_running_reqs", "Requests in the scheduler's running batch.")
         self.num_queue = gauge("num_queue_reqs", "Requests waiting in the scheduler's queue.")
         self.num_used_tokens = gauge("num_used_tokens", "KV cache tokens held by running requests.")
@@ -60,6 +72,14 @@ class MetricsCollector:
         self.cache_tokens = gauge("num_cached_tokens", "KV cache tokens held only by the radix cache (evictable).")
         self.max_total_num_tokens = gauge("max_total_num_tokens", "KV cache size in tokens.")
         self.cache_hit_rate = gauge("cache_hit_rate", "Prefix cache hit rate: cached / prompt tokens, since start.")
+        if self.multiproc_dir is not None and inflight is not None:  # a scrape reads the other workers' files
+            threading.Thread(target=self._refresh_inflight, args=(inflight,), daemon=True,
+                             name="sglserve-metrics-inflight").start()
+
+    def _refresh_inflight(self, inflight: Callable[[], int]) -> None:
+        while True:
+            self.num_inflight.set(inflight())
+            time.sleep(INFLIGHT_REFRESH_S)
 
     # ---- hooks (TokenizerManager) -------------------------------------------------------
 
@@ -106,4 +126,10 @@ class MetricsCollector:
             self.max_total_num_tokens.set(load.max_total_num_tokens)
             self.token_usage.set(load.used_tokens / max(load.max_total_num_tokens, 1))
             self.cache_hit_rate.set(load.cache_hit_rate)
-        return generate_latest(self.registry)
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiproc_dir)
+        return generate_latest(registry)

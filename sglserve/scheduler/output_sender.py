@@ -24,6 +24,7 @@ class OutputSender:
     def __init__(self, sink: Optional[Sink] = None, stream_interval: int = 1) -> None:
         self.sink = sink  # None: nobody listens (bench_one_batch)
         self.stream_interval = stream_interval  # --stream-interval: a stream's news every N tokens
+        self.route_workers = False  # --api-server-count > 1: each row names its HTTP worker (utils/worker_routing.py)
 
     def send(self, reqs: List["Req"]) -> None:
         """Streamed requests' new tokens (on the first, then every stream_interval-th), and
@@ -33,6 +34,7 @@ class OutputSender:
         ids: List[int] = []
         completion: List[int] = []
         out = BatchTokenIDOut(rids=rids, offsets=offsets, ids=ids, completion_tokens=completion)
+        workers = out.http_workers = [] if self.route_workers else None
         interval = self.stream_interval
         lp_news = None
         for req in reqs:
@@ -50,6 +52,8 @@ class OutputSender:
                 lp_news = lp_news or LogprobNews(index=[], output=[], output_top=[], input=[], input_top=[])
                 _add_logprobs(lp_news, len(rids), req)
             rids.append(req.rid)
+            if workers is not None:
+                workers.append(req.http_worker)
             ids += output_ids[sent:]
             offsets.append(len(ids))
             completion.append(n)
@@ -65,6 +69,7 @@ class OutputSender:
                 rids=[recv.rid], offsets=[0, 0], ids=[], completion_tokens=[0],
                 first=[0], infos=[ReqInfo(prompt_tokens=len(recv.input_ids), cached_tokens=0)],
                 finished=[0], finished_reasons=[finish_abort(message, status_code=500)],
+                http_workers=[recv.http_worker] if self.route_workers else None,
             ))
 
 

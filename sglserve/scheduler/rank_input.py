@@ -50,5 +50,5 @@ class DiscardQueue:
     """The outbox of a rank other than 0: rank 0 alone answers the tokenizer manager and the
     detokenizer, the others compute the same answers and drop them."""
 
-    def put(self, msg, block: bool = True) -> None:
-        del msg, block
+    def put(self, msg, worker: int = 0, block: bool = True) -> None:
+        del msg, worker, block

@@ -48,6 +48,7 @@ class RequestIntake:
         room = self.context_len - len(recv.input_ids)
         max_new = room if sp.max_new_tokens is None else min(sp.max_new_tokens, room)
         req = Req(recv.rid, recv.input_ids, sp, max_new, self.eos_token_ids, recv.stream, recv.input_text)
+        req.http_worker = recv.http_worker
         error = self._refusal(len(recv.input_ids))
         if error is not None:
             req.finished_reason = finish_abort(error, status_code=400)

@@ -70,6 +70,7 @@ class Req:
         self.finished_reason: Optional[Dict[str, Any]] = None
         self.to_abort: Optional[str] = None
         self.sent_len = 0  # output ids already sent to the detokenizer
+        self.http_worker = 0  # the HTTP process its outputs go back to (--api-server-count)
         self.last_loc = -1  # KV slot of the last token in KV (page filling without a device read)
         self.kv_len = 0  # tokens whose KV is allocated for this request
         self.arrival_time = time.perf_counter()

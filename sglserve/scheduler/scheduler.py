@@ -48,6 +48,7 @@ from sglserve.scheduler.text_side import start_text_side
 from sglserve.server_args import PortArgs, ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
+from sglserve.utils.worker_routing import WorkerQueues
 from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,9 @@ class Scheduler:
             ctx = zmq.Context(2)
             self.recv_from_tokenizer = PullQueue(ctx, port_args.scheduler_input_ipc_name, bind=True)
             self.send_to_detokenizer = PushQueue(ctx, port_args.detokenizer_ipc_name)
-            self.send_to_tokenizer = PushQueue(ctx, port_args.tokenizer_ipc_name)
+            self.send_to_tokenizer = WorkerQueues(ctx, port_args.tokenizer_ipc_names)  # control replies
             self.output_sender.sink = self.send_to_detokenizer.put
+            self.output_sender.route_workers = sa.api_server_count > 1
             self.input = RankInput(self.recv_from_tokenizer, tp_rank, self.tp_size)
         elif port_args is not None:  # another rank: its input is rank 0's broadcast, its output dropped
             self.send_to_tokenizer = DiscardQueue()
@@ -147,9 +149,9 @@ class Scheduler:
             elif isinstance(msg, AbortReq):
                 self.abort_request(msg.rid)
             elif isinstance(msg, FlushCacheReq):
-                self.send_to_tokenizer.put(self.flush_cache())
+                self.send_to_tokenizer.put(self.flush_cache(), msg.http_worker)
             elif isinstance(msg, GetLoadReq):
-                self.send_to_tokenizer.put(self.get_load())
+                self.send_to_tokenizer.put(self.get_load(), msg.http_worker)
             else:
                 logger.error("Unknown message type %s", type(msg).__name__)
 

@@ -55,8 +55,10 @@ CONTROL_TIMEOUT_S = 30.0  # flush_cache / get_load give up after this long
 
 
 class TokenizerManager:
-    def __init__(self, server_args: ServerArgs, port_args: PortArgs, scheduler_info: Dict[str, Any], tokenizer: Any = None):
+    def __init__(self, server_args: ServerArgs, port_args: PortArgs, scheduler_info: Dict[str, Any], tokenizer: Any = None,
+                 http_worker: int = 0):
         self.server_args = server_args
+        self.http_worker = http_worker  # this process's index (--api-server-count): outputs come back to it
         self.scheduler_info = dict(scheduler_info)
         self.context_len: int = scheduler_info["context_len"]
         self.max_req_input_len: int = scheduler_info.get("max_req_input_len", self.context_len - 1)
@@ -72,12 +74,13 @@ class TokenizerManager:
         self.encoder = BatchEncoder(tokenizer)
         running = scheduler_info.get("max_running_requests")
         queued = server_args.max_queued_requests
-        self.admission = AdmissionControl(None if queued is None or running is None else running + queued,
+        workers = server_args.api_server_count  # each HTTP worker admits its share of the limit (rounded up)
+        self.admission = AdmissionControl(None if queued is None or running is None else -(-(running + queued) // workers),
                                           lambda: len(self.rid_to_state))
         self.metrics: Any = None  # a metrics.collector.MetricsCollector with --enable-metrics
 
         self._zmq_context = zmq.asyncio.Context(2)
-        self.recv_from_detokenizer = PullQueue(self._zmq_context, port_args.tokenizer_ipc_name, bind=True)
+        self.recv_from_detokenizer = PullQueue(self._zmq_context, port_args.tokenizer_ipc_names[http_worker], bind=True)
         self.send_to_scheduler = PushQueue(self._zmq_context, port_args.scheduler_input_ipc_name)
 
         self.rid_to_state: Dict[str, ReqState] = {}
@@ -159,6 +162,8 @@ class TokenizerManager:
         ctx = request_context.get()
         single = obj.is_single and tokenized[0].sampling_params.n == 1
         tokenized = expand_n(tokenized)
+        for t in tokenized:
+            t.http_worker = self.http_worker
         rids = [t.rid for t in tokenized]
         if len(set(rids)) != len(rids) or any(r in self.rid_to_state for r in rids):
             raise ValueError(f"Duplicate request ID in {rids}.")
@@ -273,10 +278,10 @@ class TokenizerManager:
     # ---- control calls ------------------------------------------------------------------
 
     async def flush_cache(self, timeout: Optional[float] = None) -> FlushCacheReqOutput:
-        return await self._control(FlushCacheReq(), FlushCacheReqOutput, timeout)
+        return await self._control(FlushCacheReq(http_worker=self.http_worker), FlushCacheReqOutput, timeout)
 
     async def get_load(self, timeout: Optional[float] = None) -> GetLoadReqOutput:
-        return await self._control(GetLoadReq(), GetLoadReqOutput, timeout)
+        return await self._control(GetLoadReq(http_worker=self.http_worker), GetLoadReqOutput, timeout)
 
     async def _control(self, req: Any, reply_type: type, timeout: Optional[float]) -> Any:
         timeout = CONTROL_TIMEOUT_S if timeout is None else timeout

@@ -9,7 +9,7 @@ import pytest
 
 from sglserve.entrypoints.openai.responses_input import input_messages, output_messages
 from sglserve.entrypoints.openai.responses_output import ResponseBuilder
-from sglserve.entrypoints.openai.responses_store import ResponsesStore, StoredResponse
+from sglserve.entrypoints.openai.responses_store import ResponsesStore, SharedResponsesStore, StoredResponse
 from sglserve.entrypoints.openai.serving_score import scores_of
 from sglserve.entrypoints.openai.serving_utils import OpenAIError
 from sglserve.parser.reasoning_parser import ReasoningParser
@@ -58,6 +58,25 @@ def test_store_is_a_bounded_lru():
     store.put(StoredResponse({"id": "c"}, []))
     assert store.get("b") is None and store.get("a") and store.get("c") and len(store) == 2
     none = ResponsesStore(0)
+    none.put(StoredResponse({"id": "a"}, []))
+    assert none.get("a") is None
+
+
+def test_shared_store_is_one_lru_for_every_worker(tmp_path):
+    """--api-server-count > 1: two workers' stores over one file see each other's entries and
+    share one LRU order (a read on one worker keeps an entry for the other)."""
+    path = str(tmp_path / "responses.sqlite")
+    one, two = SharedResponsesStore(path, 2), SharedResponsesStore(path, 2)
+    for rid in ("a", "b"):
+        one.put(StoredResponse({"id": rid, "status": "completed"}, [{"role": "user", "content": rid}]))
+    got = two.get("a")  # a is now the most recent, for both
+    assert got == StoredResponse({"id": "a", "status": "completed"}, [{"role": "user", "content": "a"}])
+    two.put(StoredResponse({"id": "c"}, []))
+    assert one.get("b") is None and one.get("a") and one.get("c") and len(one) == len(two) == 2
+    two.put(StoredResponse({"id": "a", "status": "cancelled"}, []))  # entries change by a new put
+    assert one.get("a").response["status"] == "cancelled"
+    assert one.pop("a") is not None and two.get("a") is None and two.pop("a") is None
+    none = SharedResponsesStore(str(tmp_path / "none.sqlite"), 0)
     none.put(StoredResponse({"id": "a"}, []))
     assert none.get("a") is None
 

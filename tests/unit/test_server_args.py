@@ -109,3 +109,24 @@ def test_device_resolves_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     device, imported = out.stdout.split()
     assert device == ("cuda" if torch.cuda.is_available() else "cpu") and imported == "False"
+
+
+def test_api_server_count_flag_alias_and_validation():
+    import pytest
+
+    from sglserve.server_args import PortArgs, ServerArgsError
+
+    assert prepare_server_args(["--device", "cpu"]).api_server_count == 1
+    assert prepare_server_args(["--device", "cpu", "--api-server-count", "3"]).api_server_count == 3
+    assert prepare_server_args(["--device", "cpu", "--tokenizer-worker-num", "2"]).api_server_count == 2  # SGLang's name
+    for bad in (0, -2):
+        with pytest.raises(ServerArgsError, match=f"--api-server-count={bad} must be >= 1"):
+            ServerArgs(device="cpu", api_server_count=bad)
+    ports = PortArgs.create(3)
+    try:
+        assert len(set(ports.tokenizer_ipc_names)) == 3 and ports.tokenizer_ipc_name == ports.tokenizer_ipc_names[0]
+        assert all(n.startswith(f"ipc://{ports.ipc_dir}/") for n in ports.tokenizer_ipc_names)
+    finally:
+        import shutil
+
+        shutil.rmtree(ports.ipc_dir)

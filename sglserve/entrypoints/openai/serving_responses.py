@@ -134,7 +134,7 @@ async def _stream(tm: TokenizerManager, store: ResponsesStore, req: ResponsesReq
     finally:
         if not finished and req.store and (entry := store.get(base["id"])) is not None \
                 and entry.response["status"] == "in_progress":  # the client went away mid-stream
-            entry.response = {**entry.response, "status": "cancelled"}
+            store.put(StoredResponse({**entry.response, "status": "cancelled"}, entry.history))
     _store(store, req, resp, convo)
     kind = "response.incomplete" if resp["status"] == "incomplete" else "response.completed"
     yield _frame(builder.event(kind, response=resp))
