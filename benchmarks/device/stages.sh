@@ -214,7 +214,7 @@ ab)
 sweep)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   for budget in ${SWEEP_BUDGETS:-2048 8192}; do
-    start_server "$OUT/sweep_server_$budget.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" || continue
+    start_server "$OUT/sweep_server_$budget.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" ${SWEEP_FLAGS:-} || continue
     n=$(echo "${W3_RUNS%% *}" | cut -d: -f2); log "W3 ShareGPT $n prompts at rate inf, step budget $budget"
     serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
       --num-prompts "$n" --request-rate inf
