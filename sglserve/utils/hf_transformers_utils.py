@@ -18,12 +18,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _auto_tokenizer() -> Any:
+def auto_tokenizer_class() -> Any:
     """transformers' AutoTokenizer, imported on first use: its module pulls in auto_factory and,
     through it, transformers' generation, masking and FSDP modules (sympy, torch._dynamo,
     torch.distributed.tensor, and sklearn where installed): 4.8 s of the scheduler's 9.1 s of
-    imports on the H100 host (RESULTS.md V5). The scheduler loads its tokenizer on a thread
-    beside the model (scheduler/text_side.py), so that import now runs there."""
+    imports on the H100 host (RESULTS.md V5). Imported when a tokenizer is first needed rather
+    than with this module (the scheduler: scheduler/text_side.start_text_side)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer
@@ -40,7 +40,7 @@ def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> "PreT
     """
     if str(tokenizer_path).endswith(".gguf"):
         return _gguf_tokenizer(os.path.abspath(tokenizer_path), trust_remote_code)
-    return _auto_tokenizer().from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+    return auto_tokenizer_class().from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
 
 
 def tokenizer_cache_root() -> Optional[str]:
@@ -89,7 +89,7 @@ def _gguf_converted(loader: Any, path: str, kind: str, trust_remote_code: bool) 
 
 
 def _gguf_tokenizer(path: str, trust_remote_code: bool) -> "PreTrainedTokenizerBase":
-    tokenizer = _gguf_converted(_auto_tokenizer(), path, "tokenizer", trust_remote_code)
+    tokenizer = _gguf_converted(auto_tokenizer_class(), path, "tokenizer", trust_remote_code)
     tokenizer.name_or_path = os.path.dirname(path)  # as a direct load names it, not the cache folder
     return tokenizer
 

@@ -93,7 +93,7 @@ def test_gguf_tokenizer_is_converted_once_and_cached(tmp_path, monkeypatch):
         calls.append("gguf" if kw.get("gguf_file") else "folder")
         return orig(path, *a, **kw)
 
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", spy)  # the class tu._auto_tokenizer() returns
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", spy)  # the class tu.auto_tokenizer_class() returns
     first = tu.get_tokenizer(str(gguf))
     second = tu.get_tokenizer(str(gguf))
     assert calls == ["gguf", "folder"]
