@@ -121,7 +121,8 @@ def body_of(route: str, i: int, text: str, tokens: int, chat_usage: bool = False
 
 async def run_route(route: str, args: argparse.Namespace, tokenizer: Any) -> Dict[str, float]:
     from sglserve.entrypoints.http_server import create_app
-    from sglserve.server_args import PortArgs, ServerArgs
+    from sglserve.port_args import PortArgs
+    from sglserve.server_args import ServerArgs
     from sglserve.tokenizer.tokenizer_manager import TokenizerManager
 
     port_args = PortArgs.create()

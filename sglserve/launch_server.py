@@ -30,7 +30,8 @@ hide_unused_optional_packages()  # before transformers; spawned children run thi
 
 from sglserve.entrypoints.http_prep import HttpSidePrep  # noqa: E402
 from sglserve.io_struct import ReadyMsg  # noqa: E402
-from sglserve.server_args import PortArgs, ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args  # noqa: E402
+from sglserve.port_args import PortArgs  # noqa: E402
+from sglserve.server_args import ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args  # noqa: E402
 from sglserve.utils.logging_utils import configure_logger  # noqa: E402
 from sglserve.utils.process import freeze_startup_objects  # noqa: E402
 

@@ -32,7 +32,8 @@ import zmq
 from sglserve.detokenizer.batch_decode import Key, decode_grouped, is_concatenative, make_decoder
 from sglserve.sampling import stop_regex
 from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyMsg, ReqInfo, finish_abort
-from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.port_args import PortArgs
+from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, setup_child_process
 from sglserve.utils.worker_routing import WorkerQueues, select

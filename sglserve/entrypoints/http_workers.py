@@ -45,7 +45,8 @@ from sglserve.io_struct import ReadyMsg
 from sglserve.launch_server import (CHILD_DEATH_DRAIN_S, READY_TIMEOUT_S, Subprocesses, start_subprocesses,
                                     uvicorn_config, wait_ready)
 from sglserve.metrics.collector import MULTIPROC_ENV
-from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.port_args import PortArgs
+from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, setup_child_process
 

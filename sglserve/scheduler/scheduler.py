@@ -45,7 +45,8 @@ from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.scheduler.schedule_policy import SchedulePolicy, clip_max_new_tokens
 from sglserve.scheduler.stats import SchedulerStats
 from sglserve.scheduler.text_side import start_text_side
-from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.port_args import PortArgs
+from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
 from sglserve.utils.worker_routing import WorkerQueues

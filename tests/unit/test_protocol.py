@@ -18,7 +18,8 @@ from sglserve.entrypoints.http_server import create_app
 from sglserve.tokenizer import tokenizer_manager as tm_module
 from sglserve.io_struct import AbortReq, GenerateReqInput, TokenizedGenerateReqInput
 from sglserve.tokenizer.tokenizer_manager import ClientDisconnected, ServerError, TokenizerManager
-from sglserve.server_args import PortArgs, ServerArgs
+from sglserve.port_args import PortArgs
+from sglserve.server_args import ServerArgs
 from tests.unit.fake_scheduler import EOS, REPLY, FakeScheduler
 
 CONTEXT_LEN = 256

@@ -114,7 +114,8 @@ def test_device_resolves_without_importing_torch():
 def test_api_server_count_flag_alias_and_validation():
     import pytest
 
-    from sglserve.server_args import PortArgs, ServerArgsError
+    from sglserve.port_args import PortArgs
+    from sglserve.server_args import ServerArgsError
 
     assert prepare_server_args(["--device", "cpu"]).api_server_count == 1
     assert prepare_server_args(["--device", "cpu", "--api-server-count", "3"]).api_server_count == 3

@@ -14,7 +14,7 @@ from sglserve.io_struct import BatchStrOut, GetLoadReqOutput, LogprobNews, finis
 from sglserve.sampling.sampling_params import SamplingParams
 from sglserve.scheduler.output_sender import OutputSender
 from sglserve.scheduler.schedule_batch import Req
-from sglserve.server_args import PortArgs
+from sglserve.port_args import PortArgs
 from sglserve.utils.worker_routing import WorkerQueues, select, split_by_worker
 from sglserve.utils.zmq_queue import PullQueue
 from tests.unit.messages import token_ids_out
