@@ -98,6 +98,7 @@ class ServerArgs:
     # Logging
     log_level: str = "info"
     decode_log_interval: int = 40
+    gc_warning_threshold_secs: float = 0.0  # log each garbage collection longer than this (s); 0: off
     enable_cache_report: bool = False
 
     CHOICES = {
@@ -128,6 +129,8 @@ class ServerArgs:
                           "value / scale in float8_e4m3fn, one k and one v scale per layer, 1.0 by default; "
                           "backends torch_native and triton).",
         "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
+        "gc_warning_threshold_secs": "Log a warning, naming the process, for every Python garbage collection that "
+                                     "takes longer than this many seconds (0: off), as SGLang's flag does.",
         "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
         "context_length": "Override the model's context length.",
         "served_model_name": "Model name in responses and /v1/models (default: --model-path exactly as given, as SGLang; "
@@ -262,8 +265,9 @@ class ServerArgs:
             raise ServerArgsError(f"--responses-store-size={self.responses_store_size} must be >= 0")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ServerArgsError(f"--request-timeout={self.request_timeout} must be > 0 (seconds)")
-        if not self.shutdown_grace_period >= 0:
-            raise ServerArgsError(f"--shutdown-grace-period={self.shutdown_grace_period} must be >= 0 (seconds)")
+        for name in ("shutdown_grace_period", "gc_warning_threshold_secs"):
+            if not getattr(self, name) >= 0:
+                raise ServerArgsError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 0 (seconds)")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ServerArgsError(f"--mem-fraction-static={self.mem_fraction_static} must be in (0, 1)")
         self._validate_parallel()

@@ -45,3 +45,7 @@ def configure_logger(server_args, prefix: str = "") -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%d %H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
+    # Every server process configures its logger first: the one place to start the GC monitor
+    from sglserve.utils.gc_monitor import install_gc_monitor
+
+    install_gc_monitor(getattr(server_args, "gc_warning_threshold_secs", 0.0))
