@@ -47,5 +47,8 @@ def freeze_startup_objects() -> None:
     into the permanent generation: the cyclic GC then never walks them again, and a full
     collection under load costs milliseconds instead of a stall of the serving loop (SGLang
     freezes after warm-up the same way)."""
-    gc.collect()
+    from sglserve.utils.gc_monitor import collections_on_purpose
+
+    with collections_on_purpose():
+        gc.collect()
     gc.freeze()

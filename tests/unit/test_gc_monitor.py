@@ -7,6 +7,7 @@ import pytest
 
 from sglserve.server_args import ServerArgs, ServerArgsError
 from sglserve.utils.gc_monitor import GcMonitor, install_gc_monitor
+from sglserve.utils.process import freeze_startup_objects
 
 
 @pytest.fixture
@@ -60,3 +61,16 @@ def test_off_by_default_and_installed_once(monitor):
 def test_negative_threshold_is_refused():
     with pytest.raises(ServerArgsError, match="gc-warning-threshold-secs"):
         ServerArgs(device="cpu", gc_warning_threshold_secs=-1.0)
+
+
+def test_start_up_freeze_collection_is_not_reported(monitor, caplog):
+    m = monitor(1e-9)
+    _garbage()
+    m.slow_collections = 0  # the automatic collections while making the garbage
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sglserve.utils.gc_monitor"):
+        freeze_startup_objects()
+    gc.unfreeze()
+    assert m.slow_collections == 0 and not caplog.records and not m.quiet
+    gc.collect()  # and the monitor reports again afterwards
+    assert m.slow_collections >= 1
