@@ -131,8 +131,8 @@ online)
   log "SmolLM2 offline Engine"; timeout "$(cap 150)" $PY -m sglserve.bench_offline_throughput --model-path "$GGUF" $DEV \
       --dataset-name random $SMOL_RUN --random-range-ratio 1 $BUSY --result-file "$OUT/online.jsonl" 2>&1 | tail -1
   # API_SERVERS="1 4": the two HTTP runs once per --api-server-count value, each on its own server (tags smol_<backend>_api<N>,
-  # logs appended to online_server.log); unset: one server without the flag, as before
-  for api in ${API_SERVERS:-none}; do
+  # logs appended to online_server.log; default "1 4", the baseline and the recommended count); "none": one server without the flag
+  for api in ${API_SERVERS:-1 4}; do
     if [ "$api" = none ]; then sfx=""; api_flags=""; slog=$OUT/online_server.log
     else sfx="_api$api"; api_flags="--api-server-count $api"; slog=$STATE/online_server$sfx.log; fi
     start_server "$slog" --model-path "$GGUF" --tokenizer-path "$TOK" $DEV $api_flags \
