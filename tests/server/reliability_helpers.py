@@ -78,3 +78,16 @@ def process_rss(pid: int) -> Dict[str, int]:
         except psutil.Error:
             continue
     return out
+
+
+def disconnect_early(base_url: str, body: dict, stream: bool) -> None:
+    """Send /generate and hang up early: a stream after a few lines, a plain request after 1.5 s
+    (the server must see the disconnect and abort the request)."""
+    try:
+        r = requests.post(base_url + "/generate", json={**body, "stream": stream}, stream=stream, timeout=(5, 1.5))
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 3:
+                break
+        r.close()
+    except requests.exceptions.ReadTimeout:
+        pass  # not streaming: the client gives up
