@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from sglserve.scheduler.grammar_manager import GrammarManager
 from sglserve.server_args import ServerArgs
-from sglserve.utils.hf_transformers_utils import auto_tokenizer_class, get_tokenizer
+from sglserve.utils.hf_transformers_utils import get_tokenizer
 
 
 @dataclass
@@ -53,14 +53,9 @@ def build_text_side(sa: ServerArgs, model_config: Any, agree: Optional[Callable[
 def start_text_side(sa: ServerArgs, model_config: Any, agree: Optional[Callable[[int], int]]) -> "Future[TextSide]":
     """build_text_side on its own thread; `.result()` joins it and re-raises its error.
 
-    AutoTokenizer's module is imported first, here on the calling thread: its import is ~3-5 s of
-    Python under the GIL (transformers' generation and masking modules: torch._dynamo, sympy), and
-    run on the thread beside the model load it slowed the main thread's many short GIL-releasing
-    torch calls more than it overlapped (H100, RESULTS.md V6/V7: 13.5 s to ready with it here,
-    15.9-17.2 s with it on the thread). What remains on the thread (reading the tokenizer files,
-    xgrammar's tokenizer info) is mostly native code."""
-    if not sa.skip_tokenizer_init:
-        auto_tokenizer_class()
+    AutoTokenizer's module (~2-5 s of GIL-bound imports: transformers' generation and masking
+    modules) is imported there too. Importing it on the calling thread first instead made no
+    measurable difference to start-up (H100, RESULTS.md V8)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sglserve-text-side")
     future = pool.submit(build_text_side, sa, model_config, agree)
     pool.shutdown(wait=False)  # the thread ends with its one task
