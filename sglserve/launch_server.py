@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from sglserve.utils.optional_imports import hide_unused_optional_packages
 
@@ -123,31 +123,38 @@ def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
     return subs
 
 
+def read_ready_msgs(readers: Dict[str, Connection], procs: Dict[str, Any], timeout: float) -> List[ReadyMsg]:
+    """Each child's ReadyMsg over its pipe, in the order they come; raise with a child's error.
+    A child dying while others load fails at once (a lone rank would otherwise wait for its
+    peers until the collective timeout)."""
+    deadline = time.monotonic() + timeout
+    waiting, msgs = dict(readers), []
+    while waiting:
+        for reader in wait_any(list(waiting.values()), timeout=0.5):  # the first message, no poll interval
+            name = next(n for n, r in waiting.items() if r is reader)
+            try:
+                msg: ReadyMsg = reader.recv()
+            except EOFError:  # the child's end closed without a message: it died
+                procs[name].join(5)
+                raise RuntimeError(f"{name} process died during start-up "
+                                   f"(exit code {procs[name].exitcode})") from None
+            if msg.error:
+                raise RuntimeError(f"{name} failed to start: {msg.error}")
+            msgs.append(msg)
+            del waiting[name]
+        for name in waiting:
+            if not procs[name].is_alive():
+                raise RuntimeError(f"{name} process died during start-up (exit code {procs[name].exitcode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{', '.join(waiting)} not ready after {timeout:.0f} s")
+    return msgs
+
+
 def wait_ready(subs: Subprocesses, timeout: float = READY_TIMEOUT_S) -> None:
-    """Wait for every child's ReadyMsg; raise with the child's error. A child dying while others
-    load fails start-up at once (a lone rank would otherwise wait for its peers until the
-    collective timeout). The children are stopped before raising."""
+    """Wait for every child's ReadyMsg; the children are stopped before an error is raised."""
     try:
-        deadline = time.monotonic() + timeout
-        waiting = dict(subs.readers)
-        while waiting:
-            for reader in wait_any(list(waiting.values()), timeout=0.5):  # the first message, no poll interval
-                name = next(n for n, r in waiting.items() if r is reader)
-                try:
-                    msg: ReadyMsg = reader.recv()
-                except EOFError:  # the child's end closed without a message: it died
-                    subs.procs[name].join(5)
-                    raise RuntimeError(f"{name} process died during start-up "
-                                       f"(exit code {subs.procs[name].exitcode})") from None
-                if msg.error:
-                    raise RuntimeError(f"{name} failed to start: {msg.error}")
-                subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
-                del waiting[name]
-            for name in waiting:
-                if not subs.procs[name].is_alive():
-                    raise RuntimeError(f"{name} process died during start-up (exit code {subs.procs[name].exitcode})")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(waiting)} not ready after {timeout:.0f} s")
+        for msg in read_ready_msgs(subs.readers, subs.procs, timeout):
+            subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
     except BaseException:
         subs.shutdown()
         raise

@@ -42,8 +42,8 @@ from typing import Any, List
 
 from sglserve.entrypoints.http_prep import HttpSidePrep
 from sglserve.io_struct import ReadyMsg
-from sglserve.launch_server import (CHILD_DEATH_DRAIN_S, READY_TIMEOUT_S, Subprocesses, start_subprocesses,
-                                    uvicorn_config, wait_ready)
+from sglserve.launch_server import (CHILD_DEATH_DRAIN_S, READY_TIMEOUT_S, Subprocesses, read_ready_msgs,
+                                    start_subprocesses, uvicorn_config, wait_ready)
 from sglserve.metrics.collector import MULTIPROC_ENV
 from sglserve.port_args import PortArgs
 from sglserve.server_args import ServerArgs
@@ -94,20 +94,7 @@ class HttpWorkers:
     def start(self, scheduler_info: dict, timeout: float = READY_TIMEOUT_S) -> None:
         """Give every worker the scheduler's info, wait until each one built its app, then let all serve."""
         self.broadcast(("start", scheduler_info))
-        waiting = dict(zip(self.names, self.conns))
-        deadline = time.monotonic() + timeout
-        while waiting:
-            for conn in wait_any(list(waiting.values()), timeout=1.0):
-                name = next(n for n, c in waiting.items() if c is conn)
-                try:
-                    msg: ReadyMsg = conn.recv()
-                except EOFError:
-                    raise RuntimeError(f"{name} process died during start-up") from None
-                if msg.error:
-                    raise RuntimeError(f"{name} failed to start: {msg.error}")
-                del waiting[name]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(waiting)} not ready after {timeout:.0f} s")
+        read_ready_msgs(dict(zip(self.names, self.conns)), dict(zip(self.names, self.procs)), timeout)
         self.broadcast(("serve",))
 
     def broadcast(self, msg: tuple) -> None:
