@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output-file", default=None, help="Append the result as one JSON line to this file.")
-    p.add_argument("--output-details", action="store_true",
-                   help="Also write per-request input/output lengths, TTFTs, ITLs and errors.")
+    p.add_argument("--output-details", nargs="?", const=True, default=False, metavar="PATH",
+                   help="Also write per-request input/output lengths, TTFTs, ITLs, chunk times and errors: in the "
+                        "--output-file row, or, given a PATH, as a row of their own there (the result row stays small).")
     p.add_argument("--disable-tqdm", action="store_true")
     p.add_argument("--warmup-requests", type=int, default=1)
     p.add_argument("--flush-cache", action="store_true", help="POST /flush_cache after the warmup.")
@@ -303,15 +304,22 @@ def run_benchmark(args: Union[argparse.Namespace, Dict[str, Any]]) -> Dict[str, 
         "output_lens": [o.output_len if o.success else 0 for o in outputs],
         "ttfts": [o.ttft for o in outputs],
         "itls": [o.itl for o in outputs],
+        # perf_counter stamps (the server's --step-trace-path uses the same clock): where gaps fall in time
+        "start_times": [round(o.start_time, 6) for o in outputs],
+        "chunk_times": [[round(t, 6) for t in o.chunk_times] for o in outputs],
         "e2e_latencies": [o.latency for o in outputs],
         "prompt_tokens": [o.prompt_tokens for o in outputs],
         "cached_tokens": [o.cached_tokens for o in outputs],
         "generated_texts": [o.generated_text for o in outputs],
         "errors": [o.error for o in outputs],
     }
+    inline = args.output_details is True
     if args.output_file:
         with open(args.output_file, "a") as f:
-            f.write(json.dumps({**result, **details} if args.output_details else result) + "\n")
+            f.write(json.dumps({**result, **details} if inline else result) + "\n")
+    if args.output_details and not inline:
+        with open(args.output_details, "a") as f:
+            f.write(json.dumps({"tag": result.get("tag"), **details}) + "\n")
     return {**result, **details}
 
 

@@ -99,6 +99,7 @@ class ServerArgs:
     log_level: str = "info"
     decode_log_interval: int = 40
     gc_warning_threshold_secs: float = 0.0  # log each garbage collection longer than this (s); 0: off
+    step_trace_path: Optional[str] = None  # the scheduler appends one JSON line per resolved step here
     enable_cache_report: bool = False
 
     CHOICES = {
@@ -131,6 +132,9 @@ class ServerArgs:
         "load_format": "How to read the weights; dummy = random weights with the model's config (speed work).",
         "gc_warning_threshold_secs": "Log a warning, naming the process, for every Python garbage collection that "
                                      "takes longer than this many seconds (0: off), as SGLang's flag does.",
+        "step_trace_path": "The scheduler appends one JSON line per resolved step to this file: when it was launched, "
+                           "synced and sent, and what it held (for finding what stalls the streams; "
+                           "benchmarks/host_path/step_gaps.py reads it beside a bench_serving --output-details file).",
         "dtype": "Weight and activation dtype; auto = bfloat16 on CUDA, float32 on CPU.",
         "context_length": "Override the model's context length.",
         "served_model_name": "Model name in responses and /v1/models (default: --model-path exactly as given, as SGLang; "

@@ -214,11 +214,18 @@ ab)
 sweep)
   [ -f "$SHAREGPT" ] || { log "no $SHAREGPT (carry .data)"; exit 1; }
   for budget in ${SWEEP_BUDGETS:-2048 8192}; do
-    start_server "$OUT/sweep_server_$budget.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" ${SWEEP_FLAGS:-} || continue
+    # Each step's timing (--step-trace-path) and each chunk's arrival (--output-details): step_gaps.py
+    # says whether the long inter-token gaps are the scheduler's steps or come after them
+    rm -f "$STATE/steps_$budget.jsonl" "$STATE/details_$budget.jsonl"
+    start_server "$OUT/sweep_server_$budget.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" \
+      --step-trace-path "$STATE/steps_$budget.jsonl" ${SWEEP_FLAGS:-} || continue
     n=$(echo "${W3_RUNS%% *}" | cut -d: -f2); log "W3 ShareGPT $n prompts at rate inf, step budget $budget"
     serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
-      --num-prompts "$n" --request-rate inf
+      --num-prompts "$n" --request-rate inf --output-details "$STATE/details_$budget.jsonl"
     stop_server
+    $PY benchmarks/host_path/step_gaps.py --details "$STATE/details_$budget.jsonl" --trace "$STATE/steps_$budget.jsonl" \
+      ${GAP_MIN_MS:+--min-ms $GAP_MIN_MS} > "$OUT/step_gaps_$budget.json" 2>&1; head -c 2500 "$OUT/step_gaps_$budget.json"; echo
+    tar -czf "$OUT/sweep_traces_$budget.tgz" -C "$STATE" "steps_$budget.jsonl" "details_$budget.jsonl" 2> /dev/null
   done
   if [ -d "$CARRY_ROOT/.old" ]; then
     mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels

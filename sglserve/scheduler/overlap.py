@@ -42,6 +42,7 @@ class LaunchedBatch:
     copy_done: Any  # torch.cuda.Event or None (CPU: already done)
     logprob_state: Any
     out: Any
+    trace: Optional[dict] = None  # --step-trace-path: what the step held and when it was launched
 
     @classmethod
     def start_copy(cls, next_ids: Optional[torch.Tensor], **kw: Any) -> "LaunchedBatch":

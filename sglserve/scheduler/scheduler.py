@@ -13,6 +13,7 @@ import faulthandler
 import logging
 import os
 import sys
+import time
 import traceback
 from typing import List, Optional
 
@@ -44,9 +45,11 @@ from sglserve.scheduler.running_batch import RunningBatch
 from sglserve.scheduler.schedule_batch import Req, ScheduleBatch
 from sglserve.scheduler.schedule_policy import SchedulePolicy, clip_max_new_tokens
 from sglserve.scheduler.stats import SchedulerStats
+from sglserve.scheduler.step_trace import StepTrace
 from sglserve.scheduler.text_side import start_text_side
 from sglserve.port_args import PortArgs
 from sglserve.server_args import ServerArgs
+from sglserve.utils.jit_monitor import install_jit_monitor
 from sglserve.utils.logging_utils import configure_logger
 from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
 from sglserve.utils.worker_routing import WorkerQueues
@@ -88,6 +91,7 @@ class Scheduler:
         self.batch_runner = BatchRunner(mr, self.grammar_manager, self.eos_token_ids, self.model_config.vocab_size)
         self.enable_overlap = not sa.disable_overlap_schedule
         self._pending: Optional[LaunchedBatch] = None
+        self.step_trace = StepTrace(sa.step_trace_path) if sa.step_trace_path and tp_rank == 0 else None
         self._idle_checked = True
 
         if port_args is not None and tp_rank == 0:
@@ -128,6 +132,8 @@ class Scheduler:
                 continue
             if not self._idle_checked:
                 self.check_memory_integrity()
+                if self.step_trace is not None:
+                    self.step_trace.flush()
                 self._idle_checked = True
             if os.getppid() != parent:
                 logger.error("Parent process died; scheduler exits.")
@@ -216,16 +222,18 @@ class Scheduler:
         if pending is not None:
             carried = self._look_ahead_rows(pending)
             if carried is not None:
+                started = time.perf_counter()
                 batch = self.get_next_batch_to_run()
                 if batch is not None:
-                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None)
-                self.resolve(pending)
+                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None, started)
+                self.resolve(pending, looked_ahead=batch is not None)
                 return True
             self.resolve(pending)
+        started = time.perf_counter()
         batch = self.get_next_batch_to_run()
         if batch is None:
             return pending is not None
-        launched = self._launch(batch)
+        launched = self._launch(batch, started=started)
         if self.enable_overlap:
             self._pending = launched
         else:
@@ -253,11 +261,13 @@ class Scheduler:
             return None
         return carried_rows(reqs, pending.sample_reqs)
 
-    def _launch(self, batch: ScheduleBatch, carried_ids=None) -> LaunchedBatch:
+    def _launch(self, batch: ScheduleBatch, carried_ids=None, started: float = 0.0) -> LaunchedBatch:
         """Launch, then the bookkeeping that needs no result: a chunk's KV goes into the prefix
         cache (the next chunk continues from it), and a request whose prompt is done joins the
         running set (it decodes next step, its first token taken from the device)."""
         launched = self.batch_runner.launch(batch, carried_ids)
+        if self.step_trace is not None:
+            launched.trace = StepTrace.at_launch(batch, started)
         if batch.forward_mode.is_extend():
             joined = []
             for req in batch.reqs[: len(batch.reqs) - batch.num_decoding]:
@@ -268,9 +278,13 @@ class Scheduler:
             self.running.join(joined)
         return launched
 
-    def resolve(self, launched: LaunchedBatch) -> None:
+    def resolve(self, launched: LaunchedBatch, looked_ahead: bool = False) -> None:
+        resolve_started = time.perf_counter()
         batch, sample_rows, next_ids = self.batch_runner.resolve(launched)
+        synced = time.perf_counter()
         self.process_batch_result(batch, sample_rows, next_ids)
+        if self.step_trace is not None:
+            self.step_trace.record(launched, resolve_started, synced, looked_ahead)
 
     def process_batch_result(self, batch: ScheduleBatch, sample_rows: List[int], next_ids: List[int]) -> None:
         """Append each sampled token, settle finishes (their KV goes back to the cache) and send news."""
@@ -331,6 +345,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
     # After the ReadyMsg: the full collection (~0.15 s on the CPU runner) overlaps with the
     # launcher's own last steps instead of delaying them (a request arriving meanwhile waits in its socket)
     freeze_startup_objects()
+    install_jit_monitor()  # a kernel variant the warm-up missed is named when it compiles
     try:
         scheduler.event_loop()
     except Exception:

@@ -1,0 +1,50 @@
+"""--step-trace-path: one JSON line per resolved step, for finding what stalls the streams.
+
+Every running stream gets its token when its step is resolved and sent, so an inter-token gap
+that a client sees is the time between two sends, unless something after the scheduler held
+it. The trace says, per step, when it was launched, when its ids reached the host and when its
+outputs were sent (perf_counter seconds, the clock bench_serving stamps its chunks with), and
+what it held. benchmarks/host_path/step_gaps.py sets it beside a client's chunk times.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, List
+
+import orjson
+
+if TYPE_CHECKING:
+    from sglserve.scheduler.overlap import LaunchedBatch
+    from sglserve.scheduler.schedule_batch import ScheduleBatch
+
+FLUSH_ROWS = 512
+
+
+class StepTrace:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: List[bytes] = []
+        open(path, "ab").close()  # a path that cannot be written fails at start-up, not mid-serving
+
+    @staticmethod
+    def at_launch(batch: "ScheduleBatch", started: float) -> dict:
+        """What the step holds, taken at launch (resolving drops the requests that finished)."""
+        n_prefill = len(batch.reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
+        return {"launch": round(started, 6), "launched": round(time.perf_counter(), 6),
+                "mode": batch.forward_mode.name.lower(), "reqs": len(batch.reqs),
+                "prefill_reqs": n_prefill, "prefill_tokens": sum(r.extend_input_len for r in batch.reqs[:n_prefill])}
+
+    def record(self, launched: "LaunchedBatch", resolve_started: float, synced_at: float, looked_ahead: bool) -> None:
+        row = dict(launched.trace or {})
+        row.update(resolve=round(resolve_started, 6), synced=round(synced_at, 6), sent=round(time.perf_counter(), 6),
+                   looked_ahead=looked_ahead)
+        self.rows.append(orjson.dumps(row))
+        if len(self.rows) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            with open(self.path, "ab") as f:
+                f.write(b"\n".join(self.rows) + b"\n")
+            self.rows = []

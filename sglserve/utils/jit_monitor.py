@@ -1,0 +1,65 @@
+"""Warn about every Triton kernel compiled after start-up.
+
+Triton compiles one variant of a kernel per specialization it meets (an int argument equal to 1
+or a multiple of 16, pointer alignment, each constexpr set). The warm-up forwards are meant to
+meet them all before the first request; a variant that they miss is compiled mid-serving, which
+holds the scheduler for up to a second on a fresh machine (less when Triton's disk cache has it),
+and every running stream sees that as one inter-token gap. The warning names the kernel and its
+specialization, so the warm-up can be taught the missing shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+
+class JitMonitor:
+    """Triton's jit_cache_hook / jit_post_compile_hook pair, timing each compile (or disk-cache
+    load) of a variant that the process had not loaded before."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+        self._started: dict = {}
+
+    def before(self, **kw: Any) -> bool:
+        self._started[_key(kw)] = time.perf_counter()
+        return False  # go on and compile
+
+    def after(self, **kw: Any) -> None:
+        t0 = self._started.pop(_key(kw), None)
+        took_ms = (time.perf_counter() - t0) * 1e3 if t0 is not None else float("nan")
+        self.compiles += 1
+        logger.warning("Triton compiled %s after start-up in %.0f ms: a variant the warm-up missed",
+                       kw.get("repr") or _name(kw), took_ms)
+
+
+def _key(kw: dict) -> str:
+    return str(kw.get("repr") or kw.get("key"))
+
+
+def _name(kw: dict) -> str:
+    fn = kw.get("fn")
+    return getattr(fn, "name", None) or str(fn)
+
+
+def install_jit_monitor() -> Optional[JitMonitor]:
+    """Hooks the monitor into Triton (called once the warm-up is done); None where this Triton
+    has no runtime hooks (before 3.4) or another hook is already set."""
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    runtime = getattr(knobs, "runtime", None)
+    if runtime is None or not hasattr(runtime, "jit_post_compile_hook"):
+        return None
+    if runtime.jit_cache_hook is not None or runtime.jit_post_compile_hook is not None:
+        logger.debug("Triton hooks already set; not monitoring compiles")
+        return None
+    monitor = JitMonitor()
+    runtime.jit_cache_hook = monitor.before
+    runtime.jit_post_compile_hook = monitor.after
+    return monitor

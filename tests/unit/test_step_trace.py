@@ -1,0 +1,58 @@
+"""--step-trace-path: one row per resolved step, in order, saying what the step held; and the
+Triton compile monitor's warning."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from tests.unit.test_scheduler import make, run_until_idle, submit, tiny_model_dir, workload  # noqa: F401
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_trace_has_one_ordered_row_per_step(tiny_model_dir, tmp_path, overlap):
+    path = tmp_path / "steps.jsonl"
+    s = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=16, step_trace_path=str(path))
+    s.enable_overlap = overlap
+    for rid, ids, n in workload(seed=3):
+        submit(s, rid, ids, n)
+    run_until_idle(s)
+    s.step_trace.flush()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == s.stats.forward_ct
+    for r in rows:
+        assert r["launch"] <= r["launched"] <= r["resolve"] <= r["synced"] <= r["sent"]
+        assert r["mode"] in ("extend", "decode")
+        assert (r["prefill_reqs"] > 0) == (r["mode"] == "extend")
+        assert r["prefill_tokens"] <= 16  # the step budget
+    assert [r["sent"] for r in rows] == sorted(r["sent"] for r in rows)
+    assert sum(r["prefill_tokens"] for r in rows) == s.stats.total_prefill_tokens
+    assert any(r["looked_ahead"] for r in rows) == overlap
+
+
+def test_no_trace_by_default(tiny_model_dir):
+    assert make(tiny_model_dir, max_total_tokens=4096).step_trace is None
+
+
+def test_jit_monitor_names_a_late_compile(caplog):
+    from sglserve.utils.jit_monitor import JitMonitor
+
+    m = JitMonitor()
+    with caplog.at_level(logging.WARNING, logger="sglserve.utils.jit_monitor"):
+        assert m.before(key="k", repr="decode_kernel[num_warps=4](bs: i32)") is False
+        m.after(key="k", repr="decode_kernel[num_warps=4](bs: i32)")
+    assert m.compiles == 1
+    assert "decode_kernel[num_warps=4](bs: i32)" in caplog.text and "warm-up missed" in caplog.text
+
+
+def test_install_sets_triton_hooks_once(monkeypatch):
+    knobs = pytest.importorskip("triton").knobs
+    from sglserve.utils.jit_monitor import install_jit_monitor
+
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    m = install_jit_monitor()
+    assert m is not None and knobs.runtime.jit_cache_hook == m.before and knobs.runtime.jit_post_compile_hook == m.after
+    assert install_jit_monitor() is None  # hooks already set: left alone
