@@ -3,6 +3,7 @@ sampled ids back (resolve). Nothing in launch waits for the device."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, List, Optional, Set, Tuple
 
 import numpy as np
@@ -28,10 +29,12 @@ class BatchRunner:
         self.eos_token_ids = eos_token_ids
         self.vocab_size = vocab_size
 
-    def launch(self, batch: "ScheduleBatch", input_ids: Optional[torch.Tensor] = None) -> LaunchedBatch:
+    def launch(self, batch: "ScheduleBatch", input_ids: Optional[torch.Tensor] = None,
+               marks: Optional[dict] = None) -> LaunchedBatch:
         """Prepare, forward and sample on the device. A request part-way through a chunked
         prefill computes KV only: it has no row to sample. input_ids: the decoding rows' ids
-        (the last ones of the batch) when they are still on the device."""
+        (the last ones of the batch) when they are still on the device. marks (--step-trace-path):
+        gets the time each part ended."""
         reqs = batch.reqs
         if batch.forward_mode.is_extend():
             batch.return_all_logits = logprobs.wants_input_logprobs(reqs)
@@ -46,6 +49,8 @@ class BatchRunner:
                 fb.input_ids = input_ids
             else:
                 fb.input_ids[fb.input_ids.shape[0] - batch.num_decoding:] = input_ids
+        if marks is not None:
+            marks["prepared"] = time.perf_counter()
         sample_reqs = reqs if len(sample_rows) == len(reqs) else [reqs[i] for i in sample_rows]
         # One pass decides whether any row needs per-row sampling state (the common case: none)
         simple = all(r.plain and r.greedy and r.min_new_tokens <= len(r.output_ids) for r in sample_reqs)
@@ -57,6 +62,8 @@ class BatchRunner:
             )
             self._add_sampling_extras(sample_reqs, sampling_info)
         out = self.model_runner.forward(fb)
+        if marks is not None:
+            marks["forwarded"] = time.perf_counter()
         logits = out.next_token_logits
         if len(sample_rows) != len(reqs):
             rows = torch.from_numpy(np.array(sample_rows, dtype=np.int64))

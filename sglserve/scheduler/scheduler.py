@@ -225,7 +225,8 @@ class Scheduler:
                 started = time.perf_counter()
                 batch = self.get_next_batch_to_run()
                 if batch is not None:
-                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None, started)
+                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None,
+                                                 self._marks(started))
                 self.resolve(pending, looked_ahead=batch is not None)
                 return True
             self.resolve(pending)
@@ -233,7 +234,7 @@ class Scheduler:
         batch = self.get_next_batch_to_run()
         if batch is None:
             return pending is not None
-        launched = self._launch(batch, started=started)
+        launched = self._launch(batch, marks=self._marks(started))
         if self.enable_overlap:
             self._pending = launched
         else:
@@ -261,13 +262,17 @@ class Scheduler:
             return None
         return carried_rows(reqs, pending.sample_reqs)
 
-    def _launch(self, batch: ScheduleBatch, carried_ids=None, started: float = 0.0) -> LaunchedBatch:
+    def _marks(self, started: float) -> Optional[dict]:
+        """The step's first timestamps for --step-trace-path (None when off): planning began, ended."""
+        return None if self.step_trace is None else {"launch": started, "planned": time.perf_counter()}
+
+    def _launch(self, batch: ScheduleBatch, carried_ids=None, marks: Optional[dict] = None) -> LaunchedBatch:
         """Launch, then the bookkeeping that needs no result: a chunk's KV goes into the prefix
         cache (the next chunk continues from it), and a request whose prompt is done joins the
         running set (it decodes next step, its first token taken from the device)."""
-        launched = self.batch_runner.launch(batch, carried_ids)
-        if self.step_trace is not None:
-            launched.trace = StepTrace.at_launch(batch, started)
+        launched = self.batch_runner.launch(batch, carried_ids, marks)
+        if marks is not None:
+            launched.trace = StepTrace.at_launch(batch, marks)
         if batch.forward_mode.is_extend():
             joined = []
             for req in batch.reqs[: len(batch.reqs) - batch.num_decoding]:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, List
 
 import orjson
+import torch
 
 if TYPE_CHECKING:
     from sglserve.scheduler.overlap import LaunchedBatch
@@ -28,12 +29,16 @@ class StepTrace:
         open(path, "ab").close()  # a path that cannot be written fails at start-up, not mid-serving
 
     @staticmethod
-    def at_launch(batch: "ScheduleBatch", started: float) -> dict:
-        """What the step holds, taken at launch (resolving drops the requests that finished)."""
+    def at_launch(batch: "ScheduleBatch", marks: dict) -> dict:
+        """What the step holds, taken at launch (resolving drops the requests that finished), its
+        marks (planning began and ended, batch prepared, forward enqueued, launch done) and the
+        CUDA allocators' counters: a launch that waits for the device shows up as a long part."""
         n_prefill = len(batch.reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
-        return {"launch": round(started, 6), "launched": round(time.perf_counter(), 6),
-                "mode": batch.forward_mode.name.lower(), "reqs": len(batch.reqs),
-                "prefill_reqs": n_prefill, "prefill_tokens": sum(r.extend_input_len for r in batch.reqs[:n_prefill])}
+        row = {k: round(v, 6) for k, v in marks.items()}
+        row.update(launched=round(time.perf_counter(), 6), mode=batch.forward_mode.name.lower(), reqs=len(batch.reqs),
+                   prefill_reqs=n_prefill, prefill_tokens=sum(r.extend_input_len for r in batch.reqs[:n_prefill]))
+        row.update(allocator_counters())
+        return row
 
     def record(self, launched: "LaunchedBatch", resolve_started: float, synced_at: float, looked_ahead: bool) -> None:
         row = dict(launched.trace or {})
@@ -48,3 +53,19 @@ class StepTrace:
             with open(self.path, "ab") as f:
                 f.write(b"\n".join(self.rows) + b"\n")
             self.rows = []
+
+
+def allocator_counters() -> dict:
+    """Cumulative counts of the CUDA caching allocator's device mallocs, frees and retries (a
+    retry frees every cached block: a device sync) and of the pinned host allocator's mallocs."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    dev = torch.cuda.memory_stats()
+    out = {"cuda_mallocs": dev.get("num_device_alloc", 0), "cuda_frees": dev.get("num_device_free", 0),
+           "alloc_retries": dev.get("num_alloc_retries", 0)}
+    try:
+        host = torch.cuda.host_memory_stats()
+        out["host_mallocs"] = host.get("num_host_alloc", 0)
+    except (AttributeError, RuntimeError):
+        pass
+    return out
