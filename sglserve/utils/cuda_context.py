@@ -16,6 +16,7 @@ when it initializes the device and reports it as before (one start-up error, in 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from typing import Optional
@@ -37,6 +38,8 @@ def start_context_creation(ordinal: int) -> None:
     """Begin creating device `ordinal`'s primary context (CUDA_VISIBLE_DEVICES applies, as for torch)."""
     global _thread
     if _thread is None:
+        # The driver reads this at cuInit: the value torch's own initialization would have set first
+        os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")
         _thread = threading.Thread(target=_retain_primary_context, args=(ordinal,),
                                    name="sglserve-cuda-context", daemon=True)
         _thread.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sglserve.utils import cuda_context
@@ -46,11 +48,13 @@ def driver(monkeypatch):
     return use
 
 
-def test_retains_the_primary_context_of_the_ordinal(driver):
+def test_retains_the_primary_context_of_the_ordinal(driver, monkeypatch):
+    monkeypatch.delenv("CUDA_MODULE_LOADING", raising=False)
     fake = driver(FakeDriver())
     cuda_context.start_context_creation(2)
     assert cuda_context.wait_context_creation() >= 0.0
     assert fake.calls == [("cuInit", 0), ("cuDeviceGet", 2), ("cuDevicePrimaryCtxRetain", 12)]
+    assert os.environ["CUDA_MODULE_LOADING"] == "LAZY"  # what torch sets before its own cuInit
 
 
 def test_a_second_start_makes_no_second_thread(driver):
