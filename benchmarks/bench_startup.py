@@ -10,6 +10,8 @@ second resolution). Phases, in seconds since the launch (null when the line neve
 no graphs on the CPU), the last line of its kind counting (with --tp-size > 1 the slowest rank):
   launcher       "Starting sglserve"                     launcher imported, flags parsed
   imports        "Scheduler process started"             the scheduler's imports done
+  config         "Model config read in"                  transformers' config read (its imports)
+  device         "CUDA device cuda:N ready"              torch's CUDA init (context made while importing)
   weights        "Load weight end"                       weights loaded
   kv             "KV Cache is allocated"
   graphs         "Captured CUDA graphs"
@@ -38,6 +40,8 @@ from typing import Dict, List, Optional, Tuple
 MARKERS: List[Tuple[str, str]] = [
     ("launcher", "Starting sglserve"),
     ("imports", "Scheduler process started"),
+    ("config", "Model config read in"),
+    ("device", "CUDA device cuda:"),
     ("weights", "Load weight end"),
     ("kv", "KV Cache is allocated"),
     ("graphs", "Captured CUDA graphs"),

@@ -31,7 +31,8 @@ hide_unused_optional_packages()  # before transformers; spawned children run thi
 from sglserve.entrypoints.http_prep import HttpSidePrep  # noqa: E402
 from sglserve.io_struct import ReadyMsg  # noqa: E402
 from sglserve.port_args import PortArgs  # noqa: E402
-from sglserve.server_args import ServerArgs, ServerArgsError, node_tp_ranks, prepare_server_args  # noqa: E402
+from sglserve.server_args import ServerArgs, ServerArgsError, local_gpu_id, node_tp_ranks, prepare_server_args  # noqa: E402
+from sglserve.utils.cuda_context import start_context_creation  # noqa: E402
 from sglserve.utils.logging_utils import configure_logger  # noqa: E402
 from sglserve.utils.process import freeze_startup_objects  # noqa: E402
 
@@ -66,6 +67,9 @@ class Subprocesses:
 
 
 def _scheduler_main(*args) -> None:
+    server_args, tp_rank = args[0], (args[3] if len(args) > 3 else 0)
+    if server_args.device == "cuda":  # the device's context is made while torch imports (utils/cuda_context.py)
+        start_context_creation(local_gpu_id(server_args, tp_rank))
     # Imported in the child only: the launcher must not pay torch/transformers imports before
     # it spawns, or start-up runs them twice in a row instead of in parallel
     from sglserve.scheduler.scheduler import run_scheduler_process

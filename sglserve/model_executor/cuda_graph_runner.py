@@ -87,8 +87,10 @@ class CudaGraphRunner:
             for bs in reversed(self.batch_sizes):
                 fb = self._static_batch(bs)
                 backend.init_forward_metadata(fb)
-                for _ in range(2):  # warm up: autotuning and lazy init stay outside the graph
-                    warm = model(fb.input_ids, fb.positions, fb).next_token_logits
+                # One eager forward first: Triton compiles, cuBLAS handles and lazy buffers are made
+                # outside the graph (everything they cache is keyed by shape, so a second one redid
+                # nothing and cost a third of the capture's time)
+                warm = model(fb.input_ids, fb.positions, fb).next_token_logits
                 if self.logits is None:
                     self.logits = torch.empty((self.max_bs,) + tuple(warm.shape[1:]), dtype=warm.dtype, device=warm.device)
                 del warm

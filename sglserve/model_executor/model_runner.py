@@ -21,6 +21,7 @@ from sglserve.model_executor.forward_batch import ForwardBatch
 from sglserve.model_executor.warmup import warm_up_extend
 from sglserve.model_loader import get_model
 from sglserve.server_args import ServerArgs, local_gpu_id, ranks_per_node
+from sglserve.utils.cuda_context import wait_context_creation
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ class ModelRunner:
         self.device = torch.device(server_args.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_gpu_id(server_args, tp_rank))
+            t0, waited = time.perf_counter(), wait_context_creation()
             torch.cuda.set_device(self.device)
+            logger.info("CUDA device %s ready in %.2f s (%.2f s of it waiting for its context, made while importing)",
+                        self.device, time.perf_counter() - t0, waited)
         self.dtype = model_config.dtype
         self.page_size = server_args.page_size
         if self.tp_size > 1:

@@ -65,7 +65,9 @@ class Scheduler:
         (rank_input.py: rank 0 alone talks to the other processes)."""
         self.server_args = sa = server_args
         self.tp_rank, self.tp_size = tp_rank, sa.tp_size
+        t0 = time.perf_counter()
         self.model_config = ModelConfig.from_server_args(server_args)
+        logger.info("Model config read in %.2f s (%s)", time.perf_counter() - t0, self.model_config.architecture)
         text_side = start_text_side(sa, self.model_config, agree=all_reduce_min if self.tp_size > 1 else None)
         self.model_runner = mr = ModelRunner(self.model_config, server_args, tp_rank, dist_init_addr)
         text = text_side.result()

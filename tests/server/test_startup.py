@@ -65,8 +65,8 @@ def test_bench_startup_reports_phases_in_order():
     row = json.loads(r.stdout.strip().splitlines()[-1])
     phases = row["phases"]
     assert row["ready_s"] is not None and row["ready_s"] == phases["ready"]
-    assert phases["graphs"] is None  # the CPU captures no graphs
-    order = ["launcher", "imports", "weights", "kv", "scheduler", "fired_up", "ready"]
+    assert phases["graphs"] is None and phases["device"] is None  # the CPU captures no graphs, makes no CUDA context
+    order = ["launcher", "imports", "config", "weights", "kv", "scheduler", "fired_up", "ready"]
     times = [phases[p] for p in order]
     assert None not in times, phases
     assert times == sorted(times), phases
