@@ -34,7 +34,7 @@ from sglserve.port_args import PortArgs  # noqa: E402
 from sglserve.server_args import ServerArgs, ServerArgsError, local_gpu_id, node_tp_ranks, prepare_server_args  # noqa: E402
 from sglserve.utils.cuda_context import start_context_creation  # noqa: E402
 from sglserve.utils.logging_utils import configure_logger  # noqa: E402
-from sglserve.utils.process import freeze_startup_objects  # noqa: E402
+from sglserve.utils.process import freeze_startup_objects, pause_gc_for_imports  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Subprocesses:
 
 
 def _scheduler_main(*args) -> None:
+    pause_gc_for_imports()  # resumed by Scheduler once the model config (transformers) is imported
     server_args, tp_rank = args[0], (args[3] if len(args) > 3 else 0)
     if server_args.device == "cuda":  # the device's context is made while torch imports (utils/cuda_context.py)
         start_context_creation(local_gpu_id(server_args, tp_rank))
@@ -78,6 +79,7 @@ def _scheduler_main(*args) -> None:
 
 
 def _detokenizer_main(*args) -> None:
+    pause_gc_for_imports()  # resumed by run_detokenizer_process
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
 
     run_detokenizer_process(*args)

@@ -35,7 +35,7 @@ from sglserve.io_struct import BatchStrOut, BatchTokenIDOut, LogprobNews, ReadyM
 from sglserve.port_args import PortArgs
 from sglserve.server_args import ServerArgs
 from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import freeze_startup_objects, setup_child_process
+from sglserve.utils.process import freeze_startup_objects, resume_gc_after_imports, setup_child_process
 from sglserve.utils.worker_routing import WorkerQueues, select
 from sglserve.utils.zmq_queue import PullQueue
 
@@ -235,6 +235,7 @@ def _matched(finished_reason: Optional[Dict[str, Any]]) -> Any:
 def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready_writer) -> None:
     """Child-process entry point: bind, report ready, then loop until the parent dies."""
     configure_logger(server_args, prefix=" Detokenizer")
+    resume_gc_after_imports()
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     # One process, one core's job: rayon threads in decode_batch would only contend with the

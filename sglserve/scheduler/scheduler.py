@@ -51,7 +51,8 @@ from sglserve.port_args import PortArgs
 from sglserve.server_args import ServerArgs
 from sglserve.utils.jit_monitor import install_jit_monitor
 from sglserve.utils.logging_utils import configure_logger
-from sglserve.utils.process import freeze_startup_objects, process_age_s, setup_child_process
+from sglserve.utils.process import (freeze_startup_objects, process_age_s, resume_gc_after_imports,
+                                    setup_child_process)
 from sglserve.utils.worker_routing import WorkerQueues
 from sglserve.utils.zmq_queue import PullQueue, PushQueue
 
@@ -67,6 +68,7 @@ class Scheduler:
         self.tp_rank, self.tp_size = tp_rank, sa.tp_size
         t0 = time.perf_counter()
         self.model_config = ModelConfig.from_server_args(server_args)
+        resume_gc_after_imports()  # the config's transformers imports were the last big ones
         logger.info("Model config read in %.2f s (%s)", time.perf_counter() - t0, self.model_config.architecture)
         text_side = start_text_side(sa, self.model_config, agree=all_reduce_min if self.tp_size > 1 else None)
         self.model_runner = mr = ModelRunner(self.model_config, server_args, tp_rank, dist_init_addr)

@@ -42,6 +42,22 @@ def process_age_s() -> float:
     return time.time() - psutil.Process().create_time()
 
 
+def pause_gc_for_imports() -> None:
+    """No cyclic GC while a child imports torch and transformers: their ~10^6 new objects set
+    off hundreds of collections, full ones among them (up to 0.2 s each on a GPU host's CPU,
+    V9's start-up log; 0.6 s in all on this CPU), on the scheduler's critical path. Imports
+    make almost no cyclic garbage. resume_gc_after_imports ends the pause."""
+    gc.disable()
+
+
+def resume_gc_after_imports() -> None:
+    """Freeze what the imports made (no collection walks it again, as after start-up) and turn
+    the GC back on; a no-op where pause_gc_for_imports was not called."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def freeze_startup_objects() -> None:
     """Move everything alive after start-up (modules, the model, the tokenizer: ~10^6 objects)
     into the permanent generation: the cyclic GC then never walks them again, and a full

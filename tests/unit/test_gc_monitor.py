@@ -74,3 +74,24 @@ def test_start_up_freeze_collection_is_not_reported(monitor, caplog):
     assert m.slow_collections == 0 and not caplog.records and not m.quiet
     gc.collect()  # and the monitor reports again afterwards
     assert m.slow_collections >= 1
+
+
+def test_gc_paused_for_imports_then_frozen_and_back_on():
+    import gc
+
+    from sglserve.utils.process import pause_gc_for_imports, resume_gc_after_imports
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        pause_gc_for_imports()
+        assert not gc.isenabled()
+        made = [[i] for i in range(1000)]  # what the imports would leave alive
+        resume_gc_after_imports()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)
+        resume_gc_after_imports()  # not paused: nothing to do
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
