@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ class ForwardBatch:
     attn_backend: Optional["AttentionBackend"] = None
     # Per-step scratch the attention backend fills in init_forward_metadata
     attn_metadata: Any = None
+    # Called after each decoder layer is enqueued (eager forwards only): the scheduler resolves the
+    # step before this one there as soon as the device has finished it (Scheduler.step)
+    between_layers: Optional[Callable[[], None]] = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -118,8 +118,11 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
         hidden_states = self.embed_tokens(input_ids)
         residual = None
+        between_layers = forward_batch.between_layers
         for layer in self.layers:
             hidden_states, residual = layer(positions, hidden_states, forward_batch, residual)
+            if between_layers is not None:
+                between_layers()
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 

@@ -4,7 +4,7 @@ sampled ids back (resolve). Nothing in launch waits for the device."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -30,11 +30,11 @@ class BatchRunner:
         self.vocab_size = vocab_size
 
     def launch(self, batch: "ScheduleBatch", input_ids: Optional[torch.Tensor] = None,
-               marks: Optional[dict] = None) -> LaunchedBatch:
+               marks: Optional[dict] = None, between_layers: Optional[Callable[[], None]] = None) -> LaunchedBatch:
         """Prepare, forward and sample on the device. A request part-way through a chunked
         prefill computes KV only: it has no row to sample. input_ids: the decoding rows' ids
         (the last ones of the batch) when they are still on the device. marks (--step-trace-path):
-        gets the time each part ended."""
+        gets the time each part ended. between_layers: called after each layer is enqueued."""
         reqs = batch.reqs
         if batch.forward_mode.is_extend():
             batch.return_all_logits = logprobs.wants_input_logprobs(reqs)
@@ -61,6 +61,7 @@ class BatchRunner:
                 [r.sampling_params for r in sample_reqs], [len(r.output_ids) for r in sample_reqs]
             )
             self._add_sampling_extras(sample_reqs, sampling_info)
+        fb.between_layers = between_layers
         out = self.model_runner.forward(fb)
         if marks is not None:
             marks["forwarded"] = time.perf_counter()

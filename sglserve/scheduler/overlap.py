@@ -43,6 +43,7 @@ class LaunchedBatch:
     logprob_state: Any
     out: Any
     trace: Optional[dict] = None  # --step-trace-path: what the step held and when it was launched
+    resolved: bool = False  # its ids were read and its outputs sent (maybe during the next launch)
 
     @classmethod
     def start_copy(cls, next_ids: Optional[torch.Tensor], **kw: Any) -> "LaunchedBatch":
@@ -60,6 +61,10 @@ class LaunchedBatch:
             return self.next_ids
         index = torch.from_numpy(np.array(rows, dtype=np.int64))
         return self.next_ids[to_device_async(index, self.next_ids.device)]
+
+    def is_done(self) -> bool:
+        """The device has finished this step (its ids are on the host): resolving will not wait."""
+        return self.copy_done is None or self.copy_done.query()
 
     def host_token_ids(self) -> List[int]:
         if self.next_ids is None:

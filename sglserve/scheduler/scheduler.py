@@ -15,8 +15,9 @@ import os
 import sys
 import time
 import traceback
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+import torch
 import zmq
 
 from sglserve.configs.model_config import ModelConfig
@@ -230,8 +231,9 @@ class Scheduler:
                 batch = self.get_next_batch_to_run()
                 if batch is not None:
                     self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None,
-                                                 self._marks(started))
-                self.resolve(pending, looked_ahead=batch is not None)
+                                                 self._marks(started), self._resolve_when_done(pending))
+                if not pending.resolved:
+                    self.resolve(pending, looked_ahead=batch is not None)
                 return True
             self.resolve(pending)
         started = time.perf_counter()
@@ -270,11 +272,25 @@ class Scheduler:
         """The step's first timestamps for --step-trace-path (None when off): planning began, ended."""
         return None if self.step_trace is None else {"launch": started, "planned": time.perf_counter()}
 
-    def _launch(self, batch: ScheduleBatch, carried_ids=None, marks: Optional[dict] = None) -> LaunchedBatch:
+    def _resolve_when_done(self, pending: LaunchedBatch) -> Callable[[], None]:
+        """Polled between the next step's layers: the last step's tokens go out as soon as the
+        device has them. Enqueueing a mixed step's ~500 eager kernels fills CUDA's launch queue
+        and then waits for the device, so resolving only after the whole launch held every
+        stream's token up to a step longer (V10: launches of 60-100 ms instead of ~25)."""
+
+        def poll() -> None:
+            if not pending.resolved and pending.is_done():
+                with torch.inference_mode(False):  # the forward's mode is not the scheduler's
+                    self.resolve(pending, looked_ahead=True)
+
+        return poll
+
+    def _launch(self, batch: ScheduleBatch, carried_ids=None, marks: Optional[dict] = None,
+                between_layers: Optional[Callable[[], None]] = None) -> LaunchedBatch:
         """Launch, then the bookkeeping that needs no result: a chunk's KV goes into the prefix
         cache (the next chunk continues from it), and a request whose prompt is done joins the
         running set (it decodes next step, its first token taken from the device)."""
-        launched = self.batch_runner.launch(batch, carried_ids, marks)
+        launched = self.batch_runner.launch(batch, carried_ids, marks, between_layers)
         if marks is not None:
             launched.trace = StepTrace.at_launch(batch, marks)
         if batch.forward_mode.is_extend():
@@ -288,6 +304,7 @@ class Scheduler:
         return launched
 
     def resolve(self, launched: LaunchedBatch, looked_ahead: bool = False) -> None:
+        launched.resolved = True
         resolve_started = time.perf_counter()
         batch, sample_rows, next_ids = self.batch_runner.resolve(launched)
         synced = time.perf_counter()

@@ -221,13 +221,13 @@ def test_mixed_steps_stay_within_budget_and_equal_alone(tiny_model_dir, alone_ou
     steps = []  # (prefill tokens, decode tokens) per forward
     orig = s.batch_runner.launch
 
-    def spy(batch, input_ids=None, marks=None):
+    def spy(batch, input_ids=None, marks=None, between_layers=None):
         n_prefill = len(batch.reqs) - batch.num_decoding
         if batch.forward_mode.is_extend():
             steps.append((sum(r.extend_input_len for r in batch.reqs[:n_prefill]), batch.num_decoding))
         else:
             steps.append((0, len(batch.reqs)))
-        return orig(batch, input_ids, marks)
+        return orig(batch, input_ids, marks, between_layers)
 
     s.batch_runner.launch = spy
     for rid, ids, n in workload():

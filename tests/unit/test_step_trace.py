@@ -30,6 +30,9 @@ def test_trace_has_one_ordered_row_per_step(tiny_model_dir, tmp_path, overlap):
     assert [r["sent"] for r in rows] == sorted(r["sent"] for r in rows)
     assert sum(r["prefill_tokens"] for r in rows) == s.stats.total_prefill_tokens
     assert any(r["looked_ahead"] for r in rows) == overlap
+    # With look-ahead, a step is resolved between the next step's layers once the device is done
+    # with it (on the CPU: at once), not after the next launch has ended
+    assert any(b["launch"] < a["resolve"] < b["launched"] for a, b in zip(rows, rows[1:])) == overlap
 
 
 def test_no_trace_by_default(tiny_model_dir):
