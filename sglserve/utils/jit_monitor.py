@@ -33,8 +33,8 @@ class JitMonitor:
         t0 = self._started.pop(_key(kw), None)
         took_ms = (time.perf_counter() - t0) * 1e3 if t0 is not None else float("nan")
         self.compiles += 1
-        logger.warning("Triton compiled %s after start-up in %.0f ms: a variant the warm-up missed",
-                       kw.get("repr") or _name(kw), took_ms)
+        logger.warning("Triton compiled %s after start-up in %.0f ms: a variant the warm-up missed (%s)",
+                       _name(kw), took_ms, _specialization(kw))
 
 
 def _key(kw: dict) -> str:
@@ -43,7 +43,14 @@ def _key(kw: dict) -> str:
 
 def _name(kw: dict) -> str:
     fn = kw.get("fn")
-    return getattr(fn, "name", None) or str(fn)
+    return getattr(fn, "name", None) or str(kw.get("repr") or fn)
+
+
+def _specialization(kw: dict) -> str:
+    """The variant's key (argument types, which ints are 1 or multiples of 16, which pointers are
+    aligned) and constexprs, as this Triton version spells them."""
+    compile_info = kw.get("compile") or {}
+    return f"key={kw.get('key')}, constants={compile_info.get('constants')}"[:1500]
 
 
 def install_jit_monitor() -> Optional[JitMonitor]:

@@ -47,7 +47,7 @@ def test_jit_monitor_names_a_late_compile(caplog):
         assert m.before(key="k", repr="decode_kernel[num_warps=4](bs: i32)") is False
         m.after(key="k", repr="decode_kernel[num_warps=4](bs: i32)")
     assert m.compiles == 1
-    assert "decode_kernel[num_warps=4](bs: i32)" in caplog.text and "warm-up missed" in caplog.text
+    assert "warm-up missed" in caplog.text and "key=k" in caplog.text
 
 
 def test_install_sets_triton_hooks_once(monkeypatch):
