@@ -252,16 +252,18 @@ class ScheduleBatch:
         for r, loc in zip(reqs, locs):
             r.kv_len += 1
             r.last_loc = loc
-        # numpy converts the int lists about 3x faster than torch.tensor (0.34 vs 1.1 ms at 4096 rows)
-        host = torch.from_numpy(np.array(
-            [[r.output_ids[-1] if r.output_ids else 0 for r in reqs], self.prefix_lens, [r.req_pool_idx for r in reqs],
-             self.seq_lens, locs],
-            dtype=np.int64,
-        ))
+        # numpy converts the int lists about 3x faster than torch.tensor (0.34 vs 1.1 ms at 4096 rows).
+        # Rows padded to 16 columns: every row starts 128-byte aligned on the device, so a batch
+        # size never gives the kernels a pointer alignment (a Triton variant) the warm-up has not met
+        bs = len(reqs)
+        packed = np.zeros((5, -(-bs // 16) * 16), dtype=np.int64)
+        packed[:, :bs] = [[r.output_ids[-1] if r.output_ids else 0 for r in reqs], self.prefix_lens,
+                          [r.req_pool_idx for r in reqs], self.seq_lens, locs]
+        host = torch.from_numpy(packed)[:, :bs]
         pool = self.req_to_token_pool
         if pool.host is not pool.req_to_token:
             pool.host[host[2], host[1]] = host[4].to(torch.int32)
-        dev = to_device_async(host, pool.req_to_token.device)
+        dev = to_device_async(torch.from_numpy(packed), pool.req_to_token.device)[:, :bs]
         input_ids, positions, rows, seq_lens, loc = dev[0], dev[1], dev[2], dev[3], dev[4]
         pool.req_to_token[rows, positions] = loc.to(torch.int32)
         return ForwardBatch(

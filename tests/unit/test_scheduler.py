@@ -282,3 +282,20 @@ def test_bad_clip_variable_fails_at_start(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION", "lots")
     with pytest.raises(ValueError, match="SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"):
         make(tiny_model_dir, max_total_tokens=320)
+
+
+@pytest.mark.parametrize("bs", [1, 3, 17, 257])
+def test_decode_batch_rows_are_aligned(tiny_model_dir, bs):
+    """Every tensor of a decode step starts 16-byte aligned whatever the batch size: an odd size
+    once gave `positions` an 8-byte alignment, a Triton variant (RoPE) the warm-up had not met,
+    compiled mid-serving (V11)."""
+    s = make(tiny_model_dir, max_total_tokens=4096, max_running_requests=512)
+    for i in range(bs):
+        submit(s, f"a{i}", [1 + i % 100, 2, 3], 4)
+    s.step()  # the prefill
+    s.step() if s._pending is not None else None
+    batch = s.kv.new_batch(list(s.running.reqs), ForwardMode.DECODE)
+    fb = batch.prepare_for_decode()
+    assert fb.batch_size == bs
+    for t in (fb.input_ids, fb.positions, fb.req_pool_indices, fb.out_cache_loc):
+        assert t.shape[0] == bs and t.data_ptr() % 16 == 0
