@@ -32,7 +32,8 @@ from sglserve.model_executor.model_runner import ModelRunner
 from sglserve.model_executor.warmup import warm_up_extend
 from sglserve.server_args import ServerArgs
 
-DRY = dict(num_decoding=5, decode_len=24, prefill_tokens=[20], prefill_len=12, iters=2, warmup=1)
+DRY = dict(num_decoding=5, decode_len=24, prefill_tokens=[20], prefill_len=12, iters=2, warmup=1,
+           chunked_prefill_size=64)  # the warm-up's largest step: 64 tokens, not max_prefill_tokens, on the interpreter
 
 
 def tiny_config(folder: str) -> str:

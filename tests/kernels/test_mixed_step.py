@@ -24,7 +24,7 @@ from sglserve.layers.attention import triton_backend
 from sglserve.layers.attention.triton_backend import TritonAttnBackend
 from sglserve.model_executor.forward_batch import ForwardMode
 from sglserve.model_executor.model_runner import ModelRunner
-from sglserve.model_executor.warmup import synthetic_extend_batch, warm_up_extend, warmup_shapes
+from sglserve.model_executor.warmup import largest_step, synthetic_extend_batch, warm_up_extend, warmup_shapes
 from sglserve.server_args import ServerArgs
 from sglserve_kernels.testing import LaunchRecorder, specialization_key
 from tests.kernels.test_triton_backend import H, KVH, LAYERS, D, World, fake_runner, reference, run_layers
@@ -102,7 +102,8 @@ def tiny_runner(tmp_path_factory):
            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True, "torch_dtype": "float32"}
     (folder / "config.json").write_text(json.dumps(cfg))
     sa = ServerArgs(model_path=str(folder), load_format="dummy", device="cpu", dtype="float32",
-                    max_total_tokens=1024, max_running_requests=4, context_length=256, skip_tokenizer_init=True)
+                    max_total_tokens=1024, max_running_requests=4, context_length=256, skip_tokenizer_init=True,
+                    chunked_prefill_size=16)
     runner = ModelRunner(ModelConfig.from_server_args(sa), sa)
     runner.attn_backend = create_attn_backend("triton", runner)
     return runner
@@ -117,7 +118,8 @@ def test_warmup_covers_every_later_mixed_step(tiny_runner, recorders):
     counts = tiny_runner.attn_backend.warmup_decoding_counts(tiny_runner.max_running_requests)
     assert counts == [1, 2, 3, 4]  # 8 SMs on the interpreter, 2 KV heads: 8, 4, 3, 2 splits
     n = warm_up_extend(tiny_runner)
-    assert n == len(warmup_shapes(counts)) == 1 + 5
+    assert n == len(warmup_shapes(counts)) + 1 == 1 + 5 + 1  # + the largest step: 16 tokens beside 4 rows
+    assert largest_step(tiny_runner) == (16, 4)
     decode_rows = {g[0] for g, _ in recorders["_decode_stage1"].launches}
     assert decode_rows == set(counts), decode_rows
     warm = {name: rec.keys() for name, rec in recorders.items()}
@@ -159,3 +161,20 @@ def test_profile_mixed_dry_run(capsys):
     assert step["num_decoding"] == module.DRY["num_decoding"] and step["prefill_tokens"] == module.DRY["prefill_tokens"][0]
     for key in ("attn_split_ms_per_layer", "attn_unsplit_ms_per_layer", "forward_split_ms", "forward_unsplit_ms"):
         assert step[key] > 0, key
+
+
+def test_largest_step_that_does_not_fit_is_skipped_with_a_warning(tiny_runner, monkeypatch, caplog):
+    """Start-up goes on (serving allocates as it goes) when the memory beside the KV pool cannot
+    hold the largest step; the warning names the shape and the flags that shrink it."""
+    import logging
+
+    from sglserve.model_executor import warmup
+
+    def oom(fb):
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(tiny_runner, "forward", oom)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=warmup.__name__):
+        assert warmup._reserve_largest_step(tiny_runner) is None
+    assert "16 prefill tokens beside 4 decoding rows" in caplog.text and "--max-running-requests" in caplog.text
