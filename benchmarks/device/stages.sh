@@ -220,8 +220,15 @@ sweep)
     start_server "$OUT/sweep_server_$budget.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --chunked-prefill-size "$budget" \
       --step-trace-path "$STATE/steps_$budget.jsonl" ${SWEEP_FLAGS:-} || continue
     n=$(echo "${W3_RUNS%% *}" | cut -d: -f2); log "W3 ShareGPT $n prompts at rate inf, step budget $budget"
+    SPY=""  # SWEEP_PYSPY=<seconds> (carry .spy): the scheduler's Python and native stacks over the run's first seconds
+    if [ -n "${SWEEP_PYSPY:-}" ] && command -v py-spy > /dev/null; then
+      py-spy record --native --subprocesses --rate 200 --duration "$SWEEP_PYSPY" --format raw --pid "$SPID" \
+        -o "$OUT/pyspy_$budget.txt" > "$OUT/pyspy_$budget.log" 2>&1 &
+      SPY=$!
+    fi
     serving "w3_budget_$budget" "$OUT/sweep.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
       --num-prompts "$n" --request-rate inf --output-details "$STATE/details_$budget.jsonl"
+    [ -n "$SPY" ] && wait "$SPY"
     stop_server
     $PY benchmarks/host_path/step_gaps.py --details "$STATE/details_$budget.jsonl" --trace "$STATE/steps_$budget.jsonl" \
       ${GAP_MIN_MS:+--min-ms $GAP_MIN_MS} > "$OUT/step_gaps_$budget.json" 2>&1; head -c 2500 "$OUT/step_gaps_$budget.json"; echo

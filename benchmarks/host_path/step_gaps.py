@@ -65,6 +65,12 @@ def classify(details: dict, steps: List[dict], min_ms: float) -> Dict[str, objec
             "wait_device_ms": round((s["synced"] - s["resolve"]) * 1e3, 1),
             "process_send_ms": round((s["sent"] - s["synced"]) * 1e3, 1),
             "looked_ahead": s.get("looked_ahead"),
+            **({"forward_ms": round((s["forwarded"] - s["prepared"]) * 1e3, 1),
+                "to_first_layer_ms": round((s["first_layer_end"] - s["prepared"]) * 1e3, 1),
+                "layers_ms": round((s["last_layer_end"] - s["first_layer_end"]) * 1e3, 1),
+                "after_layers_ms": round((s["forwarded"] - s["last_layer_end"]) * 1e3, 1),
+                "max_layer_gap_ms": s["max_layer_gap_ms"], "max_gap_layer": s["max_gap_layer"]}
+               if "first_layer_end" in s else {}),
         })
     gaps_ms = sorted(g * 1e3 for g in step_gap[1:])
     pct = (lambda q: round(gaps_ms[min(len(gaps_ms) - 1, int(q * len(gaps_ms)))], 1)) if gaps_ms else (lambda q: None)

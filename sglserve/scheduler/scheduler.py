@@ -230,8 +230,9 @@ class Scheduler:
                 started = time.perf_counter()
                 batch = self.get_next_batch_to_run()
                 if batch is not None:
+                    marks = self._marks(started)
                     self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None,
-                                                 self._marks(started), self._resolve_when_done(pending))
+                                                 marks, self._resolve_when_done(pending, marks))
                 if not pending.resolved:
                     self.resolve(pending, looked_ahead=batch is not None)
                 return True
@@ -272,13 +273,17 @@ class Scheduler:
         """The step's first timestamps for --step-trace-path (None when off): planning began, ended."""
         return None if self.step_trace is None else {"launch": started, "planned": time.perf_counter()}
 
-    def _resolve_when_done(self, pending: LaunchedBatch) -> Callable[[], None]:
+    def _resolve_when_done(self, pending: LaunchedBatch, marks: Optional[dict] = None) -> Callable[[], None]:
         """Polled between the next step's layers: the last step's tokens go out as soon as the
         device has them. Enqueueing a mixed step's ~500 eager kernels fills CUDA's launch queue
         and then waits for the device, so resolving only after the whole launch held every
         stream's token up to a step longer (V10: launches of 60-100 ms instead of ~25)."""
 
+        layer_ends = None if marks is None else marks.setdefault("layer_ends", [])
+
         def poll() -> None:
+            if layer_ends is not None:
+                layer_ends.append(time.perf_counter())
             if not pending.resolved and pending.is_done():
                 with torch.inference_mode(False):  # the forward's mode is not the scheduler's
                     self.resolve(pending, looked_ahead=True)

@@ -34,7 +34,13 @@ class StepTrace:
         marks (planning began and ended, batch prepared, forward enqueued, launch done) and the
         CUDA allocators' counters: a launch that waits for the device shows up as a long part."""
         n_prefill = len(batch.reqs) - batch.num_decoding if batch.forward_mode.is_extend() else 0
-        row = {k: round(v, 6) for k, v in marks.items()}
+        ends = marks.get("layer_ends")
+        row = {k: round(v, 6) for k, v in marks.items() if k != "layer_ends"}
+        if ends:  # where the forward's launch spent its time: before, between and after the layers
+            gaps = [b - a for a, b in zip(ends, ends[1:])]
+            worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+            row.update(first_layer_end=round(ends[0], 6), last_layer_end=round(ends[-1], 6),
+                       max_layer_gap_ms=round(gaps[worst] * 1e3, 2) if gaps else 0.0, max_gap_layer=worst + 1)
         row.update(launched=round(time.perf_counter(), 6), mode=batch.forward_mode.name.lower(), reqs=len(batch.reqs),
                    prefill_reqs=n_prefill, prefill_tokens=sum(r.extend_input_len for r in batch.reqs[:n_prefill]))
         row.update(allocator_counters())

@@ -33,6 +33,12 @@ def test_trace_has_one_ordered_row_per_step(tiny_model_dir, tmp_path, overlap):
     # With look-ahead, a step is resolved between the next step's layers once the device is done
     # with it (on the CPU: at once), not after the next launch has ended
     assert any(b["launch"] < a["resolve"] < b["launched"] for a, b in zip(rows, rows[1:])) == overlap
+    # A launch made while the step before was in flight says when each layer was enqueued
+    timed = [r for r in rows if "first_layer_end" in r]
+    assert bool(timed) == overlap
+    for r in timed:
+        assert r["prepared"] <= r["first_layer_end"] <= r["last_layer_end"] <= r["forwarded"]
+        assert r["max_layer_gap_ms"] >= 0 and r["max_gap_layer"] >= 1
 
 
 def test_no_trace_by_default(tiny_model_dir):
