@@ -54,9 +54,9 @@ class ForwardBatch:
     attn_backend: Optional["AttentionBackend"] = None
     # Per-step scratch the attention backend fills in init_forward_metadata
     attn_metadata: Any = None
-    # Called after each decoder layer is enqueued (eager forwards only): the scheduler resolves the
-    # step before this one there as soon as the device has finished it (Scheduler.step)
-    between_layers: Optional[Callable[[], None]] = None
+    # Called after each decoder layer is enqueued (eager forwards only), with True after the last:
+    # the scheduler resolves the step before this one there (Scheduler._resolve_when_done)
+    between_layers: Optional[Callable[[bool], None]] = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -119,10 +119,11 @@ class LlamaModel(nn.Module):
         hidden_states = self.embed_tokens(input_ids)
         residual = None
         between_layers = forward_batch.between_layers
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             hidden_states, residual = layer(positions, hidden_states, forward_batch, residual)
             if between_layers is not None:
-                between_layers()
+                between_layers(i == last)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 

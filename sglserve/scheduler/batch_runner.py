@@ -30,11 +30,12 @@ class BatchRunner:
         self.vocab_size = vocab_size
 
     def launch(self, batch: "ScheduleBatch", input_ids: Optional[torch.Tensor] = None,
-               marks: Optional[dict] = None, between_layers: Optional[Callable[[], None]] = None) -> LaunchedBatch:
+               marks: Optional[dict] = None, between_layers: Optional[Callable[[bool], None]] = None) -> LaunchedBatch:
         """Prepare, forward and sample on the device. A request part-way through a chunked
         prefill computes KV only: it has no row to sample. input_ids: the decoding rows' ids
         (the last ones of the batch) when they are still on the device. marks (--step-trace-path):
-        gets the time each part ended. between_layers: called after each layer is enqueued."""
+        gets the time each part ended. between_layers: called after each layer is enqueued (True
+        after the last)."""
         reqs = batch.reqs
         if batch.forward_mode.is_extend():
             batch.return_all_logits = logprobs.wants_input_logprobs(reqs)

@@ -273,25 +273,27 @@ class Scheduler:
         """The step's first timestamps for --step-trace-path (None when off): planning began, ended."""
         return None if self.step_trace is None else {"launch": started, "planned": time.perf_counter()}
 
-    def _resolve_when_done(self, pending: LaunchedBatch, marks: Optional[dict] = None) -> Callable[[], None]:
-        """Polled between the next step's layers: the last step's tokens go out as soon as the
-        device has them. Enqueueing a mixed step's ~500 eager kernels fills CUDA's launch queue
-        and then waits for the device, so resolving only after the whole launch held every
-        stream's token up to a step longer (V10: launches of 60-100 ms instead of ~25)."""
+    def _resolve_when_done(self, pending: LaunchedBatch, marks: Optional[dict] = None) -> Callable[[bool], None]:
+        """Called between the next step's layers: the last step is resolved as soon as the device
+        has finished it, and at the latest once the next step's layers are enqueued, before its
+        logits and sampling. The host runs ahead of the device until CUDA's launch queue is full;
+        the next launch then blocks (V12's trace: up to 67 ms at the logits) while the last step's
+        tokens, long finished, wait to be sent. The device meanwhile has the next step's layers
+        queued, so waiting for the last step there leaves it no idle time."""
 
         layer_ends = None if marks is None else marks.setdefault("layer_ends", [])
 
-        def poll() -> None:
+        def poll(last: bool) -> None:
             if layer_ends is not None:
                 layer_ends.append(time.perf_counter())
-            if not pending.resolved and pending.is_done():
+            if not pending.resolved and (last or pending.is_done()):
                 with torch.inference_mode(False):  # the forward's mode is not the scheduler's
                     self.resolve(pending, looked_ahead=True)
 
         return poll
 
     def _launch(self, batch: ScheduleBatch, carried_ids=None, marks: Optional[dict] = None,
-                between_layers: Optional[Callable[[], None]] = None) -> LaunchedBatch:
+                between_layers: Optional[Callable[[bool], None]] = None) -> LaunchedBatch:
         """Launch, then the bookkeeping that needs no result: a chunk's KV goes into the prefix
         cache (the next chunk continues from it), and a request whose prompt is done joins the
         running set (it decodes next step, its first token taken from the device)."""
