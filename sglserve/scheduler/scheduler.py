@@ -231,8 +231,8 @@ class Scheduler:
                 batch = self.get_next_batch_to_run()
                 if batch is not None:
                     marks = self._marks(started)
-                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None,
-                                                 marks, self._resolve_when_done(pending, marks))
+                    poll = self._resolve_when_done(pending, marks, wait_at_last=batch.forward_mode.is_extend())
+                    self._pending = self._launch(batch, pending.carried_ids(carried) if carried else None, marks, poll)
                 if not pending.resolved:
                     self.resolve(pending, looked_ahead=batch is not None)
                 return True
@@ -273,20 +273,23 @@ class Scheduler:
         """The step's first timestamps for --step-trace-path (None when off): planning began, ended."""
         return None if self.step_trace is None else {"launch": started, "planned": time.perf_counter()}
 
-    def _resolve_when_done(self, pending: LaunchedBatch, marks: Optional[dict] = None) -> Callable[[bool], None]:
+    def _resolve_when_done(self, pending: LaunchedBatch, marks: Optional[dict] = None,
+                           wait_at_last: bool = False) -> Callable[[bool], None]:
         """Called between the next step's layers: the last step is resolved as soon as the device
-        has finished it, and at the latest once the next step's layers are enqueued, before its
-        logits and sampling. The host runs ahead of the device until CUDA's launch queue is full;
-        the next launch then blocks (V12's trace: up to 67 ms at the logits) while the last step's
-        tokens, long finished, wait to be sent. The device meanwhile has the next step's layers
-        queued, so waiting for the last step there leaves it no idle time."""
+        has finished it and, when the next step is a mixed one (wait_at_last), at the latest once
+        its layers are enqueued, before its logits and sampling. The host runs ahead of the device
+        until CUDA's launch queue is full; a mixed step's launch then blocked at the logits (V12's
+        trace: up to 67 ms) while the last step's tokens, long finished, waited to be sent. The
+        device has the next step's layers queued meanwhile, so the wait costs it nothing. Eager
+        decode steps do not block there (V12), and waiting in them made the host the bottleneck
+        (V13: 39 ms a step at ~840 running against 33)."""
 
         layer_ends = None if marks is None else marks.setdefault("layer_ends", [])
 
         def poll(last: bool) -> None:
             if layer_ends is not None:
                 layer_ends.append(time.perf_counter())
-            if not pending.resolved and (last or pending.is_done()):
+            if not pending.resolved and ((last and wait_at_last) or pending.is_done()):
                 with torch.inference_mode(False):  # the forward's mode is not the scheduler's
                     self.resolve(pending, looked_ahead=True)
 
