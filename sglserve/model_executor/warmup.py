@@ -16,10 +16,10 @@ reserved (the CUDA graphs' padding rows write there too): no request's state is 
 
 Last, one forward of the largest step the scheduler can build (the step budget's prefill
 tokens beside max_running_requests decoding rows), so that torch's caching allocator holds
-blocks as large as any step needs. Without it, while the running set grows every step needs
-a larger logits block than any cached one: a cudaMalloc per step, which waits for the device,
-and the look-ahead launch then stalls until the step before it has finished (V11's trace:
-mixed-step launches of 60-100 ms instead of ~25, every stream's token held back).
+blocks as large as any step needs. Without it, while the running set grows each mixed step
+needs a larger logits block than any cached one: one or two cudaMallocs a step while W3's
+requests are admitted (V10), none after (V12). A server whose memory beside the KV pool
+cannot run that step hears so at start-up, not from an out-of-memory error mid-serving.
 """
 
 from __future__ import annotations
