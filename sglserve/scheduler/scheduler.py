@@ -278,10 +278,10 @@ class Scheduler:
         """Called between the next step's layers: the last step is resolved as soon as the device
         has finished it and, when the next step is a mixed one (wait_at_last), at the latest once
         its layers are enqueued, before its logits and sampling. The host runs ahead of the device
-        until CUDA's launch queue is full; a mixed step's launch then blocked at the logits (V12's
+        until CUDA's launch queue is full; a mixed step's launch then blocked at the logits (V13's
         trace: up to 67 ms) while the last step's tokens, long finished, waited to be sent. The
         device has the next step's layers queued meanwhile, so the wait costs it nothing. Eager
-        decode steps do not block there (V12), and waiting in them made the host the bottleneck
+        decode steps do not block there (V13), and waiting in them made the host the bottleneck
         (V13: 39 ms a step at ~840 running against 33)."""
 
         layer_ends = None if marks is None else marks.setdefault("layer_ends", [])
