@@ -1,5 +1,6 @@
 """Running a ScheduleBatch on the model: prepare, forward and sample (launch), then read the
-sampled ids back (resolve). Nothing in launch waits for the device."""
+sampled ids back (resolve). Nothing in launch waits for the device, except what the
+scheduler's between_layers callback does (it may resolve the step launched before this one)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ first token still on the device; a chunk goes into the prefix cache at launch, s
 chunk can be planned at once. Only plain requests overlap: per-step state that depends on the
 previous token (grammar masks, penalties, min_tokens, logprobs, seeded sampling, aborts)
 forces a sync first.
+
+Step N need not wait for all of N+1 to be enqueued: the scheduler resolves it between N+1's
+layers once the device has finished it, and, when N+1 is a mixed step, before N+1's logits
+(Scheduler._resolve_when_done): the host runs ahead until CUDA's launch queue is full, and a
+mixed launch then blocked there while N's tokens, already computed, waited (RESULTS.md V13).
 """
 
 from __future__ import annotations
