@@ -65,3 +65,38 @@ def test_install_sets_triton_hooks_once(monkeypatch):
     m = install_jit_monitor()
     assert m is not None and knobs.runtime.jit_cache_hook == m.before and knobs.runtime.jit_post_compile_hook == m.after
     assert install_jit_monitor() is None  # hooks already set: left alone
+
+
+def test_in_flight_step_waits_for_a_mixed_steps_last_layer_only(tiny_model_dir, tmp_path, monkeypatch):
+    """With the device never done early (is_done False), the step before a mixed step is resolved
+    after that step's last layer, before its logits; the step before a decode step after its launch.
+    Outputs stay those of the plain schedule."""
+    from sglserve.scheduler.overlap import LaunchedBatch
+
+    reqs = workload(seed=5)
+    plain = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=16)
+    for rid, ids, n in reqs:
+        submit(plain, rid, ids, n)
+    run_until_idle(plain)
+
+    monkeypatch.setattr(LaunchedBatch, "is_done", lambda self: False)
+    path = tmp_path / "steps.jsonl"
+    s = make(tiny_model_dir, max_total_tokens=4096, chunked_prefill_size=16, step_trace_path=str(path))
+    s.enable_overlap = True
+    for rid, ids, n in reqs:
+        submit(s, rid, ids, n)
+    run_until_idle(s)
+    s.step_trace.flush()
+    assert s.outputs == plain.outputs
+    rows = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["launch"])
+    inside = before_logits = 0
+    for a, b in zip(rows, rows[1:]):
+        if "first_layer_end" not in b:  # b was not launched while a was in flight
+            continue
+        if b["mode"] == "extend":
+            assert b["launch"] < a["resolve"] < b["forwarded"]
+            before_logits += 1
+        else:
+            assert a["resolve"] > b["launched"]
+        inside += b["launch"] < a["resolve"] < b["launched"]
+    assert before_logits > 0 and inside == before_logits
