@@ -47,15 +47,24 @@ def pause_gc_for_imports() -> None:
     off hundreds of collections, full ones among them (up to 0.2 s each on a GPU host's CPU,
     V9's start-up log; 0.6 s in all on this CPU), on the scheduler's critical path. Imports
     make almost no cyclic garbage. resume_gc_after_imports ends the pause."""
-    gc.disable()
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
 
 
 def resume_gc_after_imports() -> None:
     """Freeze what the imports made (no collection walks it again, as after start-up) and turn
-    the GC back on; a no-op where pause_gc_for_imports was not called."""
-    if not gc.isenabled():
+    the GC back on; a no-op where pause_gc_for_imports did not turn it off (an in-process
+    Engine leaves its caller's GC setting alone)."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
         gc.freeze()
         gc.enable()
+
+
+_gc_paused = False
 
 
 def freeze_startup_objects() -> None:

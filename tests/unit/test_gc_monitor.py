@@ -96,6 +96,9 @@ def test_gc_paused_for_imports_then_frozen_and_back_on():
         assert gc.get_freeze_count() >= frozen + len(made)
         resume_gc_after_imports()  # not paused: nothing to do
         assert gc.isenabled()
+        gc.disable()  # the caller's own choice is left alone
+        resume_gc_after_imports()
+        assert not gc.isenabled()
     finally:
         gc.enable()
         gc.unfreeze()
