@@ -371,6 +371,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
                 process_age_s())
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
+    # Counts start-up's Triton kernel variants, then names any compiled while serving (CUDA: the CPU
+    # path runs no compiled Triton and need not import it)
+    jit = install_jit_monitor(serving=False) if server_args.device == "cuda" else None
     try:
         scheduler = Scheduler(server_args, port_args, tp_rank, dist_init_addr)
     except Exception as e:
@@ -381,7 +384,8 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_wr
     # After the ReadyMsg: the full collection (~0.15 s on the CPU runner) overlaps with the
     # launcher's own last steps instead of delaying them (a request arriving meanwhile waits in its socket)
     freeze_startup_objects()
-    install_jit_monitor()  # a kernel variant the warm-up missed is named when it compiles
+    if jit is not None:
+        jit.start_serving()
     try:
         scheduler.event_loop()
     except Exception:

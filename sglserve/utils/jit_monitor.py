@@ -19,11 +19,22 @@ logger = logging.getLogger(__name__)
 
 class JitMonitor:
     """Triton's jit_cache_hook / jit_post_compile_hook pair, timing each compile (or disk-cache
-    load) of a variant that the process had not loaded before."""
+    load) of a variant that the process had not loaded before. Until start_serving, it only
+    counts them (start-up's share of them is a phase of its own); after, each is a warning."""
 
-    def __init__(self) -> None:
+    def __init__(self, serving: bool = True) -> None:
+        self.serving = serving
         self.compiles = 0
+        self.startup_variants = 0
+        self.startup_s = 0.0
         self._started: dict = {}
+
+    def start_serving(self) -> None:
+        """Start-up is over: log what it compiled or loaded, then warn about every later variant."""
+        self.serving = True
+        if self.startup_variants:
+            logger.info("Triton: %d kernel variants compiled or loaded from the disk cache during start-up, %.2f s",
+                        self.startup_variants, self.startup_s)
 
     def before(self, **kw: Any) -> bool:
         self._started[_key(kw)] = time.perf_counter()
@@ -32,6 +43,10 @@ class JitMonitor:
     def after(self, **kw: Any) -> None:
         t0 = self._started.pop(_key(kw), None)
         took_ms = (time.perf_counter() - t0) * 1e3 if t0 is not None else float("nan")
+        if not self.serving:
+            self.startup_variants += 1
+            self.startup_s += took_ms / 1e3 if t0 is not None else 0.0
+            return
         self.compiles += 1
         logger.warning("Triton compiled %s after start-up in %.0f ms: a variant the warm-up missed (%s)",
                        _name(kw), took_ms, _specialization(kw))
@@ -53,9 +68,10 @@ def _specialization(kw: dict) -> str:
     return f"key={kw.get('key')}, constants={compile_info.get('constants')}"[:1500]
 
 
-def install_jit_monitor() -> Optional[JitMonitor]:
-    """Hooks the monitor into Triton (called once the warm-up is done); None where this Triton
-    has no runtime hooks (before 3.4) or another hook is already set."""
+def install_jit_monitor(serving: bool = True) -> Optional[JitMonitor]:
+    """Hooks the monitor into Triton (serving=False: before the model loads, counting start-up's
+    variants until start_serving); None where this Triton has no runtime hooks (before 3.4) or
+    another hook is already set."""
     try:
         from triton import knobs
     except ImportError:
@@ -66,7 +82,7 @@ def install_jit_monitor() -> Optional[JitMonitor]:
     if runtime.jit_cache_hook is not None or runtime.jit_post_compile_hook is not None:
         logger.debug("Triton hooks already set; not monitoring compiles")
         return None
-    monitor = JitMonitor()
+    monitor = JitMonitor(serving)
     runtime.jit_cache_hook = monitor.before
     runtime.jit_post_compile_hook = monitor.after
     return monitor

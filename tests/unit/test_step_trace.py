@@ -100,3 +100,19 @@ def test_in_flight_step_waits_for_a_mixed_steps_last_layer_only(tiny_model_dir, 
             assert a["resolve"] > b["launched"]
         inside += b["launch"] < a["resolve"] < b["launched"]
     assert before_logits > 0 and inside == before_logits
+
+
+def test_jit_monitor_counts_start_up_then_warns(caplog):
+    from sglserve.utils.jit_monitor import JitMonitor
+
+    m = JitMonitor(serving=False)
+    with caplog.at_level(logging.INFO, logger="sglserve.utils.jit_monitor"):
+        for k in ("a", "b"):
+            m.before(key=k)
+            m.after(key=k)
+        assert m.startup_variants == 2 and m.compiles == 0 and not caplog.records
+        m.start_serving()
+        assert "2 kernel variants compiled or loaded from the disk cache during start-up" in caplog.text
+        m.before(key="c")
+        m.after(key="c")
+    assert m.compiles == 1 and "warm-up missed" in caplog.text
