@@ -13,6 +13,16 @@ import torch
 from sglserve_kernels.numerics import exact_div
 
 
+COLUMN_ALIGN = 16  # int64 elements: 128 bytes, more than any alignment Triton specializes on
+
+
+def aligned_len(n: int) -> int:
+    """n rounded up to COLUMN_ALIGN: the stride of a packed int column, so that every column of a
+    step's one host-to-device copy starts aligned whatever its length (Triton specializes kernels
+    on pointer alignment; an unaligned view would compile a new variant mid-serving)."""
+    return -(-n // COLUMN_ALIGN) * COLUMN_ALIGN
+
+
 def to_device_async(t: torch.Tensor, device: Union[str, torch.device]) -> torch.Tensor:
     """A host tensor on `device` without waiting for the device: a pageable copy may wait for
     the stream to drain (all queued forwards), a pinned one is only queued."""

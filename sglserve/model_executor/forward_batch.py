@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 import numpy as np
 import torch
 
-from sglserve.mem_cache.memory_pool import to_device_async
+from sglserve.mem_cache.memory_pool import aligned_len, to_device_async
 
 if TYPE_CHECKING:
     from sglserve.layers.attention.base import AttentionBackend
@@ -92,7 +92,7 @@ class ForwardBatch:
         arrays = [np.asarray(c, dtype=np.int64) for c in cols]
         offsets = [0]
         for a in arrays:
-            offsets.append(offsets[-1] + -(-len(a) // 16) * 16)
+            offsets.append(offsets[-1] + aligned_len(len(a)))
         host = np.zeros(offsets[-1], dtype=np.int64)
         for a, o in zip(arrays, offsets):
             host[o:o + len(a)] = a

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sglserve.io_struct import finish_abort, finish_length, finish_stop
-from sglserve.mem_cache.memory_pool import to_device_async
+from sglserve.mem_cache.memory_pool import aligned_len, to_device_async
 from sglserve.scheduler.logprobs import LogprobState
 from sglserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglserve.sampling.sampling_params import SamplingParams
@@ -253,17 +253,16 @@ class ScheduleBatch:
             r.kv_len += 1
             r.last_loc = loc
         # numpy converts the int lists about 3x faster than torch.tensor (0.34 vs 1.1 ms at 4096 rows).
-        # Rows padded to 16 columns: every row starts 128-byte aligned on the device, so a batch
-        # size never gives the kernels a pointer alignment (a Triton variant) the warm-up has not met
+        # Rows padded to aligned_len: every row starts aligned on the device whatever the batch size
         bs = len(reqs)
-        packed = np.zeros((5, -(-bs // 16) * 16), dtype=np.int64)
-        packed[:, :bs] = [[r.output_ids[-1] if r.output_ids else 0 for r in reqs], self.prefix_lens,
-                          [r.req_pool_idx for r in reqs], self.seq_lens, locs]
-        host = torch.from_numpy(packed)[:, :bs]
+        packed = torch.from_numpy(np.zeros((5, aligned_len(bs)), dtype=np.int64))
+        host = packed[:, :bs]
+        host.numpy()[:] = [[r.output_ids[-1] if r.output_ids else 0 for r in reqs], self.prefix_lens,
+                           [r.req_pool_idx for r in reqs], self.seq_lens, locs]
         pool = self.req_to_token_pool
         if pool.host is not pool.req_to_token:
             pool.host[host[2], host[1]] = host[4].to(torch.int32)
-        dev = to_device_async(torch.from_numpy(packed), pool.req_to_token.device)[:, :bs]
+        dev = to_device_async(packed, pool.req_to_token.device)[:, :bs]
         input_ids, positions, rows, seq_lens, loc = dev[0], dev[1], dev[2], dev[3], dev[4]
         pool.req_to_token[rows, positions] = loc.to(torch.int32)
         return ForwardBatch(
