@@ -222,6 +222,11 @@ class ServerArgs:
             self.disable_overlap_schedule = True
         self.validate()
 
+    def step_budget(self) -> Optional[int]:
+        """Tokens one step may hold (--chunked-prefill-size); None: no budget (-1)."""
+        size = self.chunked_prefill_size
+        return size if size is not None and size > 0 else None
+
     def resolve_model_defaults(self, params_per_token: int) -> None:
         """The defaults that depend on the model's size (CUDA), filled in the scheduler process
         once the model config is read: until then they are None ("auto").

@@ -88,8 +88,7 @@ def warm_up_extend(runner: "ModelRunner") -> int:
 def largest_step(runner: "ModelRunner") -> Tuple[int, int]:
     """(prefill tokens, decoding rows) of the largest step the scheduler may run."""
     sa = runner.server_args
-    budget = sa.chunked_prefill_size if sa.chunked_prefill_size and sa.chunked_prefill_size > 0 else sa.max_prefill_tokens
-    return budget, runner.max_running_requests
+    return sa.step_budget() or sa.max_prefill_tokens, runner.max_running_requests
 
 
 def _reserve_largest_step(runner: "ModelRunner") -> Tuple[int, int] | None:

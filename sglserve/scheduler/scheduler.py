@@ -79,7 +79,7 @@ class Scheduler:
         self.max_total_num_tokens = mr.max_total_num_tokens
         self.max_running_requests = mr.max_running_requests
         # The step's token budget: decode tokens + prefill chunks (None: unbounded)
-        self.step_budget = None if sa.chunked_prefill_size == -1 else sa.chunked_prefill_size
+        self.step_budget = sa.step_budget()
         clip = clip_max_new_tokens()
 
         self.kv = KVAccounting(mr, sa.page_size, sa.disable_radix_cache, sa.device)
