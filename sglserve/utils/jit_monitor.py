@@ -42,14 +42,14 @@ class JitMonitor:
 
     def after(self, **kw: Any) -> None:
         t0 = self._started.pop(_key(kw), None)
-        took_ms = (time.perf_counter() - t0) * 1e3 if t0 is not None else float("nan")
+        took_s = time.perf_counter() - t0 if t0 is not None else 0.0
         if not self.serving:
             self.startup_variants += 1
-            self.startup_s += took_ms / 1e3 if t0 is not None else 0.0
+            self.startup_s += took_s
             return
         self.compiles += 1
         logger.warning("Triton compiled %s after start-up in %.0f ms: a variant the warm-up missed (%s)",
-                       _name(kw), took_ms, _specialization(kw))
+                       _name(kw), took_s * 1e3, _specialization(kw))
 
 
 def _key(kw: dict) -> str:
