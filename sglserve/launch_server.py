@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Dict, List, Optional
 
-from sglserve.utils.optional_imports import hide_unused_optional_packages
+from sglserve.utils.optional_imports import hide_unused_optional_packages, import_transformers_without_torch
 
 hide_unused_optional_packages()  # before transformers; spawned children run this module first too
 
@@ -71,6 +71,7 @@ def _scheduler_main(*args) -> None:
     server_args, tp_rank = args[0], (args[3] if len(args) > 3 else 0)
     if server_args.device == "cuda":  # the device's context is made while torch imports (utils/cuda_context.py)
         start_context_creation(local_gpu_id(server_args, tp_rank))
+    import_transformers_without_torch(server_args)  # before torch: transformers' torch-only imports are skipped
     # Imported in the child only: the launcher must not pay torch/transformers imports before
     # it spawns, or start-up runs them twice in a row instead of in parallel
     from sglserve.scheduler.scheduler import run_scheduler_process
@@ -80,6 +81,7 @@ def _scheduler_main(*args) -> None:
 
 def _detokenizer_main(*args) -> None:
     pause_gc_for_imports()  # resumed by run_detokenizer_process
+    import_transformers_without_torch(args[0])  # the detokenizer never uses torch
     from sglserve.detokenizer.detokenizer_manager import run_detokenizer_process
 
     run_detokenizer_process(*args)

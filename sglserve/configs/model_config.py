@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from sglserve.layers.quantization.config import Fp8Scheme, check_model_quantization
+from sglserve.utils.gguf_cache import split_model_path
 from sglserve.utils.hf_transformers_utils import get_gguf_config
 
 logger = logging.getLogger(__name__)
@@ -69,20 +70,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r} is invalid; allowed: {['auto', *DTYPES]}")
     return DTYPES[dtype]
-
-
-def split_model_path(model_path: str, load_format: str) -> Tuple[str, Optional[str]]:
-    """(folder or config path, gguf file name or None). A GGUF folder must hold exactly one .gguf."""
-    if model_path.endswith(".gguf"):
-        if not os.path.isfile(model_path):
-            raise ValueError(f"--model-path={model_path!r}: GGUF file not found")
-        return os.path.dirname(os.path.abspath(model_path)), os.path.basename(model_path)
-    if load_format == "gguf":
-        ggufs = sorted(f for f in os.listdir(model_path) if f.endswith(".gguf")) if os.path.isdir(model_path) else []
-        if len(ggufs) != 1:
-            raise ValueError(f"--load-format gguf needs a .gguf file or a folder with exactly one; {model_path!r} has {ggufs}")
-        return model_path, ggufs[0]
-    return model_path, None
 
 
 @dataclass

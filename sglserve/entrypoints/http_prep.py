@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from sglserve.server_args import ServerArgs
+from sglserve.utils.optional_imports import import_transformers_without_torch
 from sglserve.utils.process import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,15 @@ class HttpSidePrep:
         self.tokenizer: Any = None
         self.error: Optional[BaseException] = None
         self.seconds = 0.0
+        self.without_torch = False
         self._done = threading.Event()
         threading.Thread(target=self._run, name="sglserve-http-prep", daemon=True).start()
 
     def _run(self) -> None:
         t0 = time.perf_counter()
         try:
+            # First: the HTTP side uses no torch, and transformers then imports none (utils/optional_imports.py)
+            self.without_torch = import_transformers_without_torch(self.server_args) is not None
             import sglserve.entrypoints.http_server  # noqa: F401  (the app's imports)
 
             sa = self.server_args
@@ -56,5 +60,6 @@ class HttpSidePrep:
                 raise RuntimeError(f"{dead} during start-up")
         if self.error is not None:
             raise self.error
-        logger.info("HTTP side prepared in %.2f s (web stack imports, tokenizer), beside the scheduler.", self.seconds)
+        logger.info("HTTP side prepared in %.2f s (web stack imports, tokenizer%s), beside the scheduler.", self.seconds,
+                    "; transformers without torch" if self.without_torch else "")
         return self.tokenizer

@@ -52,6 +52,7 @@ from sglserve.port_args import PortArgs
 from sglserve.server_args import ServerArgs
 from sglserve.utils.jit_monitor import install_jit_monitor
 from sglserve.utils.logging_utils import configure_logger
+from sglserve.utils.optional_imports import transformers_without_torch
 from sglserve.utils.process import (freeze_startup_objects, process_age_s, resume_gc_after_imports,
                                     setup_child_process)
 from sglserve.utils.worker_routing import WorkerQueues
@@ -367,8 +368,8 @@ class Scheduler:
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_writer, tp_rank: int = 0,
                           dist_init_addr: Optional[str] = None) -> None:
     configure_logger(server_args, prefix=" Scheduler" + (f" TP{tp_rank}" if server_args.tp_size > 1 else ""))
-    logger.info("Scheduler process started (imports done, %.1f s after the process began); loading the model.",
-                process_age_s())
+    logger.info("Scheduler process started (imports done, %.1f s after the process began%s); loading the model.",
+                process_age_s(), "; transformers without torch" if transformers_without_torch() else "")
     faulthandler.enable()
     setup_child_process()  # the launcher decides when we stop; no orphan if it dies
     # Counts start-up's Triton kernel variants, then names any compiled while serving (CUDA: the CPU

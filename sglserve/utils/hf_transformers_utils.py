@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Optional
 
-import transformers
 from transformers import AutoConfig, PretrainedConfig
+
+from sglserve.utils.gguf_cache import gguf_cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,28 +43,6 @@ def get_tokenizer(tokenizer_path: str, trust_remote_code: bool = False) -> "PreT
     return auto_tokenizer_class().from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
 
 
-def tokenizer_cache_root() -> Optional[str]:
-    """Where GGUF conversions (tokenizer, config) are kept: $SGLSERVE_CACHE_DIR, else
-    ~/.cache/sglserve ("" or "none" in the variable turns the cache off)."""
-    root = os.environ.get("SGLSERVE_CACHE_DIR")
-    if root is not None:
-        return None if root.strip().lower() in ("", "none") else root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sglserve")
-
-
-def _cache_key(path: str) -> str:
-    """Changes when the file does (size, mtime) or the converter does (transformers' version)."""
-    st = os.stat(path)
-    raw = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{transformers.__version__}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:24]
-
-
-def _gguf_cache_dir(path: str, kind: str) -> Optional[str]:
-    root = tokenizer_cache_root()
-    return os.path.join(root, "gguf", _cache_key(path), kind) if root else None
-
-
 def _load_cached(loader, cached: Optional[str], trust_remote_code: bool):
     if cached and os.path.isdir(cached):
         try:
@@ -78,7 +56,7 @@ def _load_cached(loader, cached: Optional[str], trust_remote_code: bool):
 def _gguf_converted(loader: Any, path: str, kind: str, trust_remote_code: bool) -> Any:
     """loader (AutoTokenizer / AutoConfig) built from the GGUF's metadata: from the cache folder
     when it is there, else converted and saved there."""
-    cached = _gguf_cache_dir(path, kind)
+    cached = gguf_cache_dir(path, kind)
     folder, name = os.path.split(path)
     obj = _load_cached(loader, cached, trust_remote_code)
     if obj is None:

@@ -122,7 +122,7 @@ def test_gguf_config_is_converted_once_and_cached(tmp_path, monkeypatch):
     direct = tu.get_gguf_config(GGUF_PATH).to_dict()
     monkeypatch.setenv("SGLSERVE_CACHE_DIR", str(tmp_path / "cache"))
     tu.get_gguf_config(GGUF_PATH)  # converts and saves
-    saved = tu._gguf_cache_dir(GGUF_PATH, "config")
+    saved = tu.gguf_cache_dir(GGUF_PATH, "config")
     assert os.path.isfile(os.path.join(saved, "config.json"))
     cached = tu.get_gguf_config(GGUF_PATH).to_dict()
     assert cached == direct
