@@ -174,7 +174,7 @@ w3)
       > "$OUT/w3_mixed.txt" 2>&1 || log "profile failed: $(tail -3 "$OUT/w3_mixed.txt")"
     grep '^{' "$OUT/w3_mixed.txt" | cut -c1-600
   fi
-  start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report || exit 1
+  start_server "$OUT/w3_server.log" --model-path $L $D $DEV --tokenizer-path "$TOK" --enable-cache-report ${W3_FLAGS:-} || exit 1
   for run in $W3_RUNS; do
     rate=${run%%:*}; n=${run##*:}; log "W3 ShareGPT $n prompts at rate $rate"
     serving "w3_rate_$rate" "$OUT/w3_sharegpt.jsonl" --backend sglserve --dataset-name sharegpt --dataset-path "$SHAREGPT" $SG_CTX \
