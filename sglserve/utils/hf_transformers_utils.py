@@ -19,11 +19,12 @@ logger = logging.getLogger(__name__)
 
 
 def auto_tokenizer_class() -> Any:
-    """transformers' AutoTokenizer, imported on first use: its module pulls in auto_factory and,
-    through it, transformers' generation, masking and FSDP modules (sympy, torch._dynamo,
-    torch.distributed.tensor, and sklearn where installed): 4.8 s of the scheduler's 9.1 s of
-    imports on the H100 host (RESULTS.md V5). Imported when a tokenizer is first needed rather
-    than with this module (the scheduler: scheduler/text_side.start_text_side)."""
+    """transformers' AutoTokenizer, imported on first use: where transformers sees torch, its module
+    pulls in auto_factory and, through it, transformers' generation, masking and FSDP modules (sympy,
+    torch._dynamo, torch.distributed.tensor, and sklearn where installed): 4.8 s of the scheduler's
+    9.1 s of imports on the H100 host (RESULTS.md V5). The server's processes import transformers
+    without torch (utils/optional_imports.py); a library user's process may not, so it is still
+    imported when a tokenizer is first needed rather than with this module."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer
