@@ -39,6 +39,7 @@ import triton.language as tl
 from ._utils import dot_precision, next_pow2
 from .numerics import _MIN_SCALE, FP8_MAX, quantize_rows_ref
 from .numerics import exact_div
+from .fp8_rows import quantize_rows
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
@@ -58,9 +59,10 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 3
     use_dot: bool = False
+    fp8_dot: bool = False  # W8A8 per-channel: FP8 x FP8 on the tensor cores (the _fp8_dot_kernel path)
 
     def check(self) -> None:
-        for name, lo in (("block_n", 16 if self.use_dot else 1), ("block_k", 16)):
+        for name, lo in (("block_n", 16 if self.use_dot or self.fp8_dot else 1), ("block_k", 32 if self.fp8_dot else 16)):
             v = getattr(self, name)
             if v < lo or v & (v - 1):
                 raise ValueError(f"GemvConfig.{name}={v} must be a power of two >= {lo}")
@@ -214,6 +216,39 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
     tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _fp8_dot_kernel(Q, SA, W, WS, B, Y, P, M, N, K, stride_qm, stride_wn, stride_ym, k_per_split,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr):
+    """W8A8 with both operands in FP8: acc[BLOCK_N, BLOCK_M] = W tile @ Q tile^T on the tensor cores
+    (the weight rows are the MMA's long side, the few rows of x its short one: no FP8 -> fp32
+    conversion of W, which bounds the FMA path), then y[m, n] = acc * SA[m] * WS[n]."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
+        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :],
+                    other=0.0)
+        acc = tl.dot(w, tl.trans(q), acc)
+    acc = acc * tl.load(WS + offs_n, mask=mask_n, other=0.0)[:, None] * tl.load(SA + offs_m, mask=mask_m, other=0.0)[None, :]
+    out = tl.trans(acc)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if WRITE_PARTIAL:
+        tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
+    else:
+        if HAS_BIAS:
+            out += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
+
+
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
 
 
@@ -272,7 +307,12 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             w_scale_mode, stride_wsn = 2, weight_scale.stride(0)
     if act == ACT_GROUP and weight_block is None:
         raise ValueError("group activations need a block-scaled weight (the group is its block's k)")
-    if act != ACT_NONE:
+    fp8_dot = config.fp8_dot and w_scale_mode == 1 and act in (ACT_TOKEN, ACT_TENSOR, ACT_STATIC)
+    q_scale = None
+    if fp8_dot:  # x as FP8 with a scale per row (per token, per tensor or static): the MMA's second operand
+        x2, q_scale = quantize_rows(x2, input_scale, "tensor" if act == ACT_TENSOR else "token")
+        q_scale = q_scale.reshape(-1)
+    elif act != ACT_NONE:
         x2 = quantize_activation(x2, act, input_scale, weight_block[1] if weight_block else None)
     # split K into whole BLOCK_K tiles (block scales never straddle two splits)
     tiles = triton.cdiv(k, bk)
@@ -284,14 +324,22 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     block_n = max(16, config.block_n) if use_dot else config.block_n  # a dot needs 16 columns
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = y
-    grid = (triton.cdiv(n, block_n), split)
-    _gemv_kernel[grid](
-        x2, weight, weight_scale if weight_scale is not None else dummy, bias if bias is not None else dummy,
-        y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
-        SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
-        DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    grid = (triton.cdiv(n, max(16, config.block_n) if fp8_dot else block_n), split)
+    if fp8_dot:
+        _fp8_dot_kernel[grid](
+            x2, q_scale, weight, weight_scale, bias if bias is not None else dummy, y, partial, m, n, k,
+            x2.stride(0), weight.stride(0), y.stride(0), k_per_split, BLOCK_M=16, BLOCK_N=max(16, config.block_n),
+            BLOCK_K=bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
+    else:
+        _gemv_kernel[grid](
+            x2, weight, weight_scale if weight_scale is not None else dummy, bias if bias is not None else dummy,
+            y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
+            SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
+            DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        )
     if split > 1:
         block = min(1024, next_pow2(n))
         _splitk_reduce[(m, triton.cdiv(n, block))](partial, bias if bias is not None else dummy, y, m, n, y.stride(0),

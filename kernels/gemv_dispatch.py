@@ -36,7 +36,7 @@ TABLE_ENV = "SGLSERVE_GEMV_TABLE"
 DEFAULT_TABLE = Path(__file__).with_name("gemv_table.json")
 M_BUCKETS = (1, 2, 4, 8, 16)
 _KINDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-_CONFIG_KEYS = ("block_n", "block_k", "split_k", "num_warps", "num_stages", "use_dot")
+_CONFIG_KEYS = ("block_n", "block_k", "split_k", "num_warps", "num_stages", "use_dot", "fp8_dot")
 
 
 def weight_kind(weight: torch.Tensor, weight_block: Optional[Tuple[int, int]] = None) -> str:

@@ -345,7 +345,7 @@ gemv)
     budget=${GEMV_BUDGET:-250}; dry=""; [ "$DRYRUN" = 1 ] && dry="--dry"
     log "GEMV sweep (budget $budget s)"
     TRITON_INTERPRET=$DRYRUN timeout "$(cap $(( budget + 60 )) 200)" $PY benchmarks/kernels/bench_gemv.py $dry \
-      --budget-s "$budget" --out "$TABLE" > "$OUT/gemv_sweep.txt" 2>&1 || log "sweep failed: $(tail -3 "$OUT/gemv_sweep.txt")"
+      --budget-s "$budget" --out "$TABLE" ${GEMV_ARGS:-} > "$OUT/gemv_sweep.txt" 2>&1 || log "sweep failed: $(tail -3 "$OUT/gemv_sweep.txt")"
     grep -E '^\{' "$OUT/gemv_sweep.txt" | $PY -c "import json, sys
 for r in map(json.loads, sys.stdin):
     b = r.get('cublas_tbps', r.get('scaled_mm_tbps'))
@@ -353,10 +353,10 @@ for r in map(json.loads, sys.stdin):
     tail -1 "$OUT/gemv_sweep.txt"
   fi
   if [ -f "$TABLE" ]; then cp "$TABLE" "$OUT/gemv_table.json"; else log "no swept table in $STATE: W1 with the committed one"; TABLE=kernels/gemv_table.json; fi
-  for run in w1 w1fp8 w1off w1fp8off; do
+  for run in w1 w1fp8 w1off w1fp8off w1base w1fp8base; do
     [[ $runs == *" $run "* ]] || continue
     q=""; [[ $run == w1fp8* ]] && q="--quantization fp8"
-    t=$TABLE; [[ $run == *off ]] && t=$OFF
+    t=$TABLE; [[ $run == *off ]] && t=$OFF; [[ $run == *base ]] && t=kernels/gemv_table.json
     log "W1 $run"; rm -f "$STATE/gemv_$run.jsonl"
     SGLSERVE_GEMV_TABLE=$t timeout "$(cap 100)" $PY -m sglserve.bench_one_batch --model-path $L $D $DEV $q --batch-size 1 \
       --input-len 128 --output-len $W1_OUT --result-file "$STATE/gemv_$run.jsonl" 2>&1 | grep -E 'rror|GEMV selection' | cut -c1-300

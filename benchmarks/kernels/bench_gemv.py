@@ -50,6 +50,22 @@ def model_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
     return out
 
 
+FP8_DOT_TILES = [(64, 256, 4, 3), (64, 256, 4, 4), (128, 256, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4)]
+
+
+def fp8_dot_candidates(n: int, k: int, sms: int) -> List[GemvConfig]:
+    """W8A8 on the tensor cores (GemvConfig.fp8_dot): W tiles of 64-128 rows as the MMA's long side,
+    128-256 bytes of K a tile, 3-4 stages in flight; SPLIT_K where the columns give too few programs."""
+    out = []
+    for bn, bk, w, s in FP8_DOT_TILES:
+        n_blocks, ktiles = -(-n // bn), -(-k // bk)
+        splits = [sp for sp in (1, 2, 4, 8) if sp == 1 or sp <= ktiles // 2]
+        enough = [sp for sp in splits if n_blocks * sp >= sms] or splits[-1:]
+        for split in enough[:2]:  # the smallest split that gives every SM a program, and the next
+            out.append(GemvConfig(bn, bk, split, w, s, False, True))
+    return out
+
+
 def candidates(m: int, n: int, k: int, fp8: bool, sms: int) -> List[GemvConfig]:
     """A pruned sweep around the heuristic. Up to 2 rows, the FMA path: BLOCK_N x BLOCK_K tiles
     whose fp32 partials hold 16-64 values a thread (bigger spills, smaller leaves too few bytes in
@@ -78,6 +94,8 @@ def candidates(m: int, n: int, k: int, fp8: bool, sms: int) -> List[GemvConfig]:
             if n_blocks * split < sms // 2 and split < 16:
                 continue  # too few programs to stream W: a larger split follows
             out.add(GemvConfig(bn, bk, split, w, s, dot))
+    if fp8:
+        out.update(fp8_dot_candidates(n, k, sms))
     return sorted(out, key=str)
 
 
@@ -124,7 +142,8 @@ def weights(n: int, k: int, fp8: bool, device: str, l2_bytes: int) -> List[Tuple
 
 
 def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: int, l2: int,
-              max_configs: Optional[int]) -> Dict[str, object]:
+              max_configs: Optional[int], only: Optional[List[GemvConfig]] = None) -> Dict[str, object]:
+    """only: time these configs instead of the sweep's candidates."""
     ws = weights(n, k, fp8, device, l2)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     timer = time_graph if device == "cuda" else time_cpu
@@ -142,7 +161,7 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
         base = timer([lambda w=w: torch.nn.functional.linear(x, w) for w, _ in ws])
         raw = base
     best: Tuple[float, Optional[GemvConfig]] = (float("inf"), None)
-    cands = candidates(m, n, k, fp8, sms)[:max_configs]
+    cands = (only if only is not None else candidates(m, n, k, fp8, sms))[:max_configs]
     w0, s0 = ws[0]
     ref = skinny_gemm_fp8_ref(x, w0, s0, None, None, "token") if fp8 else skinny_gemm_ref(x, w0)
     for cfg in cands:
@@ -168,6 +187,14 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
            "use": cfg is not None and t < 0.97 * base}
     print(json.dumps(row), flush=True)
     return row
+
+
+def base_config(base: Optional[Dict], kind: str, n: int, k: int, m: int) -> Optional[GemvConfig]:
+    """The config a table entry names for this shape and M bucket (None: no entry)."""
+    row = (base or {}).get("entries", {}).get(table_key(kind, n, k), {}).get(str(m_bucket(m)))
+    if not row:
+        return None
+    return GemvConfig(**{key: row[key] for key in vars(GemvConfig()) if key in row})
 
 
 def table_from_rows(rows: List[Dict[str, object]], measured: bool, device_name: Optional[str], note: str) -> Dict:
@@ -204,6 +231,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop sweeping after this; the rest keep defaults")
     ap.add_argument("--max-configs", type=int, default=None, help="at most this many configs per shape")
     ap.add_argument("--dry", action="store_true", help="CPU interpreter: tiny shapes, 2 configs, wall-clock timing")
+    ap.add_argument("--base", metavar="TABLE", help="a table whose entries are kept where this run measures none")
+    ap.add_argument("--fp8-dot-vs-base", action="store_true",
+                    help="FP8 shapes: time only the fp8_dot configs and --base's own config for the shape")
     args = ap.parse_args()
     shapes = model_shapes(args.models)
     if args.write_default:
@@ -219,6 +249,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
     peak = peak_bandwidth() if device == "cuda" else None
     print(f"# {name}: {sms} SMs, L2 {l2 >> 20} MiB, HBM peak {peak} GB/s; budget {args.budget_s} s", flush=True)
+    base = json.loads(Path(args.base).read_text()) if args.base else None
     t_end = time.time() + args.budget_s
     measured: Dict[Tuple[str, int, int, int], Dict[str, object]] = {}
     for m in args.m:  # M=1 over every shape first: batch-1 decode matters most
@@ -226,7 +257,10 @@ def main() -> None:
             for label, n, k in shapes:
                 if time.time() > t_end:
                     break
-                measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs)
+                only = None
+                if args.fp8_dot_vs_base and kind == "fp8":
+                    only = fp8_dot_candidates(n, k, sms) + [c for c in [base_config(base, kind, n, k, m)] if c]
+                measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs, only)
     rows = [measured.get((r["kind"], r["n"], r["k"], r["m"]), r) for r in default_rows(shapes, sms)
             if r["kind"] in args.kinds and r["m"] in args.m]
     done = sum(1 for r in rows if "kernel_us" in r)
@@ -237,6 +271,13 @@ def main() -> None:
         if "kernel_us" in r:
             table["entries"][table_key(r["kind"], r["n"], r["k"])][str(m_bucket(r["m"]))]["measured"] = True
     table["measured"] = done == len(rows) and device == "cuda"
+    if base is not None:  # keep --base's entries where this run measured none
+        for key, buckets in base.get("entries", {}).items():
+            for bucket, entry in buckets.items():
+                mine = table["entries"].setdefault(key, {}).get(bucket)
+                if mine is None or not mine.get("measured"):
+                    table["entries"][key][bucket] = entry
+        table["note"] += f" Entries not measured here are {args.base}'s."
     Path(args.out).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     wins = sum(1 for r in rows if "kernel_us" in r and r["use"])
     print(f"wrote {args.out}: {done} measured entries, kernel picked in {wins}", flush=True)

@@ -84,6 +84,50 @@ def test_skinny_gemm_fp8(m, n, k, act, static, block, split_k, use_dot, device, 
     torch.testing.assert_close(y.float(), cpu.float(), atol=5e-2, rtol=5e-2)
 
 
+class _LaunchSpy:
+    """Counts launches of a Triton kernel (`kernel[grid](...)`) and passes them on."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("act,static", [("token", False), ("tensor", False), ("tensor", True)], ids=str)
+@pytest.mark.parametrize("m,n,k", [(1, 40, 128), (2, 33, 192), (5, 64, 256), (16, 50, 320)])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_fp8_dot_path(m, n, k, act, static, split_k, device, gen, monkeypatch):
+    """GemvConfig(fp8_dot=True): W8A8 per-channel with x in FP8 too, on the tensor cores. It runs
+    _fp8_dot_kernel (not the dequantizing path) and matches the float8 reference."""
+    from sglserve_kernels import gemv
+
+    spy = _LaunchSpy(gemv._fp8_dot_kernel)
+    monkeypatch.setattr(gemv, "_fp8_dot_kernel", spy)
+    x, q, s = _fp8_case(gen, m, n, k, None, device)
+    input_scale = torch.tensor([0.02], device=device) if static else None
+    bias = randn(gen, n, dtype=IO_DTYPE, device=device)
+    cfg = GemvConfig(block_n=16, block_k=32, split_k=split_k, num_warps=4, num_stages=1, fp8_dot=True)
+    y = skinny_gemm_fp8(x, q, s, None, input_scale, act, bias, cfg)
+    assert spy.launches == 1
+    torch.testing.assert_close(y, skinny_gemm_fp8_ref(x, q, s, None, input_scale, act, bias), **TOL[IO_DTYPE])
+
+
+@pytest.mark.parametrize("act,block", [(None, None), ("token", (32, 64)), ("group", (32, 64))], ids=str)
+def test_fp8_dot_only_where_it_applies(act, block, device, gen, monkeypatch):
+    """Weight-only FP8 and block-scaled weights have no per-row FP8 x: fp8_dot configs run the usual path."""
+    from sglserve_kernels import gemv
+
+    spy = _LaunchSpy(gemv._fp8_dot_kernel)
+    monkeypatch.setattr(gemv, "_fp8_dot_kernel", spy)
+    x, q, s = _fp8_case(gen, 2, 40, 128, block, device)
+    cfg = GemvConfig(block_n=16, block_k=32, split_k=1, num_warps=2, num_stages=1, fp8_dot=True)
+    y = skinny_gemm_fp8(x, q, s, block, None, act, None, cfg)
+    assert spy.launches == 0
+    torch.testing.assert_close(y, skinny_gemm_fp8_ref(x, q, s, block, None, act, None), **TOL[IO_DTYPE])
+
+
 @pytest.mark.parametrize("strategy", ["token", "tensor", "static", "group"])
 @pytest.mark.parametrize("m,k", [(1, 4096), (3, 320), (16, 9000)])
 def test_activation_prequant_is_the_cpu_path(strategy, m, k, device, gen):
