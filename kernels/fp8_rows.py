@@ -1,5 +1,7 @@
-"""FP8 activations for the W8A8 GEMM (cuBLASLt's row-wise `torch._scaled_mm`): x [M, K] in bf16
--> (float8_e4m3fn [M, K], float32 scale [M, 1]) in one pass per row.
+"""FP8 activations for the W8A8 GEMMs: x [M, K] in bf16 -> (float8_e4m3fn [M, K], float32 scale
+[M, 1]) in one pass per row (cuBLASLt's row-wise `torch._scaled_mm`, the skinny GEMM's fp8_dot
+path), and x rounded through E4M3 in its own dtype (quantize_activation: the skinny GEMM's FMA
+and dot paths).
 
 In torch the same takes six kernels over an fp32 copy of x (float, abs, amax, divide, clamp,
 cast): ~600 MB of traffic for a 4096 x 4096 step, about as long as the FP8 GEMM it feeds, which
@@ -68,3 +70,79 @@ def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activat
     _quant_rows[(m,)](x2, static.float() if static is not None else x2, q, scale, k, x2.stride(0), q.stride(0),
                       STATIC=static is not None, BLOCK=block, num_warps=4 if block >= 512 else 1)
     return q, scale
+
+
+# ---- fake-quantized activations for the skinny GEMM (gemv.py): x rounded through E4M3, in x's dtype ----
+# A one-program-per-row pre-kernel rounds x once per call (per token, per tensor dynamic or static,
+# or per 1 x bk group) and writes q * scale in x's dtype, exactly what the CPU path's matmul sees.
+# Before, every GEMM program re-derived the scales and re-rounded every x tile, which cost more
+# instructions than the weight stream it was hiding behind. The rounding is done in fp32 arithmetic
+# (round-to-nearest-even, saturating like `to_fp8`), which is exactly torch's cast and, unlike
+# Triton's cast, also exact in the CPU interpreter.
+
+ACT_NONE, ACT_TOKEN, ACT_TENSOR, ACT_STATIC, ACT_GROUP = 0, 1, 2, 3, 4
+_QUANT_BLOCK = 8192  # elements of x one pre-kernel iteration holds (8 warps: 32 a thread)
+
+
+@triton.jit
+def _round_e4m3(v):
+    """v (fp32, any range) -> the nearest E4M3 value, ties to even, saturated to +-448."""
+    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+    bits = v.to(tl.int32, bitcast=True)
+    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # below 2^-6: the subnormal step 2^-9
+    # 1.5 * 2^(e - 3 + 23): adding and subtracting it rounds v to a multiple of 2^(e-3) (3 mantissa bits)
+    big = ((e - 3 + 23 + 127) << 23).to(tl.float32, bitcast=True) * 1.5
+    return (v + big) - big
+
+
+@triton.jit
+def _act_scale(amax):
+    return tl.maximum(tl.math.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32)), 1e-12)
+
+
+@triton.jit
+def _quant_act(X, XS, Q, M, K, stride_xm, stride_qm, ACT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr):
+    """Q[m] = fake_quantize_activation(X[m]) in Q's dtype: one program per row, x in [NG, GROUP]
+    tiles (a group per tile row for ACT_GROUP). The scale is amax / 448 (at least 1e-12)."""
+    m = tl.program_id(0)
+    offs = tl.arange(0, NG)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    scale = tl.zeros((NG, GROUP), tl.float32)
+    if ACT == 3:  # static per tensor
+        scale += tl.load(XS)
+    if ACT == 1 or ACT == 2:  # dynamic: this row's (token) or every row's (tensor) absolute max first
+        if ACT == 1:
+            lo = m
+            hi = m + 1
+        else:
+            lo = 0
+            hi = M
+        amax = tl.zeros((NG, GROUP), tl.float32)
+        for r in range(lo, hi):
+            for k0 in range(0, K, NG * GROUP):
+                xa = tl.load(X + r * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0)
+                amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
+        scale += _act_scale(tl.max(tl.max(amax, axis=1), axis=0))
+    for k0 in range(0, K, NG * GROUP):
+        mask = k0 + offs < K
+        x = tl.load(X + m * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+        s = scale
+        if ACT == 4:  # dynamic per 1 x GROUP group: one tile row is one group
+            s = scale + _act_scale(tl.max(tl.abs(x), axis=1))[:, None]
+        q = _round_e4m3(tl.math.div_rn(x, s)) * s
+        tl.store(Q + m * stride_qm + k0 + offs, q.to(Q.dtype.element_ty), mask=mask)
+
+
+def quantize_activation(x2: torch.Tensor, act: int, input_scale: Optional[torch.Tensor],
+                        group: Optional[int]) -> torch.Tensor:
+    """x [M, K] rounded through FP8 and scaled back, in x's dtype (`fake_quantize_activation`)."""
+    m, k = x2.shape
+    q = torch.empty_like(x2)
+    block = min(_QUANT_BLOCK, next_pow2(k))
+    if act == ACT_GROUP:
+        if group is None or group < 1 or group & (group - 1) or group > _QUANT_BLOCK:
+            raise ValueError(f"activation groups of {group} are not a power of two <= {_QUANT_BLOCK}")
+        block = max(block, group)
+    width = group if act == ACT_GROUP else min(block, 256)
+    _quant_act[(m,)](x2, input_scale if input_scale is not None else x2, q, m, k, x2.stride(0), q.stride(0),
+                     ACT=act, GROUP=width, NG=block // width, num_warps=8)
+    return q

@@ -18,13 +18,12 @@ are reduced once at the end. The next W tile is loaded before the current one is
 thread has two tiles in flight. From 3 rows (or with use_dot): a tensor-core tl.dot on a 16-row
 tile, FP8 weights converted to x's dtype in registers.
 
-FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): a one-program-per-row
-pre-kernel rounds x through E4M3 once per call (per token, per tensor dynamic or static, or per
-1 x bk group) and writes q * scale in x's dtype, exactly what the CPU path's matmul sees; the GEMM
-then reads that instead of x. Before, every program re-derived the scales and re-rounded every x
-tile, which cost more instructions than the weight stream it was hiding behind. The rounding is
-done in fp32 arithmetic (round-to-nearest-even, saturating like `to_fp8`), which is exactly
-torch's cast and, unlike Triton's cast, also exact in the CPU interpreter.
+FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): fp8_rows.quantize_activation
+rounds x through E4M3 once per call (per token, per tensor dynamic or static, or per 1 x bk group)
+and the GEMM reads that. With GemvConfig.fp8_dot (per-token or per-tensor x, per-channel W) x is
+instead quantized to FP8 with a scale per row (fp8_rows.quantize_rows) and multiplied with W in
+FP8 on the tensor cores (_gemv_kernel's FP8_DOT): no FP8 -> fp32 conversion of W, which bounds the FMA
+path at 1.1-2.4 TB/s on the H100.
 """
 
 from __future__ import annotations
@@ -37,15 +36,12 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
-from .numerics import _MIN_SCALE, FP8_MAX, quantize_rows_ref
-from .numerics import exact_div
-from .fp8_rows import quantize_rows
+from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
+from .numerics import _MIN_SCALE, FP8_MAX, exact_div, quantize_rows_ref
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
 # activation modes (constexpr ACT)
-ACT_NONE, ACT_TOKEN, ACT_TENSOR, ACT_STATIC, ACT_GROUP = 0, 1, 2, 3, 4
-_QUANT_BLOCK = 8192  # elements of x one pre-kernel iteration holds (8 warps: 32 a thread)
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 3
     use_dot: bool = False
-    fp8_dot: bool = False  # W8A8 per-channel: FP8 x FP8 on the tensor cores (the _fp8_dot_kernel path)
+    fp8_dot: bool = False  # W8A8 per-channel: FP8 x FP8 on the tensor cores (_gemv_kernel's FP8_DOT path)
 
     def check(self) -> None:
         for name, lo in (("block_n", 16 if self.use_dot or self.fp8_dot else 1), ("block_k", 32 if self.fp8_dot else 16)):
@@ -68,54 +64,6 @@ class GemvConfig:
                 raise ValueError(f"GemvConfig.{name}={v} must be a power of two >= {lo}")
         if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
             raise ValueError(f"GemvConfig {self} needs split_k, num_warps, num_stages >= 1")
-
-
-@triton.jit
-def _round_e4m3(v):
-    """v (fp32, any range) -> the nearest E4M3 value, ties to even, saturated to +-448."""
-    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
-    bits = v.to(tl.int32, bitcast=True)
-    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # below 2^-6: the subnormal step 2^-9
-    # 1.5 * 2^(e - 3 + 23): adding and subtracting it rounds v to a multiple of 2^(e-3) (3 mantissa bits)
-    big = ((e - 3 + 23 + 127) << 23).to(tl.float32, bitcast=True) * 1.5
-    return (v + big) - big
-
-
-@triton.jit
-def _act_scale(amax):
-    return tl.maximum(tl.math.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32)), 1e-12)
-
-
-@triton.jit
-def _quant_act(X, XS, Q, M, K, stride_xm, stride_qm, ACT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr):
-    """Q[m] = fake_quantize_activation(X[m]) in Q's dtype: one program per row, x in [NG, GROUP]
-    tiles (a group per tile row for ACT_GROUP). The scale is amax / 448 (at least 1e-12)."""
-    m = tl.program_id(0)
-    offs = tl.arange(0, NG)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    scale = tl.zeros((NG, GROUP), tl.float32)
-    if ACT == 3:  # static per tensor
-        scale += tl.load(XS)
-    if ACT == 1 or ACT == 2:  # dynamic: this row's (token) or every row's (tensor) absolute max first
-        if ACT == 1:
-            lo = m
-            hi = m + 1
-        else:
-            lo = 0
-            hi = M
-        amax = tl.zeros((NG, GROUP), tl.float32)
-        for r in range(lo, hi):
-            for k0 in range(0, K, NG * GROUP):
-                xa = tl.load(X + r * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0)
-                amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
-        scale += _act_scale(tl.max(tl.max(amax, axis=1), axis=0))
-    for k0 in range(0, K, NG * GROUP):
-        mask = k0 + offs < K
-        x = tl.load(X + m * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-        s = scale
-        if ACT == 4:  # dynamic per 1 x GROUP group: one tile row is one group
-            s = scale + _act_scale(tl.max(tl.abs(x), axis=1))[:, None]
-        q = _round_e4m3(tl.math.div_rn(x, s)) * s
-        tl.store(Q + m * stride_qm + k0 + offs, q.to(Q.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -174,10 +122,41 @@ def _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_l
 
 
 @triton.jit
-def _gemv_kernel(X, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
+def _fp8_dot_rows(Q, SA, W, stride_qm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M (16), BLOCK_N] sums over [k_lo, k_hi) with both operands in FP8 on the tensor cores:
+    W tile @ Q tile^T (the weight rows are the MMA's long side, the few rows of x its short one: no
+    FP8 -> fp32 conversion of W, which bounds the FMA path), times each row's scale SA[m]."""
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
+        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :],
+                    other=0.0)
+        acc = tl.dot(w, tl.trans(q), acc)
+    return tl.trans(acc) * tl.load(SA + offs_m, mask=mask_m, other=0.0)[:, None]
+
+
+@triton.jit
+def _store_out(Y, P, B, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_k,
+               HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr):
+    """out [BLOCK_M, BLOCK_N] (fp32): this K split's partial sums into P, or (one split) + bias into Y."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    if WRITE_PARTIAL:
+        tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
+    else:
+        if HAS_BIAS:
+            out += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                 W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
+                 FP8_DOT: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
                  HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr):
+    """FP8_DOT: X is x in FP8 with the row scales XS (per-channel W only); else X is x (or its
+    fake-quantized copy) in its dtype and XS unused."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -186,7 +165,10 @@ def _gemv_kernel(X, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, st
     mask_n = offs_n < N
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-    if USE_DOT:
+    if FP8_DOT:
+        acc = _fp8_dot_rows(X, XS, W, stride_xm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
+                            BLOCK_M, BLOCK_N, BLOCK_K)
+    elif USE_DOT:
         acc = _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
                         BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, DOT_PREC)
     else:
@@ -194,13 +176,7 @@ def _gemv_kernel(X, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, st
                         BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK)
     if W_SCALE == 1:
         acc = acc * tl.load(WS + offs_n * stride_wsn, mask=mask_n, other=0.0)[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
-    if WRITE_PARTIAL:
-        tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=mask)
+    _store_out(Y, P, B, acc, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_k, HAS_BIAS, WRITE_PARTIAL)
 
 
 @triton.jit
@@ -216,56 +192,7 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
     tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _fp8_dot_kernel(Q, SA, W, WS, B, Y, P, M, N, K, stride_qm, stride_wn, stride_ym, k_per_split,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr):
-    """W8A8 with both operands in FP8: acc[BLOCK_N, BLOCK_M] = W tile @ Q tile^T on the tensor cores
-    (the weight rows are the MMA's long side, the few rows of x its short one: no FP8 -> fp32
-    conversion of W, which bounds the FMA path), then y[m, n] = acc * SA[m] * WS[n]."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
-        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :],
-                    other=0.0)
-        acc = tl.dot(w, tl.trans(q), acc)
-    acc = acc * tl.load(WS + offs_n, mask=mask_n, other=0.0)[:, None] * tl.load(SA + offs_m, mask=mask_m, other=0.0)[None, :]
-    out = tl.trans(acc)
-    mask = mask_m[:, None] & mask_n[None, :]
-    if WRITE_PARTIAL:
-        tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
-    else:
-        if HAS_BIAS:
-            out += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
-
-
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
-
-
-def quantize_activation(x2: torch.Tensor, act: int, input_scale: Optional[torch.Tensor],
-                        group: Optional[int]) -> torch.Tensor:
-    """x [M, K] rounded through FP8 and scaled back, in x's dtype (`fake_quantize_activation`)."""
-    m, k = x2.shape
-    q = torch.empty_like(x2)
-    block = min(_QUANT_BLOCK, next_pow2(k))
-    if act == ACT_GROUP:
-        if group is None or group < 1 or group & (group - 1) or group > _QUANT_BLOCK:
-            raise ValueError(f"activation groups of {group} are not a power of two <= {_QUANT_BLOCK}")
-        block = max(block, group)
-    width = group if act == ACT_GROUP else min(block, 256)
-    _quant_act[(m,)](x2, input_scale if input_scale is not None else x2, q, m, k, x2.stride(0), q.stride(0),
-                     ACT=act, GROUP=width, NG=block // width, num_warps=8)
-    return q
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
@@ -319,27 +246,20 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     split = max(1, min(config.split_k, tiles))
     k_per_split = triton.cdiv(tiles, split) * bk
     split = triton.cdiv(k, k_per_split)
-    use_dot = config.use_dot or m > FMA_MAX_M
-    block_m = 16 if use_dot else next_pow2(m)
-    block_n = max(16, config.block_n) if use_dot else config.block_n  # a dot needs 16 columns
+    use_dot = not fp8_dot and (config.use_dot or m > FMA_MAX_M)
+    block_m = 16 if use_dot or fp8_dot else next_pow2(m)
+    block_n = max(16, config.block_n) if use_dot or fp8_dot else config.block_n  # a dot needs 16 columns
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = y
-    grid = (triton.cdiv(n, max(16, config.block_n) if fp8_dot else block_n), split)
-    if fp8_dot:
-        _fp8_dot_kernel[grid](
-            x2, q_scale, weight, weight_scale, bias if bias is not None else dummy, y, partial, m, n, k,
-            x2.stride(0), weight.stride(0), y.stride(0), k_per_split, BLOCK_M=16, BLOCK_N=max(16, config.block_n),
-            BLOCK_K=bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )
-    else:
-        _gemv_kernel[grid](
-            x2, weight, weight_scale if weight_scale is not None else dummy, bias if bias is not None else dummy,
-            y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, W_SCALE=w_scale_mode,
-            SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
-            DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
-        )
+    grid = (triton.cdiv(n, block_n), split)
+    _gemv_kernel[grid](
+        x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
+        bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
+        W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None,
+        WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     if split > 1:
         block = min(1024, next_pow2(n))
         _splitk_reduce[(m, triton.cdiv(n, block))](partial, bias if bias is not None else dummy, y, m, n, y.stride(0),

@@ -13,13 +13,9 @@ from sglserve.layers.quantization.fp8_utils import (
     quantize_per_block,
     quantize_per_channel,
 )
+from sglserve_kernels.fp8_rows import ACT_GROUP, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation
 from sglserve_kernels.gemv import (
-    ACT_GROUP,
-    ACT_STATIC,
-    ACT_TENSOR,
-    ACT_TOKEN,
     GemvConfig,
-    quantize_activation,
     skinny_gemm,
     skinny_gemm_fp8,
     skinny_gemm_fp8_ref,
@@ -85,14 +81,17 @@ def test_skinny_gemm_fp8(m, n, k, act, static, block, split_k, use_dot, device, 
 
 
 class _LaunchSpy:
-    """Counts launches of a Triton kernel (`kernel[grid](...)`) and passes them on."""
+    """Counts launches of a Triton kernel (`kernel[grid](...)`) with FP8_DOT=True and passes them on."""
 
     def __init__(self, kernel):
         self.kernel, self.launches = kernel, 0
 
     def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
+        def launch(*args, **kwargs):
+            self.launches += bool(kwargs.get("FP8_DOT"))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
 
 
 @pytest.mark.parametrize("act,static", [("token", False), ("tensor", False), ("tensor", True)], ids=str)
@@ -100,11 +99,11 @@ class _LaunchSpy:
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_fp8_dot_path(m, n, k, act, static, split_k, device, gen, monkeypatch):
     """GemvConfig(fp8_dot=True): W8A8 per-channel with x in FP8 too, on the tensor cores. It runs
-    _fp8_dot_kernel (not the dequantizing path) and matches the float8 reference."""
+    the FP8_DOT kernel (not the dequantizing path) and matches the float8 reference."""
     from sglserve_kernels import gemv
 
-    spy = _LaunchSpy(gemv._fp8_dot_kernel)
-    monkeypatch.setattr(gemv, "_fp8_dot_kernel", spy)
+    spy = _LaunchSpy(gemv._gemv_kernel)
+    monkeypatch.setattr(gemv, "_gemv_kernel", spy)
     x, q, s = _fp8_case(gen, m, n, k, None, device)
     input_scale = torch.tensor([0.02], device=device) if static else None
     bias = randn(gen, n, dtype=IO_DTYPE, device=device)
@@ -119,8 +118,8 @@ def test_fp8_dot_only_where_it_applies(act, block, device, gen, monkeypatch):
     """Weight-only FP8 and block-scaled weights have no per-row FP8 x: fp8_dot configs run the usual path."""
     from sglserve_kernels import gemv
 
-    spy = _LaunchSpy(gemv._fp8_dot_kernel)
-    monkeypatch.setattr(gemv, "_fp8_dot_kernel", spy)
+    spy = _LaunchSpy(gemv._gemv_kernel)
+    monkeypatch.setattr(gemv, "_gemv_kernel", spy)
     x, q, s = _fp8_case(gen, 2, 40, 128, block, device)
     cfg = GemvConfig(block_n=16, block_k=32, split_k=1, num_warps=2, num_stages=1, fp8_dot=True)
     y = skinny_gemm_fp8(x, q, s, block, None, act, None, cfg)
