@@ -41,7 +41,6 @@ from .numerics import _MIN_SCALE, FP8_MAX, exact_div, quantize_rows_ref
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
-# activation modes (constexpr ACT)
 
 
 @dataclass(frozen=True)

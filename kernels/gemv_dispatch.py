@@ -74,6 +74,11 @@ def heuristic_config(m: int, n: int, k: int, kind: str, sms: int) -> GemvConfig:
                       num_stages=1 if not use_dot else 3, use_dot=use_dot)
 
 
+def entry_config(row: Dict[str, Any]) -> GemvConfig:
+    """The launch config a table entry names (its other keys: use, measured, timings)."""
+    return GemvConfig(**{key: row[key] for key in _CONFIG_KEYS if key in row})
+
+
 class GemvTable:
     """The selection table in memory: lookups by (kind, N, K, M bucket)."""
 
@@ -107,7 +112,7 @@ class GemvTable:
             return heuristic_config(m, n, k, kind, sms) if m <= self.default_max_m.get(kind, 0) else None
         if not row.get("use", False):
             return None
-        return GemvConfig(**{key: row[key] for key in _CONFIG_KEYS if key in row})
+        return entry_config(row)
 
 
 @functools.lru_cache(maxsize=1)

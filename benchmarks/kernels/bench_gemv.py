@@ -29,7 +29,7 @@ from bench_attention import peak_bandwidth  # noqa: E402  (also maps sglserve_ke
 from sglserve_kernels._utils import num_sms  # noqa: E402
 from sglserve_kernels.gemv import FMA_MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref  # noqa: E402
 from sglserve_kernels.fp8_rows import quantize_rows  # noqa: E402
-from sglserve_kernels.gemv_dispatch import heuristic_config, m_bucket, scaled_mm_rowwise, table_key  # noqa: E402
+from sglserve_kernels.gemv_dispatch import entry_config, heuristic_config, m_bucket, scaled_mm_rowwise, table_key  # noqa: E402
 
 MODELS = {  # name: (hidden, intermediate, heads, kv heads, head dim, tp)
     "8b": (4096, 14336, 32, 8, 128, 1), "8b_tp2": (4096, 14336, 32, 8, 128, 2), "70b_tp4": (8192, 28672, 64, 8, 128, 4),
@@ -192,9 +192,7 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
 def base_config(base: Optional[Dict], kind: str, n: int, k: int, m: int) -> Optional[GemvConfig]:
     """The config a table entry names for this shape and M bucket (None: no entry)."""
     row = (base or {}).get("entries", {}).get(table_key(kind, n, k), {}).get(str(m_bucket(m)))
-    if not row:
-        return None
-    return GemvConfig(**{key: row[key] for key in vars(GemvConfig()) if key in row})
+    return entry_config(row) if row else None
 
 
 def table_from_rows(rows: List[Dict[str, object]], measured: bool, device_name: Optional[str], note: str) -> Dict:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from sglserve.server_args import ServerArgs
-from sglserve.utils.optional_imports import import_transformers_without_torch
+from sglserve.utils.optional_imports import import_transformers_without_torch, transformers_without_torch
 from sglserve.utils.process import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ class HttpSidePrep:
         self.tokenizer: Any = None
         self.error: Optional[BaseException] = None
         self.seconds = 0.0
-        self.without_torch = False
         self._done = threading.Event()
         threading.Thread(target=self._run, name="sglserve-http-prep", daemon=True).start()
 
@@ -33,7 +32,7 @@ class HttpSidePrep:
         t0 = time.perf_counter()
         try:
             # First: the HTTP side uses no torch, and transformers then imports none (utils/optional_imports.py)
-            self.without_torch = import_transformers_without_torch(self.server_args) is not None
+            import_transformers_without_torch(self.server_args)
             import sglserve.entrypoints.http_server  # noqa: F401  (the app's imports)
 
             sa = self.server_args
@@ -61,5 +60,5 @@ class HttpSidePrep:
         if self.error is not None:
             raise self.error
         logger.info("HTTP side prepared in %.2f s (web stack imports, tokenizer%s), beside the scheduler.", self.seconds,
-                    "; transformers without torch" if self.without_torch else "")
+                    "; transformers without torch" if transformers_without_torch() else "")
         return self.tokenizer

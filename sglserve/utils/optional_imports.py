@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 UNUSED_OPTIONAL_PACKAGES: Tuple[str, ...] = ("torchvision", "sklearn")
 
@@ -41,9 +40,9 @@ def hide_unused_optional_packages() -> Tuple[str, ...]:
 TRANSFORMERS_NO_ADVISORY = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
 
-def import_transformers_without_torch(server_args: Any) -> Optional[float]:
+def import_transformers_without_torch(server_args: Any) -> bool:
     """Import transformers with torch hidden from it, then let torch be imported again as usual.
-    Returns the seconds it took, or None where it did not apply (nothing changes then).
+    Returns whether it applied (where not, nothing changes).
 
     transformers decides once per process whether torch is installed (`is_torch_available` is
     cached), and with torch it imports much that a server never uses: every model config reaches
@@ -56,7 +55,7 @@ def import_transformers_without_torch(server_args: Any) -> Optional[float]:
     `sys.modules["torch"]` is None (find_spec answers None: transformers sees no torch), and
     afterwards sglserve imports and uses torch as before.
 
-    Not applied (None) where transformers or torch is already imported, with
+    Not applied where transformers or torch is already imported, with
     SGLSERVE_KEEP_OPTIONAL_IMPORTS=1, with --trust-remote-code (remote code may use torch
     through transformers), and where start-up must convert a GGUF file's metadata that is not
     in the cache yet (transformers converts GGUF only with torch: utils/gguf_cache.py)."""
@@ -65,8 +64,7 @@ def import_transformers_without_torch(server_args: Any) -> Optional[float]:
     if (os.environ.get("SGLSERVE_KEEP_OPTIONAL_IMPORTS", "") not in ("", "0") or "transformers" in sys.modules
             or "torch" in sys.modules or getattr(server_args, "trust_remote_code", False)
             or not server_gguf_conversions_cached(server_args)):
-        return None
-    t0 = time.perf_counter()
+        return False
     advisory = os.environ.get(TRANSFORMERS_NO_ADVISORY)
     os.environ[TRANSFORMERS_NO_ADVISORY] = "1"  # its "PyTorch was not found" line at import
     sys.modules["torch"] = None  # type: ignore[assignment]
@@ -87,9 +85,7 @@ def import_transformers_without_torch(server_args: Any) -> Optional[float]:
             os.environ.pop(TRANSFORMERS_NO_ADVISORY, None)
         else:
             os.environ[TRANSFORMERS_NO_ADVISORY] = advisory
-    if not applied:
-        return None
-    return time.perf_counter() - t0
+    return applied
 
 
 def transformers_without_torch() -> bool:

@@ -62,14 +62,14 @@ TORCHLESS_PROBE = textwrap.dedent("""
     gguf, config_dir = sys.argv[1], sys.argv[2]
     sa = types.SimpleNamespace(model_path=gguf, load_format="auto", tokenizer_path=gguf,
                                skip_tokenizer_init=False, trust_remote_code=False)
-    secs = import_transformers_without_torch(sa)
+    applied = import_transformers_without_torch(sa)
     import torch  # sglserve's own torch imports work as before
     from transformers import AutoConfig
     from sglserve.utils.hf_transformers_utils import get_gguf_config, get_tokenizer
     configs = {"gguf": get_gguf_config(gguf).to_dict(), "llama3": AutoConfig.from_pretrained(config_dir).to_dict()}
     tok = get_tokenizer(gguf)
     chat = tok.apply_chat_template([{"role": "user", "content": "Hi there"}], tokenize=False, add_generation_prompt=True)
-    print(json.dumps({"applied": secs is not None, "without_torch": transformers_without_torch(),
+    print(json.dumps({"applied": applied, "without_torch": transformers_without_torch(),
                       "torch_works": float(torch.ones(3).sum()),
                       "configs": {n: {k: str(v) for k, v in c.items()} for n, c in configs.items()},
                       "ids": tok.encode("Hello, world! " + chat), "chat": chat,
@@ -142,8 +142,8 @@ NOT_APPLIED_PROBE = textwrap.dedent("""
     from sglserve.utils.optional_imports import import_transformers_without_torch
     sa = types.SimpleNamespace(model_path=sys.argv[1], load_format="auto", tokenizer_path=sys.argv[1],
                                skip_tokenizer_init=False, trust_remote_code=sys.argv[2] == "1")
-    secs = import_transformers_without_torch(sa)
-    print(json.dumps({"applied": secs is not None, "transformers": "transformers" in sys.modules,
+    applied = import_transformers_without_torch(sa)
+    print(json.dumps({"applied": applied, "transformers": "transformers" in sys.modules,
                       "torch_hidden": "torch" in sys.modules and sys.modules["torch"] is None}))
 """)
 
