@@ -7,9 +7,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import pdl_args, pdl_wait
+
 
 @triton.jit
-def _silu_and_mul(X, Y, stride_x, stride_y, I, BLOCK: tl.constexpr):
+def _silu_and_mul(X, Y, stride_x, stride_y, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < I
@@ -32,7 +35,8 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         return out
     assert x.stride(1) == 1 and out.stride(1) == 1
     block = min(triton.next_power_of_2(inter), 1024)
-    _silu_and_mul[(n, triton.cdiv(inter, block))](x, out, x.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4)
+    _silu_and_mul[(n, triton.cdiv(inter, block))](x, out, x.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4,
+                                                  **pdl_args(x))
     return out
 
 

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from ._utils import device_sms, dot_precision, next_pow2
 from .kv_store import is_fp8_kv
+from .pdl import pdl_args, pdl_wait
 
 LOG2E = 1.4426950408889634
 # A split shorter than this is not worth its stage-2 cost.
@@ -49,8 +50,9 @@ def _decode_stage1(
     stride_mob, stride_moh, stride_mos, stride_lb, stride_lh,
     KV_GROUP: tl.constexpr, NUM_H_BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr, KV_FP8: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // NUM_H_BLOCKS
     h_block = tl.program_id(1) % NUM_H_BLOCKS
@@ -116,8 +118,9 @@ def _decode_stage1(
 def _decode_stage2(
     Mid_O, Mid_LSE, O, seq_lens, num_kv_splits,
     stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     seq_len = tl.load(seq_lens + b)
@@ -248,13 +251,13 @@ def decode_attention_fwd(
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         KV_GROUP=kv_group, NUM_H_BLOCKS=n_hb, HEAD_DIM=head_dim,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, USE_DOT=use_dot,
-        DOT_PREC=dot_precision(compute_dtype), KV_FP8=fp8, num_warps=warps, num_stages=stages,
+        DOT_PREC=dot_precision(compute_dtype), KV_FP8=fp8, num_warps=warps, num_stages=stages, **pdl_args(q),
     )
     _decode_stage2[(bs, num_heads)](
         mid_o, mid_lse, o, seq_lens, num_kv_splits,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         o.stride(0), o.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8, **pdl_args(q),
     )
     return o
 

@@ -23,12 +23,14 @@ import triton.language as tl
 from ._utils import next_pow2
 from .kv_store import quant_fp8
 from .numerics import _MIN_SCALE, FP8_MAX, exact_div
+from .pdl import pdl_args, pdl_wait
 
 _BLOCK = 1024  # elements of a row per iteration
 
 
 @triton.jit
-def _quant_rows(X, XS, Q, S, K, stride_xm, stride_qm, STATIC: tl.constexpr, BLOCK: tl.constexpr):
+def _quant_rows(X, XS, Q, S, K, stride_xm, stride_qm, STATIC: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     row = X + m * stride_xm
@@ -68,7 +70,7 @@ def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activat
         raise ValueError(f"activation strategy {activation_strategy!r}: token, tensor, or an input_scale")
     block = min(_BLOCK, next_pow2(k))
     _quant_rows[(m,)](x2, static.float() if static is not None else x2, q, scale, k, x2.stride(0), q.stride(0),
-                      STATIC=static is not None, BLOCK=block, num_warps=4 if block >= 512 else 1)
+                      STATIC=static is not None, BLOCK=block, num_warps=4 if block >= 512 else 1, **pdl_args(x2))
     return q, scale
 
 
@@ -101,9 +103,11 @@ def _act_scale(amax):
 
 
 @triton.jit
-def _quant_act(X, XS, Q, M, K, stride_xm, stride_qm, ACT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr):
+def _quant_act(X, XS, Q, M, K, stride_xm, stride_qm, ACT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr,
+               PDL: tl.constexpr):
     """Q[m] = fake_quantize_activation(X[m]) in Q's dtype: one program per row, x in [NG, GROUP]
     tiles (a group per tile row for ACT_GROUP). The scale is amax / 448 (at least 1e-12)."""
+    pdl_wait(PDL)
     m = tl.program_id(0)
     offs = tl.arange(0, NG)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     scale = tl.zeros((NG, GROUP), tl.float32)
@@ -144,5 +148,5 @@ def quantize_activation(x2: torch.Tensor, act: int, input_scale: Optional[torch.
         block = max(block, group)
     width = group if act == ACT_GROUP else min(block, 256)
     _quant_act[(m,)](x2, input_scale if input_scale is not None else x2, q, m, k, x2.stride(0), q.stride(0),
-                     ACT=act, GROUP=width, NG=block // width, num_warps=8)
+                     ACT=act, GROUP=width, NG=block // width, num_warps=8, **pdl_args(x2))
     return q

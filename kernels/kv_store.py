@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ._utils import is_interpret, next_pow2
 from .numerics import exact_div
+from .pdl import pdl_args, pdl_wait
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
 FP8_KV_MAX = torch.finfo(FP8_KV_DTYPE).max  # 448
@@ -62,7 +63,8 @@ def quant_fp8(x, scale):
 
 @triton.jit
 def _store_kv(K, V, K_buf, V_buf, loc, k_scale, v_scale, stride_k, stride_v, stride_kb, stride_vb,
-              ROW: tl.constexpr, BLOCK: tl.constexpr, KV_FP8: tl.constexpr):
+              ROW: tl.constexpr, BLOCK: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     t = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < ROW
@@ -102,7 +104,7 @@ def store_kv_cache(k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Te
     _store_kv[(n, triton.cdiv(row, block))](
         k2, v2, k_buffer, v_buffer, loc, float(k_scale), float(v_scale),
         k2.stride(0), v2.stride(0), k_buffer.stride(0), v_buffer.stride(0),
-        ROW=row, BLOCK=block, KV_FP8=fp8, num_warps=4,
+        ROW=row, BLOCK=block, KV_FP8=fp8, num_warps=4, **pdl_args(k_buffer),
     )
 
 

@@ -19,13 +19,15 @@ import triton
 import triton.language as tl
 
 from ._utils import next_pow2
+from .pdl import pdl_args, pdl_wait
 
 MAX_HIDDEN = 65536
 
 
 @triton.jit
 def _rmsnorm(X, R, W, Y, stride_x, stride_r, stride_y, N, eps,
-             HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+             HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -53,7 +55,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optiona
     warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
     r = residual if residual is not None else x
     _rmsnorm[(n_rows,)](x, r, weight, out, x.stride(0), r.stride(0), out.stride(0), hidden, eps,
-                        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps)
+                        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps, **pdl_args(x))
 
 
 def rmsnorm(

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ._utils import next_pow2
+from .pdl import pdl_args, pdl_wait
 
 
 @triton.jit
@@ -69,7 +70,8 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
 @triton.jit
 def _rope(Q, K, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh, stride_cs, n_q, n_k,
           HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-          IS_NEOX: tl.constexpr, BF16: tl.constexpr):
+          IS_NEOX: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
@@ -104,7 +106,7 @@ def rotary_embedding(
         q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
         q.shape[1], k.shape[1],
         HALF=half, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]),
-        IS_NEOX=is_neox, BF16=query.dtype == torch.bfloat16, num_warps=4,
+        IS_NEOX=is_neox, BF16=query.dtype == torch.bfloat16, num_warps=4, **pdl_args(query),
     )
     return query, key
 

@@ -113,6 +113,30 @@ def test_fp8_dot_path(m, n, k, act, static, split_k, device, gen, monkeypatch):
     torch.testing.assert_close(y, skinny_gemm_fp8_ref(x, q, s, None, input_scale, act, bias), **TOL[IO_DTYPE])
 
 
+@pytest.mark.parametrize("act,static", [("token", False), ("tensor", False), ("tensor", True)], ids=str)
+@pytest.mark.parametrize("m,split_k", [(1, 2), (3, 1), (16, 3)])
+def test_fp8_dot_quantizes_x_like_quantize_rows(m, split_k, act, static, device, gen):
+    """The FP8_DOT kernel quantizes x itself (no pre-kernel): with one-hot W rows every output is
+    one product, q[m, j] * scale[m], exact in fp32, so the kernel's x bits and row scales must be
+    quantize_rows' to the bit. Rows of different ranges (the per-tensor amax is the largest row's),
+    an all-zero row, K across several tiles and splits."""
+    from sglserve_kernels.fp8_rows import quantize_rows
+
+    n, k = 48, 320
+    x = randn(gen, m, k, dtype=IO_DTYPE, device=device) * torch.logspace(-3, 2, m).to(device, IO_DTYPE)[:, None]
+    x[m // 2] = 0
+    cols = torch.randperm(k, generator=gen)[:n]
+    w = torch.zeros(n, k)
+    w[torch.arange(n), cols] = 1.0
+    input_scale = torch.tensor([0.02], device=device) if static else None
+    cfg = GemvConfig(block_n=16, block_k=32, split_k=split_k, num_warps=4, num_stages=1, fp8_dot=True)
+    y = skinny_gemm_fp8(x, w.to(torch.float8_e4m3fn).to(device), torch.ones(n, 1, device=device), None,
+                        input_scale, act, None, cfg)
+    q, scale = quantize_rows(x, input_scale, act)
+    expect = (q.float()[:, cols.to(device)] * scale).to(x.dtype)
+    assert torch.equal(y, expect)
+
+
 @pytest.mark.parametrize("act,block", [(None, None), ("token", (32, 64)), ("group", (32, 64))], ids=str)
 def test_fp8_dot_only_where_it_applies(act, block, device, gen, monkeypatch):
     """Weight-only FP8 and block-scaled weights have no per-row FP8 x: fp8_dot configs run the usual path."""
