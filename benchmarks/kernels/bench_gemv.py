@@ -50,7 +50,8 @@ def model_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
     return out
 
 
-FP8_DOT_TILES = [(64, 256, 4, 3), (64, 256, 4, 4), (128, 256, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4)]
+FP8_DOT_TILES = [(64, 256, 4, 3), (64, 256, 4, 4), (128, 256, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4), (32, 256, 4, 3),
+                 (32, 512, 4, 3)]
 
 
 def fp8_dot_candidates(n: int, k: int, sms: int) -> List[GemvConfig]:
