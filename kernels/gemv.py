@@ -131,7 +131,7 @@ def _x_row_scales(X, XS, K, stride_xm, offs_m, mask_m, ACT: tl.constexpr, BLOCK_
                   BLOCK_K: tl.constexpr):
     """x's FP8 scale per row, as fp8_rows.quantize_rows derives it: amax / 448 of the row (ACT_TOKEN)
     or of all M rows (ACT_TENSOR), at least 1e-12; or the static XS (ACT_STATIC)."""
-    if ACT == 3:
+    if ACT == 3:  # ACT_STATIC (fp8_rows' constants: 1 token, 2 tensor, 3 static)
         return tl.zeros((BLOCK_M,), tl.float32) + tl.load(XS)
     amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
     for k0 in range(0, K, BLOCK_K):
