@@ -20,10 +20,12 @@ tile, FP8 weights converted to x's dtype in registers.
 
 FP8 activations (W8A8, the CPU path's `fake_quantize_activation`): fp8_rows.quantize_activation
 rounds x through E4M3 once per call (per token, per tensor dynamic or static, or per 1 x bk group)
-and the GEMM reads that. With GemvConfig.fp8_dot (per-token or per-tensor x, per-channel W) the
-kernel itself quantizes x to FP8 with a scale per row (the bits of fp8_rows.quantize_rows, no
-pre-kernel) and multiplies it with W in FP8 on the tensor cores (_gemv_kernel's FP8_DOT): no
-FP8 -> fp32 conversion of W, which bounds the FMA path at 1.1-2.4 TB/s on the H100.
+and the GEMM reads that. With GemvConfig.fp8_dot (per-token or per-tensor x, per-channel W) x is
+instead quantized to FP8 with a scale per row (fp8_rows.quantize_rows) and multiplied with W in
+FP8 on the tensor cores (_gemv_kernel's FP8_DOT): no FP8 -> fp32 conversion of W, which bounds the FMA
+path at 1.1-2.4 TB/s on the H100. (Quantizing x inside the GEMM instead, tile by tile, measured
+2x slower on qkv and gate_up: the computed FP8 operand cannot be pipelined like a loaded one;
+RESULTS.md V17.)
 
 Every kernel here launches with programmatic dependent launch on Hopper (pdl.py): the FMA path
 has its first W tile in flight before it waits for the kernel that wrote x.
@@ -39,8 +41,7 @@ import triton
 import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
-from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, _act_scale, quantize_activation
-from .kv_store import quant_fp8
+from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
 from .pdl import pdl_args, pdl_wait
 from .numerics import _MIN_SCALE, FP8_MAX, exact_div, quantize_rows_ref
 
@@ -127,42 +128,19 @@ def _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_l
 
 
 @triton.jit
-def _x_row_scales(X, XS, K, stride_xm, offs_m, mask_m, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
-    """x's FP8 scale per row, as fp8_rows.quantize_rows derives it: amax / 448 of the row (ACT_TOKEN)
-    or of all M rows (ACT_TENSOR), at least 1e-12; or the static XS (ACT_STATIC)."""
-    if ACT == 3:  # ACT_STATIC (fp8_rows' constants: 1 token, 2 tensor, 3 static)
-        return tl.zeros((BLOCK_M,), tl.float32) + tl.load(XS)
-    amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xa = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < K)[None, :],
-                     other=0.0)
-        amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
-    row = tl.max(amax, axis=1)
-    if ACT == 2:
-        row = tl.zeros((BLOCK_M,), tl.float32) + tl.max(row, axis=0)
-    return _act_scale(row)
-
-
-@triton.jit
-def _fp8_dot_rows(X, XS, W, K, stride_xm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr):
+def _fp8_dot_rows(Q, SA, W, stride_qm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_M (16), BLOCK_N] sums over [k_lo, k_hi) with both operands in FP8 on the tensor cores:
-    W tile @ q tile^T (the weight rows are the MMA's long side, the few rows of x its short one: no
-    FP8 -> fp32 conversion of W, which bounds the FMA path), times each row's scale. x is quantized
-    here, tile by tile, with its row scales (the same bits as fp8_rows.quantize_rows): no pre-kernel,
-    whose launch cost about as much as a small GEMM's weight stream."""
-    scale = _x_row_scales(X, XS, K, stride_xm, offs_m, mask_m, ACT, BLOCK_M, BLOCK_K)
-    scale_tile = tl.zeros((BLOCK_M, BLOCK_K), tl.float32) + scale[:, None]
+    W tile @ Q tile^T (the weight rows are the MMA's long side, the few rows of x its short one: no
+    FP8 -> fp32 conversion of W, which bounds the FMA path), times each row's scale SA[m]."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
-        x = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :],
+        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :],
                     other=0.0)
-        acc = tl.dot(w, tl.trans(quant_fp8(x, scale_tile)), acc)
-    return tl.trans(acc) * scale[:, None]
+        acc = tl.dot(w, tl.trans(q), acc)
+    return tl.trans(acc) * tl.load(SA + offs_m, mask=mask_m, other=0.0)[:, None]
 
 
 @triton.jit
@@ -181,11 +159,10 @@ def _store_out(Y, P, B, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pi
 @triton.jit
 def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                 FP8_DOT: tl.constexpr, ACT: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr,
-                 SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                 PDL: tl.constexpr):
-    """FP8_DOT: X is x in its dtype, quantized here per ACT (per-channel W only), XS the static
-    scale; else X is x (or its fake-quantized copy) in its dtype and XS unused."""
+                 FP8_DOT: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr):
+    """FP8_DOT: X is x in FP8 with the row scales XS (per-channel W only); else X is x (or its
+    fake-quantized copy) in its dtype and XS unused."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -196,8 +173,8 @@ def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
     k_hi = tl.minimum(k_lo + k_per_split, K)
     if FP8_DOT:
         pdl_wait(PDL)
-        acc = _fp8_dot_rows(X, XS, W, K, stride_xm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
-                            BLOCK_M, BLOCK_N, BLOCK_K, ACT)
+        acc = _fp8_dot_rows(X, XS, W, stride_xm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
+                            BLOCK_M, BLOCK_N, BLOCK_K)
     elif USE_DOT:
         pdl_wait(PDL)
         acc = _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
@@ -267,9 +244,12 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             w_scale_mode, stride_wsn = 2, weight_scale.stride(0)
     if act == ACT_GROUP and weight_block is None:
         raise ValueError("group activations need a block-scaled weight (the group is its block's k)")
-    # fp8_dot: the kernel quantizes x per row (per token, per tensor or static) itself
     fp8_dot = config.fp8_dot and w_scale_mode == 1 and act in (ACT_TOKEN, ACT_TENSOR, ACT_STATIC)
-    if not fp8_dot and act != ACT_NONE:
+    q_scale = None
+    if fp8_dot:  # x as FP8 with a scale per row (per token, per tensor or static): the MMA's second operand
+        x2, q_scale = quantize_rows(x2, input_scale, "tensor" if act == ACT_TENSOR else "token")
+        q_scale = q_scale.reshape(-1)
+    elif act != ACT_NONE:
         x2 = quantize_activation(x2, act, input_scale, weight_block[1] if weight_block else None)
     # split K into whole BLOCK_K tiles (block scales never straddle two splits)
     tiles = triton.cdiv(k, bk)
@@ -284,10 +264,10 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     grid = (triton.cdiv(n, block_n), split)
     pdl = pdl_args(x)
     _gemv_kernel[grid](
-        x2, input_scale if fp8_dot and act == ACT_STATIC else dummy, weight,
-        weight_scale if weight_scale is not None else dummy, bias if bias is not None else dummy, y, partial, m, n, k,
-        x2.stride(0), weight.stride(0), y.stride(0), stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot, ACT=act if fp8_dot else ACT_NONE, W_SCALE=w_scale_mode,
+        x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
+        bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
+        W_SCALE=w_scale_mode,
         SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
         DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
     )

@@ -116,10 +116,10 @@ def test_fp8_dot_path(m, n, k, act, static, split_k, device, gen, monkeypatch):
 @pytest.mark.parametrize("act,static", [("token", False), ("tensor", False), ("tensor", True)], ids=str)
 @pytest.mark.parametrize("m,split_k", [(1, 2), (3, 1), (16, 3)])
 def test_fp8_dot_quantizes_x_like_quantize_rows(m, split_k, act, static, device, gen):
-    """The FP8_DOT kernel quantizes x itself (no pre-kernel): with one-hot W rows every output is
-    one product, q[m, j] * scale[m], exact in fp32, so the kernel's x bits and row scales must be
-    quantize_rows' to the bit. Rows of different ranges (the per-tensor amax is the largest row's),
-    an all-zero row, K across several tiles and splits."""
+    """The FP8_DOT path multiplies quantize_rows' FP8 x and row scales: with one-hot W rows every
+    output is one product, q[m, j] * scale[m], exact in fp32, so it must be quantize_rows' to the
+    bit. Rows of different ranges (the per-tensor amax is the largest row's), an all-zero row, K
+    across several tiles and splits."""
     from sglserve_kernels.fp8_rows import quantize_rows
 
     n, k = 48, 320
