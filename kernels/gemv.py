@@ -267,9 +267,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
         bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
-        W_SCALE=w_scale_mode,
-        SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1,
-        DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
+        W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None,
+        WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps,
+        num_stages=config.num_stages, **pdl,
     )
     if split > 1:
         block = min(1024, next_pow2(n))

@@ -1,6 +1,6 @@
 """Programmatic dependent launch (PDL, Hopper and later) for the decode step's small kernels.
 
-A batch-1 decode step is ~10 kernels a layer, each a few microseconds, back to back in a CUDA
+A batch-1 decode step is 10-16 kernels a layer, each a few microseconds, back to back in a CUDA
 graph: the gap between one kernel's end and the next one's first load (launch, then the first
 DRAM round trip) is a large part of the step. A kernel launched with PDL may be scheduled while
 the kernel before it in the stream is still running. It issues what does not depend on that
