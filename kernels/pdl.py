@@ -12,7 +12,7 @@ Rules for a kernel that takes PDL=True: call pdl_wait before any load of data th
 kernel writes and before any store. Transitivity holds because every kernel waits before it can
 finish: a kernel's wait returns only after the one before it, which itself waited, has finished.
 
-Off on the CPU interpreter, below compute capability 9.0, on a Triton without the launch option,
+Off on the CPU interpreter, on ROCm, below compute capability 9.0, on a Triton without the launch option,
 and with SGLSERVE_PDL=0.
 """
 
@@ -42,7 +42,8 @@ def _triton_has_pdl() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _device_has_pdl(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+    # ROCm reports its own architecture numbers through the same call: NVIDIA only
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index) >= (9, 0)
 
 
 def pdl_enabled(t: torch.Tensor) -> bool:
