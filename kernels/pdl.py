@@ -12,8 +12,8 @@ Rules for a kernel that takes PDL=True: call pdl_wait before any load of data th
 kernel writes and before any store. Transitivity holds because every kernel waits before it can
 finish: a kernel's wait returns only after the one before it, which itself waited, has finished.
 
-Off on the CPU interpreter, on ROCm, below compute capability 9.0, on a Triton without the launch option,
-and with SGLSERVE_PDL=0.
+Off on the CPU interpreter, on ROCm, below compute capability 9.0, on a Triton without the launch
+option, and with SGLSERVE_PDL=0.
 """
 
 from __future__ import annotations

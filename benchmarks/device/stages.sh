@@ -74,6 +74,11 @@ else
   HP_ENGINE="--engine 2000 --input-len 256"  # the SmolLM2 Engine run's host work per prefill / decode step, on this host
 fi
 
+old_tree_path() {  # the PYTHONPATH that runs the .old tree (prep with OLD=<commit>) and its kernels
+  mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels
+  echo "/tmp/site:$(cd "$CARRY_ROOT/.old" && pwd):/tmp/kpath_old"
+}
+
 SPID=""
 start_server() {  # start_server <log> <launch_server flags...>: prints the seconds to /health 200
   local log=$1; shift; local t0; t0=$(date +%s.%N)
@@ -239,12 +244,11 @@ sweep)
     tar -czf "$OUT/sweep_traces_$budget.tgz" -C "$STATE" "steps_$budget.jsonl" "details_$budget.jsonl" 2> /dev/null
   done
   if [ -d "$CARRY_ROOT/.old" ]; then
-    mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels
     # W2 of the old tree, this tree, and this tree with other offline step budgets (W2_BUDGETS)
     for run in old new ${W2_BUDGETS:-}; do
       log "W2 $run"
       dir=.; pp=$PYTHONPATH; extra=""
-      if [ "$run" = old ]; then dir=$CARRY_ROOT/.old; pp=/tmp/site:$(cd "$dir" && pwd):/tmp/kpath_old
+      if [ "$run" = old ]; then dir=$CARRY_ROOT/.old; pp=$(old_tree_path)
       elif [ "$run" != new ]; then extra="--chunked-prefill-size $run"; fi
       model=$(realpath "$L")
       (cd "$dir" && PYTHONPATH=$pp timeout "$(cap 100)" $PY -m sglserve.bench_offline_throughput --model-path \
@@ -366,8 +370,7 @@ for r in map(json.loads, sys.stdin):
     dir=.; pp=$PYTHONPATH; pdl=1; [[ $run == *nopdl ]] && pdl=0
     if [[ $run == *old ]]; then
       [ -d "$CARRY_ROOT/.old" ] || { log "no .old tree: $run skipped"; continue; }
-      mkdir -p /tmp/kpath_old && ln -sfn "$(cd "$CARRY_ROOT/.old" && pwd)/kernels" /tmp/kpath_old/sglserve_kernels
-      dir=$CARRY_ROOT/.old; pp=/tmp/site:$(cd "$dir" && pwd):/tmp/kpath_old; t=$(cd "$dir" && pwd)/kernels/gemv_table.json
+      dir=$CARRY_ROOT/.old; pp=$(old_tree_path); t=$(cd "$dir" && pwd)/kernels/gemv_table.json
     fi
     log "W1 $run"; rm -f "$STATE/gemv_$run.jsonl"
     (cd "$dir" && PYTHONPATH=$pp SGLSERVE_PDL=$pdl SGLSERVE_GEMV_TABLE=$t timeout "$(cap 100)" $PY -m sglserve.bench_one_batch \
