@@ -60,10 +60,23 @@ class Subprocesses:
         shutil.rmtree(self.port_args.ipc_dir, ignore_errors=True)
 
     def dead_child(self) -> Optional[str]:
-        for name, p in self.procs.items():
-            if not p.is_alive():
-                return f"{name} process (pid {p.pid}) exited with code {p.exitcode}"
-        return None
+        """Names the dead child that most likely caused the others' deaths, or None if all live.
+
+        When one TP rank is killed, its peers fail their next collective and exit with code 1 within
+        milliseconds, often before the watcher looks: a signal death is named before an error exit,
+        and an error exit before a clean one."""
+        dead = [(name, p) for name, p in self.procs.items() if not p.is_alive()]
+        if not dead:
+            return None
+        name, p = min(dead, key=lambda item: death_rank(item[1].exitcode))
+        return f"{name} process (pid {p.pid}) exited with code {p.exitcode}"
+
+
+def death_rank(exitcode: Optional[int]) -> int:
+    """0 for a signal death (negative code), 1 for an error exit, 2 for a clean exit or an unknown code."""
+    if exitcode is not None and exitcode < 0:
+        return 0
+    return 1 if exitcode else 2
 
 
 def _scheduler_main(*args) -> None:

