@@ -9,6 +9,9 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   rmsnorm(x, weight, eps, residual=None)                  -> out | (out, residual)
   fused_add_rmsnorm(x, residual, weight, eps)             -> (x, residual), in place
   silu_and_mul(x [T, 2I])                                 -> [T, I]
+  rmsnorm_fp8(x, weight, eps, residual=None, input_scale=None) -> Fp8Rows | (Fp8Rows, residual)
+  silu_and_mul_fp8(x [T, 2I], input_scale=None)           -> Fp8Rows | None
+    (numerics.Fp8Rows: the output quantized for the W8A8 GEMM after it, which fp8_linear takes as x)
   rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True) -> (q, k), in place
   store_kv_cache(k_buffer, v_buffer, loc, k, v, k_scale=1.0, v_scale=1.0)  (scales: FP8 pools)
   decode_attention(...), decode_attention_fwd(..., k_scale, v_scale), decode_kv_splits(...)
@@ -56,6 +59,8 @@ _EXPORTS = {
     "rmsnorm_ref": "layernorm",
     "silu_and_mul": "activation",
     "silu_and_mul_ref": "activation",
+    "rmsnorm_fp8": "layernorm",
+    "silu_and_mul_fp8": "activation",
     "rotary_embedding": "rope",
     "rotary_embedding_ref": "rope",
     "store_kv_cache": "kv_store",

@@ -50,6 +50,20 @@ def _quant_rows(X, XS, Q, S, K, stride_xm, stride_qm, STATIC: tl.constexpr, BLOC
         tl.store(Q + m * stride_qm + k0 + offs, quant_fp8(x, scale), mask=mask)
 
 
+@triton.jit
+def store_row_fp8(v, Q_row, S_row, XS, offs, mask, STATIC: tl.constexpr, BLOCK: tl.constexpr):
+    """A whole row v (fp32 [BLOCK], in one program) quantized as quantize_rows does: its scale
+    (amax / 448, or the static XS) into S_row, its FP8 values into Q_row. For the kernels that
+    produce a GEMM's x (rmsnorm_fp8, silu_and_mul_fp8)."""
+    if STATIC:
+        scale = tl.zeros((BLOCK,), tl.float32) + tl.load(XS)
+    else:
+        scale = tl.zeros((BLOCK,), tl.float32) + tl.max(tl.abs(v), axis=0)
+        scale = tl.maximum(tl.math.div_rn(scale, tl.full((BLOCK,), 448.0, tl.float32)), 1e-12)
+    tl.store(S_row + offs * 0, scale, mask=offs == 0)
+    tl.store(Q_row + offs, quant_fp8(v, scale), mask=mask)
+
+
 def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]): per token ("token": each row's

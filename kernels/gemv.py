@@ -27,6 +27,10 @@ path at 1.1-2.4 TB/s on the H100. (Quantizing x inside the GEMM instead, tile by
 2x slower on qkv and gate_up: the computed FP8 operand cannot be pipelined like a loaded one;
 RESULTS.md V17.)
 
+x may also come already in FP8 (numerics.Fp8Rows, from the fused RMSNorm / SiLU-and-mul kernels):
+the FP8 dot path takes it as it is, the FMA and dot paths round q * scale to the output dtype in
+registers (_x_values), the same values quantize_activation writes, so the sums are the same bits.
+
 Every kernel here launches with programmatic dependent launch on Hopper (pdl.py): the FMA path
 has its first W tile in flight before it waits for the kernel that wrote x.
 """
@@ -34,7 +38,7 @@ has its first W tile in flight before it waits for the kernel that wrote x.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
@@ -43,7 +47,7 @@ import triton.language as tl
 from ._utils import dot_precision, next_pow2
 from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
 from .pdl import pdl_args, pdl_wait
-from .numerics import _MIN_SCALE, FP8_MAX, exact_div, quantize_rows_ref
+from .numerics import _MIN_SCALE, FP8_MAX, Fp8Rows, exact_div, quantize_rows_ref
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
@@ -84,15 +88,30 @@ def _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN: tl.constexpr, SCA
 
 
 @triton.jit
-def _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+def _x_values(x, xs, X_FP8: tl.constexpr, Y):
+    """A tile of x as fp32. X_FP8 (x in FP8 with its row scale xs): q * scale rounded to the output
+    dtype, the very values fp8_rows.quantize_activation would have written (so the sums match)."""
+    if X_FP8:
+        return (x.to(tl.float32) * xs).to(Y.dtype.element_ty).to(tl.float32)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _fma_rows(X, XS, W, WS, Y, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_SCALE: tl.constexpr,
-              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, PDL: tl.constexpr):
+              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, X_FP8: tl.constexpr, PDL: tl.constexpr):
     """[BLOCK_M, BLOCK_N] sums over [k_lo, k_hi) for M == BLOCK_M (1 or 2): elementwise fp32 partials,
     reduced once. The first W tile is in flight before the wait for the kernel that wrote x."""
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     acc1 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     w_next = _w_tile(W, offs_n, mask_n, stride_wn, k_lo + tl.arange(0, BLOCK_K), k_hi)
     pdl_wait(PDL)
+    xs0 = 1.0
+    xs1 = 1.0
+    if X_FP8:
+        xs0 = tl.load(XS)
+        if BLOCK_M == 2:
+            xs1 = tl.load(XS + 1)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         w = w_next.to(tl.float32)
@@ -100,27 +119,33 @@ def _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_l
         if W_SCALE == 2:
             w = w * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[:, None]
         mask_k = offs_k < k_hi
-        acc0 += w * tl.load(X + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+        acc0 += w * _x_values(tl.load(X + offs_k, mask=mask_k, other=0.0), xs0, X_FP8, Y)[None, :]
         if BLOCK_M == 2:
-            acc1 += w * tl.load(X + stride_xm + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+            acc1 += w * _x_values(tl.load(X + stride_xm + offs_k, mask=mask_k, other=0.0), xs1, X_FP8, Y)[None, :]
     offs_m = tl.arange(0, BLOCK_M)
     return tl.where(offs_m[:, None] == 0, tl.sum(acc0, axis=1)[None, :], tl.sum(acc1, axis=1)[None, :])
 
 
 @triton.jit
-def _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+def _dot_rows(X, XS, W, WS, Y, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_SCALE: tl.constexpr,
-              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, DOT_PREC: tl.constexpr):
-    """[BLOCK_M (16), BLOCK_N] sums over [k_lo, k_hi) on the tensor cores (rows >= M masked)."""
+              SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, X_FP8: tl.constexpr, DOT_PREC: tl.constexpr):
+    """[BLOCK_M (16), BLOCK_N] sums over [k_lo, k_hi) on the tensor cores (rows >= M masked), in the
+    output's dtype (x in FP8 with row scales, X_FP8: q * scale rounded to it, as _x_values)."""
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     x_rows = X + offs_m[:, None].to(tl.int64) * stride_xm
+    xs = tl.full((BLOCK_M, 1), 1.0, tl.float32)
+    if X_FP8:
+        xs = tl.load(XS + offs_m, mask=mask_m, other=0.0)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k < k_hi)[None, :], other=0.0)
+        if X_FP8:
+            x = (x.to(tl.float32) * xs).to(Y.dtype.element_ty)
         w = _w_tile(W, offs_n, mask_n, stride_wn, offs_k, k_hi)
-        part = tl.dot(x, tl.trans(w.to(X.dtype.element_ty)), input_precision=DOT_PREC)
+        part = tl.dot(x, tl.trans(w.to(Y.dtype.element_ty)), input_precision=DOT_PREC)
         if W_SCALE == 2:
             part = part * _block_scale(WS, offs_n, mask_n, stride_wsn, k0, SCALE_BN, SCALE_BK)[None, :]
         acc += part
@@ -159,9 +184,11 @@ def _store_out(Y, P, B, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pi
 @triton.jit
 def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                 FP8_DOT: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr):
-    """FP8_DOT: X is x in FP8 with the row scales XS (per-channel W only); else X is x (or its
+                 FP8_DOT: tl.constexpr, X_FP8: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr,
+                 SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                 PDL: tl.constexpr):
+    """X_FP8: X is x in FP8 with the row scales XS: FP8_DOT multiplies it in FP8 (per-channel W only),
+    the other paths round q * scale to the output dtype in registers. Else X is x (or its
     fake-quantized copy) in its dtype and XS unused."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -177,11 +204,11 @@ def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
                             BLOCK_M, BLOCK_N, BLOCK_K)
     elif USE_DOT:
         pdl_wait(PDL)
-        acc = _dot_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
-                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, DOT_PREC)
+        acc = _dot_rows(X, XS, W, WS, Y, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, X_FP8, DOT_PREC)
     else:  # waits once its first W tile is in flight
-        acc = _fma_rows(X, W, WS, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
-                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, PDL)
+        acc = _fma_rows(X, XS, W, WS, Y, M, stride_xm, stride_wn, stride_wsn, offs_n, mask_n, k_lo, k_hi,
+                        BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, X_FP8, PDL)
     if W_SCALE == 1:
         acc = acc * tl.load(WS + offs_n * stride_wsn, mask=mask_n, other=0.0)[None, :]
     _store_out(Y, P, B, acc, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_k, HAS_BIAS, WRITE_PARTIAL)
@@ -205,22 +232,27 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
+def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
             weight_scale: Optional[torch.Tensor], weight_block: Optional[Tuple[int, int]],
             input_scale: Optional[torch.Tensor], act: int) -> torch.Tensor:
     config.check()
-    *lead, k = x.shape
+    pre = x if isinstance(x, Fp8Rows) else None  # quantized by the kernel that produced it
+    if pre is not None and act not in (ACT_TOKEN, ACT_TENSOR, ACT_STATIC):
+        raise ValueError("x in FP8 rows needs per-token, per-tensor or static activations")
+    xt = pre.q if pre is not None else x
+    out_dtype = pre.dtype if pre is not None else x.dtype
+    *lead, k = xt.shape
     n = weight.shape[0]
     if weight.dim() != 2 or weight.shape[1] != k:
-        raise ValueError(f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}")
-    x2 = x.reshape(-1, k)
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit x {tuple(xt.shape)}")
+    x2 = xt.reshape(-1, k)
     m = x2.shape[0]
     if m > MAX_M:
         raise ValueError(f"the skinny GEMM takes at most {MAX_M} rows, got {m}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias {tuple(bias.shape)} does not fit {n} outputs")
     bias = None if bias is None else bias.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((m, n), dtype=out_dtype, device=x2.device)
     if m == 0 or n == 0:
         return y.reshape(*lead, n)
     if x2.stride(-1) != 1:
@@ -246,7 +278,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         raise ValueError("group activations need a block-scaled weight (the group is its block's k)")
     fp8_dot = config.fp8_dot and w_scale_mode == 1 and act in (ACT_TOKEN, ACT_TENSOR, ACT_STATIC)
     q_scale = None
-    if fp8_dot:  # x as FP8 with a scale per row (per token, per tensor or static): the MMA's second operand
+    if pre is not None:
+        q_scale = pre.scale.reshape(-1).contiguous()
+    elif fp8_dot:  # x as FP8 with a scale per row (per token, per tensor or static): the MMA's second operand
         x2, q_scale = quantize_rows(x2, input_scale, "tensor" if act == ACT_TENSOR else "token")
         q_scale = q_scale.reshape(-1)
     elif act != ACT_NONE:
@@ -259,16 +293,17 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     use_dot = not fp8_dot and (config.use_dot or m > FMA_MAX_M)
     block_m = 16 if use_dot or fp8_dot else next_pow2(m)
     block_n = max(16, config.block_n) if use_dot or fp8_dot else config.block_n  # a dot needs 16 columns
-    partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    partial = torch.empty((split, m, n), dtype=torch.float32, device=x2.device) if split > 1 else y
     dummy = y
     grid = (triton.cdiv(n, block_n), split)
-    pdl = pdl_args(x)
+    pdl = pdl_args(x2)
     _gemv_kernel[grid](
         x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
         bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
-        W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk, HAS_BIAS=bias is not None,
-        WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(x.dtype), num_warps=config.num_warps,
+        X_FP8=q_scale is not None, W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk,
+        HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(out_dtype),
+        num_warps=config.num_warps,
         num_stages=config.num_stages, **pdl,
     )
     if split > 1:
@@ -287,13 +322,14 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return _launch(x, weight, bias, config, None, None, None, ACT_NONE)
 
 
-def skinny_gemm_fp8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+def skinny_gemm_fp8(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,
                     weight_block: Optional[Tuple[int, int]] = None, input_scale: Optional[torch.Tensor] = None,
                     activation_strategy: Optional[str] = None, bias: Optional[torch.Tensor] = None,
                     config: GemvConfig = GemvConfig()) -> torch.Tensor:
     """x [..., K] @ dequant(weight float8_e4m3fn [N, K], weight_scale)^T + bias. activation_strategy
     None: weight-only (x as is); "token"/"tensor"/"group": x rounded through FP8 per token / tensor /
-    1 x block-k group, dynamic, or per tensor with the static `input_scale` [1]."""
+    1 x block-k group, dynamic, or per tensor with the static `input_scale` [1]. x may come as
+    numerics.Fp8Rows, already quantized so (per token or static) by the kernel that produced it."""
     if weight.dtype != torch.float8_e4m3fn:
         raise ValueError(f"skinny_gemm_fp8 takes float8_e4m3fn weights, got {weight.dtype}")
     if activation_strategy not in _ACT_MODES:

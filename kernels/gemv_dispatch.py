@@ -22,13 +22,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from ._utils import device_sms, is_interpret, next_pow2
 from .fp8_rows import quantize_rows
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
+from .numerics import Fp8Rows
 
 logger = logging.getLogger(__name__)
 
@@ -165,22 +166,24 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(x, weight, bias, cfg), x.is_cuda)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+def fp8_linear(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,
                weight_block: Optional[Tuple[int, int]], input_scale: Optional[torch.Tensor],
                activation_strategy: Optional[str], bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The Fp8LinearMethod kernel hook: the skinny GEMM at M <= 16 where selected, else row-wise
     `torch._scaled_mm` where the layout allows (per-channel weights, per-token or per-tensor
-    activations, bf16), else None (the caller dequantizes and matmuls, like the CPU path)."""
-    k = x.shape[-1]
-    m = x.numel() // k if k else 0
+    activations, bf16), else None (the caller dequantizes and matmuls, like the CPU path).
+    x may be numerics.Fp8Rows (quantized by the kernel that produced it: no quantization here)."""
+    rows = x.q if isinstance(x, Fp8Rows) else x
+    k = rows.shape[-1]
+    m = rows.numel() // k if k else 0
     if m == 0:
         return None
     if m <= MAX_M and (activation_strategy != "group" or weight_block is not None):
         kind = weight_kind(weight, weight_block)
-        cfg = _select(m, weight.shape[0], k, kind, device_sms(x), weight_block[1] if weight_block else None)
+        cfg = _select(m, weight.shape[0], k, kind, device_sms(rows), weight_block[1] if weight_block else None)
         if cfg is not None:
             y = _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm_fp8(
-                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg), x.is_cuda)
+                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg), rows.is_cuda)
             if y is not None:
                 return y
     if _scaled_mm_fits(x, weight, weight_block, activation_strategy):
@@ -193,20 +196,23 @@ def _fp8_tensor_cores(device_index: int) -> bool:
     return not is_interpret() and torch.cuda.get_device_capability(device_index) >= (8, 9)
 
 
-def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor, weight_block: Optional[Tuple[int, int]],
+def _scaled_mm_fits(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_block: Optional[Tuple[int, int]],
                     activation_strategy: Optional[str]) -> bool:
     return (x.is_cuda and weight_block is None and activation_strategy in ("token", "tensor")
             and x.dtype == torch.bfloat16 and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and _fp8_tensor_cores(x.device.index or 0))
+            and _fp8_tensor_cores(x.q.device.index if isinstance(x, Fp8Rows) else x.device.index or 0))
 
 
-def scaled_mm_rowwise(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+def scaled_mm_rowwise(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,
                       input_scale: Optional[torch.Tensor], activation_strategy: str,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:
     """W8A8 through cuBLASLt's FP8 GEMM with a scale per row of x and per row of W (bf16 out)."""
     *lead, k = x.shape
     n = weight.shape[0]
-    q, scale_a = quantize_rows(x.reshape(-1, k), input_scale, activation_strategy)
+    if isinstance(x, Fp8Rows):
+        q, scale_a = x.q.reshape(-1, k), x.scale
+    else:
+        q, scale_a = quantize_rows(x.reshape(-1, k), input_scale, activation_strategy)
     y = torch._scaled_mm(q, weight.t(), scale_a=scale_a, scale_b=weight_scale.float().reshape(1, n),
                          out_dtype=torch.bfloat16)
     if bias is not None:

@@ -8,6 +8,9 @@ points are transformers' bf16 Llama ones (LlamaRMSNorm and the decoder layer's
   out = round(y * weight)              the weight multiply in the weight's (= activation) dtype
 residual <- s. The fp32 sum must not be normalised unrounded: transformers normalises the
 rounded one (this was one ulp of drift per norm on real bf16 weights).
+
+rmsnorm_fp8 hands `out` on quantized for the W8A8 GEMM after the norm (numerics.Fp8Rows): the
+same row in registers gives its FP8 scale, so the GEMM's own quantization launch goes away.
 """
 
 from __future__ import annotations
@@ -19,43 +22,57 @@ import triton
 import triton.language as tl
 
 from ._utils import next_pow2
+from .fp8_rows import store_row_fp8
+from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
 
 MAX_HIDDEN = 65536
 
 
 @triton.jit
-def _rmsnorm(X, R, W, Y, stride_x, stride_r, stride_y, N, eps,
-             HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _rmsnorm(X, R, W, Y, S, XS, stride_x, stride_r, stride_y, N, eps,
+             HAS_RESIDUAL: tl.constexpr, QUANT: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr,
+             PDL: tl.constexpr):
+    """QUANT: Y is float8_e4m3fn and S gets the row's scale: the output rounded to the activation
+    dtype (R's, else X's), then quantized as fp8_rows.quantize_rows would (per row, or the static XS)."""
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
-    x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0)
+    act_dtype = x.dtype
+    x = x.to(tl.float32)
     if HAS_RESIDUAL:
         s = (x + tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)).to(R.dtype.element_ty)
         tl.store(R + row * stride_r + offs, s, mask=mask)
         x = s.to(tl.float32)  # normalise the rounded sum, as transformers does
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
-    y = (x * rstd).to(Y.dtype.element_ty).to(tl.float32)
+    y = (x * rstd).to(act_dtype).to(tl.float32)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + offs, (y * w).to(Y.dtype.element_ty), mask=mask)
+    out = (y * w).to(act_dtype)
+    if QUANT:
+        store_row_fp8(out.to(tl.float32), Y + row * stride_y, S + row, XS, offs, mask, STATIC, BLOCK)
+    else:
+        tl.store(Y + row * stride_y + offs, out.to(Y.dtype.element_ty), mask=mask)
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor], out: torch.Tensor):
+def _launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor], out: torch.Tensor,
+            scale: Optional[torch.Tensor] = None, input_scale: Optional[torch.Tensor] = None):
     n_rows, hidden = x.shape
     if hidden > MAX_HIDDEN:
         raise ValueError(f"hidden size {hidden} > {MAX_HIDDEN} is not supported by the rmsnorm kernel")
     assert x.stride(1) == 1 and out.stride(1) == 1 and weight.is_contiguous()
     if residual is not None:
-        assert residual.shape == x.shape and residual.stride(1) == 1
+        assert residual.shape == x.shape and residual.stride(1) == 1 and residual.dtype == x.dtype
     if n_rows == 0:
         return
     block = next_pow2(hidden)
     warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
     r = residual if residual is not None else x
-    _rmsnorm[(n_rows,)](x, r, weight, out, x.stride(0), r.stride(0), out.stride(0), hidden, eps,
-                        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps, **pdl_args(x))
+    quant = scale is not None
+    _rmsnorm[(n_rows,)](x, r, weight, out, scale if quant else x, input_scale if input_scale is not None else x,
+                        x.stride(0), r.stride(0), out.stride(0), hidden, eps, HAS_RESIDUAL=residual is not None,
+                        QUANT=quant, STATIC=input_scale is not None, BLOCK=block, num_warps=warps, **pdl_args(x))
 
 
 def rmsnorm(
@@ -74,6 +91,21 @@ def fused_add_rmsnorm(
     """SGLang's in-place form: residual <- x + residual; x <- rmsnorm(residual). Returns (x, residual)."""
     _launch(x, weight, eps, residual, x)
     return x, residual
+
+
+def rmsnorm_fp8(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None,
+    input_scale: Optional[torch.Tensor] = None,
+) -> Union[Fp8Rows, Tuple[Fp8Rows, torch.Tensor]]:
+    """rmsnorm, its output handed on quantized for the W8A8 GEMM that reads it: Fp8Rows equal to
+    quantize_rows(rmsnorm(x, ...)) per token (input_scale None) or with the static input_scale [1].
+    One launch instead of two, and the bf16 output is never written."""
+    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    static = None if input_scale is None else input_scale.float().reshape(1)
+    _launch(x, weight, eps, residual, q, scale, static)
+    rows = Fp8Rows(q, scale, x.dtype)
+    return rows if residual is None else (rows, residual)
 
 
 def rmsnorm_ref(

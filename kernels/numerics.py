@@ -3,6 +3,7 @@ import: sglserve's CPU path imports this)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -40,3 +41,27 @@ def quantize_rows_ref(x2: torch.Tensor, input_scale: Optional[torch.Tensor], act
         raise ValueError(f"activation strategy {activation_strategy!r} is unknown")
     scale = scale.contiguous()
     return exact_div(xf, scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+@dataclass(frozen=True)
+class Fp8Rows:
+    """An activation already quantized for a W8A8 GEMM by the kernel that produced it (RMSNorm,
+    SiLU-and-mul): q float8_e4m3fn [..., K] and a float32 scale per row [M, 1], exactly what
+    quantize_rows_ref gives for the activation in `dtype`, so the GEMM skips its own pass over x.
+    dequantize() is the CPU path's fake_quantize_activation of that activation, bit for bit."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype  # the activation dtype it stands for (and the GEMM's output dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.q.is_cuda
+
+    def dequantize(self) -> torch.Tensor:
+        k = self.q.shape[-1]
+        return (self.q.reshape(-1, k).float() * self.scale).reshape(self.q.shape).to(self.dtype)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from dataclasses import replace
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from sglserve.layers.custom_op import CustomOp
+from sglserve.layers.custom_op import CustomOp, get_kernel
+from sglserve.layers.quantization.base import Fp8Input
 
 
 class RMSNorm(CustomOp):
@@ -19,6 +21,10 @@ class RMSNorm(CustomOp):
     returns (rmsnorm(s), s) so the decoder layer carries the running sum without a second pass.
     Kernel "rmsnorm": fn(x [n, d], weight [d], eps, residual: Optional[[n, d]])
     with the same return convention (it may work in place).
+
+    fp8_input (the next linear's `fp8_input()`, a W8A8 layer): on CUDA the output comes quantized
+    for it from the kernel "rmsnorm_fp8" (fn(x, weight, eps, residual, input_scale) -> Fp8Rows |
+    (Fp8Rows, residual)), one launch instead of a norm and the GEMM's quantization.
     """
 
     kernel_name = "rmsnorm"
@@ -29,8 +35,9 @@ class RMSNorm(CustomOp):
         self.variance_epsilon = eps
 
     def forward_native(
-        self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, fp8_input: Optional[Fp8Input] = None
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        del fp8_input  # the torch path hands x on unquantized; the linear rounds it, to the same values
         orig_dtype = x.dtype
         if residual is not None:
             residual = x + residual  # in the activation dtype, as transformers' decoder layer adds
@@ -42,13 +49,21 @@ class RMSNorm(CustomOp):
         return out if residual is None else (out, residual)
 
     def forward_cuda(
-        self, kernel: Callable, x: torch.Tensor, residual: Optional[torch.Tensor] = None
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        self, kernel: Callable, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+        fp8_input: Optional[Fp8Input] = None,
+    ) -> Union[Any, Tuple[Any, torch.Tensor]]:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        r2 = None if residual is None else residual.reshape(-1, shape[-1])
+        fused = None if fp8_input is None else get_kernel("rmsnorm_fp8")
+        if fused is not None:  # the next linear's x, already in FP8 (numerics.Fp8Rows)
+            out = fused(x2, self.weight, self.variance_epsilon, r2, fp8_input.input_scale)
+            if residual is None:
+                return replace(out, q=out.q.view(shape))
+            return replace(out[0], q=out[0].q.view(shape)), out[1].view(shape)
         if residual is None:
             return kernel(x2, self.weight, self.variance_epsilon, None).view(shape)
-        out, res = kernel(x2, self.weight, self.variance_epsilon, residual.reshape(-1, shape[-1]))
+        out, res = kernel(x2, self.weight, self.variance_epsilon, r2)
         return out.view(shape), res.view(shape)
 
     def extra_repr(self) -> str:

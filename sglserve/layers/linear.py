@@ -20,6 +20,7 @@ from torch import nn
 from sglserve.distributed.parallel_state import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 from sglserve.distributed.shard import divide, kv_head_start, kv_heads_per_rank
 from sglserve.layers.custom_op import CustomOp, get_kernel
+from sglserve.layers.quantization.base import Fp8Input
 
 
 def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
@@ -105,6 +106,10 @@ class LinearBase(CustomOp):
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
+
+    def fp8_input(self) -> Optional[Fp8Input]:
+        """Whether the kernel before this layer may hand it x as FP8 rows (layers/quantization)."""
+        return None if self.quant_method is None else self.quant_method.fp8_input(self)
 
     def extra_repr(self) -> str:
         return (f"in={self.input_size}, out={self.output_size}, bias={self.bias is not None}, "

@@ -45,7 +45,7 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down_proj(self.act_fn(self.gate_up_proj(x), fp8_input=self.down_proj.fp8_input()))
 
 
 class LlamaAttention(nn.Module):
@@ -92,14 +92,17 @@ class LlamaDecoderLayer(nn.Module):
         forward_batch: ForwardBatch,
         residual: Optional[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Pre-norm block; the residual stream is carried separately so each norm fuses the add."""
+        """Pre-norm block; the residual stream is carried separately so each norm fuses the add. A
+        norm before a W8A8 projection hands it x already in FP8 (fp8_input; CUDA only)."""
+        qkv_input = self.self_attn.qkv_proj.fp8_input()
         if residual is None:
             residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
+            hidden_states = self.input_layernorm(hidden_states, fp8_input=qkv_input)
         else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+            hidden_states, residual = self.input_layernorm(hidden_states, residual, fp8_input=qkv_input)
         hidden_states = self.self_attn(positions, hidden_states, forward_batch)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        hidden_states, residual = self.post_attention_layernorm(
+            hidden_states, residual, fp8_input=self.mlp.gate_up_proj.fp8_input())
         return self.mlp(hidden_states), residual
 
 

@@ -110,6 +110,39 @@ def test_fp8_checkpoint_matches_dequantized_reference(tiny, tmp_path, layout, de
         assert scale.shape == (1,) and float(scale) > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("layout", ["ct-channel-dynamic", "ct-tensor-static", "quantize-at-load"])
+def test_fused_fp8_input_changes_no_logit(tiny, tmp_path, layout, monkeypatch):
+    """RMSNorm and SiLU-and-mul hand the W8A8 GEMMs x already in FP8 (fp8_input) on CUDA: the same
+    bits as the GEMMs quantizing x themselves, through the skinny GEMM (8 rows) and row-wise
+    _scaled_mm (18 rows), in bf16."""
+    from sglserve.layers.quantization import fp8
+
+    config, sd = tiny
+    quantization = None
+    if layout == "quantize-at-load":
+        folder, quantization = write_unquantized(str(tmp_path / "bf16"), sd, config, torch.bfloat16, tokenizer=False), "fp8"
+    elif layout == "ct-tensor-static":
+        src = write_unquantized(str(tmp_path / "bf16"), sd, config, torch.float32, tokenizer=False)
+        folder = str(tmp_path / layout)
+        write_compressed_tensors_fp8(folder, sd, config, "tensor", "static", _calibration_amax(src), tokenizer=False)
+    else:
+        folder = str(tmp_path / layout)
+        write_compressed_tensors_fp8(folder, sd, config, "channel", "dynamic", tokenizer=False)
+    model, mc = load_model(folder, device="cuda", dtype="bfloat16", quantization=quantization)
+    assert model.model.layers[0].mlp.down_proj.fp8_input() is not None
+    logits = {}
+    for fused in (True, False):
+        monkeypatch.setattr(fp8, "FUSED_INPUT", fused)
+        runner = PagedModelRunner(model, mc, device="cuda")
+        one = runner.extend([runner.new_req()], [PROMPTS[1]], return_all_logits=True).all_logits
+        two = runner.extend([runner.new_req() for _ in PROMPTS], PROMPTS, return_all_logits=True).all_logits
+        logits[fused] = (one, two)
+    for got, want in zip(logits[True], logits[False]):
+        assert torch.equal(got, want)
+
+
 def test_quantize_at_load_per_channel(tiny, tmp_path):
     """--quantization fp8 on an unquantized checkpoint: per-channel fp8 weights, close to fp32."""
     config, sd = tiny

@@ -9,15 +9,26 @@ A LinearBase without a method runs F.linear on its model-dtype weight. With one
   load_weights fills them like any other parameter (fused q/k/v and gate/up shards included);
 - `process_weights_after_loading(layer)` runs once every tensor is in: quantize at load,
   or bring the checkpoint's scales to the layout `apply` reads;
-- `apply(layer, x, bias)` is the forward. A GPU kernel drops in there.
+- `apply(layer, x, bias)` is the forward. A GPU kernel drops in there;
+- `fp8_input(layer)` says whether the kernel before the layer may hand it x already quantized
+  (an Fp8Input; RMSNorm and SiluAndMul then run their fused FP8 kernels on CUDA), else None.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Fp8Input:
+    """How a W8A8 layer takes x from the kernel before it: FP8 rows (numerics.Fp8Rows) quantized per
+    token (input_scale None) or with the checkpoint's static input_scale [1]."""
+
+    input_scale: Optional[torch.Tensor] = None
 
 
 class LinearMethodBase:
@@ -29,6 +40,9 @@ class LinearMethodBase:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def fp8_input(self, layer: nn.Module) -> Optional[Fp8Input]:
+        return None
 
 
 def shard_layout(layer: nn.Module) -> Dict[Any, Tuple[int, int]]:

@@ -18,14 +18,15 @@ row-wise `torch._scaled_mm` above where the layout allows.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import os
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sglserve.layers.custom_op import get_kernel
-from sglserve.layers.quantization.base import LinearMethodBase, new_param, shard_layout
+from sglserve.layers.quantization.base import Fp8Input, LinearMethodBase, new_param, shard_layout
 from sglserve.layers.quantization.config import Fp8Scheme, QuantizationError
 from sglserve.layers.quantization.fp8_utils import (
     FP8_DTYPE,
@@ -34,8 +35,12 @@ from sglserve.layers.quantization.fp8_utils import (
     quantize_per_block,
     quantize_per_channel,
 )
+from sglserve_kernels.numerics import Fp8Rows
 
 logger = logging.getLogger(__name__)
+
+# SGLSERVE_FP8_FUSED_INPUT=0: every W8A8 GEMM quantizes its own x (the A side of an A/B benchmark)
+FUSED_INPUT = os.environ.get("SGLSERVE_FP8_FUSED_INPUT", "1") != "0"
 
 
 class Fp8LinearMethod(LinearMethodBase):
@@ -136,9 +141,27 @@ class Fp8LinearMethod(LinearMethodBase):
 
     # ---- forward -----------------------------------------------------------------------
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def fp8_input(self, layer: nn.Module) -> Optional[Fp8Input]:
+        """Per-token or static activations on a per-channel weight: the layer before may quantize x
+        (one launch less per GEMM, the GEMM's own pass over x gone). Not per-tensor dynamic (the
+        scale needs every row) nor grouped (block weights)."""
+        s = self.scheme
+        if not FUSED_INPUT or s.activation is None or layer.weight_block is not None:
+            return None
+        if layer.input_scale is not None:
+            return Fp8Input(layer.input_scale)
+        return Fp8Input() if s.activation_strategy == "token" else None
+
+    def apply(self, layer: nn.Module, x: Union[torch.Tensor, Fp8Rows], bias: Optional[torch.Tensor]) -> torch.Tensor:
         s = self.scheme
         act = None if s.activation is None else s.activation_strategy
+        if isinstance(x, Fp8Rows):  # quantized by the kernel before (fp8_input), as fake_quantize_activation would
+            kernel = get_kernel("fp8_linear")
+            y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
+                                                   layer.input_scale, act, bias)
+            if y is not None:
+                return y
+            return F.linear(x.dequantize(), dequantize(layer.weight, layer.weight_scale, None, x.dtype), bias)
         if x.is_cuda:
             kernel = get_kernel("fp8_linear")
             y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
