@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from sglserve.utils.optional_imports import hide_unused_optional_packages, import_transformers_without_torch
 
 hide_unused_optional_packages()  # before transformers; spawned children run this module first too
 
+from sglserve.distributed.node_watch import Heartbeat, NodeWatch, store_client  # noqa: E402
 from sglserve.entrypoints.http_prep import HttpSidePrep  # noqa: E402
 from sglserve.io_struct import ReadyMsg  # noqa: E402
 from sglserve.port_args import PortArgs  # noqa: E402
@@ -49,8 +50,24 @@ class Subprocesses:
     procs: Dict[str, mp.Process] = field(default_factory=dict)
     readers: Dict[str, Connection] = field(default_factory=dict)  # each child's ReadyMsg comes here
     info: dict = field(default_factory=dict)
+    node: Optional[Tuple[str, int, int]] = None  # (--dist-init-addr, node rank, nnodes) with --nnodes > 1
+    node_watch: Optional[NodeWatch] = None  # node 0: the other hosts' heartbeats, once ready
+    heartbeat: Optional[Heartbeat] = None  # nodes 1..: this host's heartbeat, once ready
+
+    def start_node_link(self) -> None:
+        """Multi-node, once this node's ranks are ready: node 0 watches the others' heartbeats, the
+        others send theirs (distributed/node_watch.py)."""
+        if self.node is None:
+            return
+        addr, node_rank, nnodes = self.node
+        if node_rank == 0:
+            self.node_watch = NodeWatch(store_client(addr), nnodes)
+        else:
+            self.heartbeat = Heartbeat(addr, node_rank)
 
     def shutdown(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         # SIGKILL: the children ignore SIGTERM/SIGINT (utils/process.py) and hold nothing to flush
         for p in self.procs.values():
             if p.is_alive():
@@ -60,14 +77,15 @@ class Subprocesses:
         shutil.rmtree(self.port_args.ipc_dir, ignore_errors=True)
 
     def dead_child(self) -> Optional[str]:
-        """Names the dead child that most likely caused the others' deaths, or None if all live.
+        """Names the dead child that most likely caused the others' deaths, else (node 0 of several)
+        a host that stopped its heartbeat, or None if all live.
 
         When one TP rank is killed, its peers fail their next collective and exit with code 1 within
         milliseconds, often before the watcher looks: a signal death is named before an error exit,
         and an error exit before a clean one."""
         dead = [(name, p) for name, p in self.procs.items() if not p.is_alive()]
         if not dead:
-            return None
+            return None if self.node_watch is None else self.node_watch.silent_node()
         name, p = min(dead, key=lambda item: death_rank(item[1].exitcode))
         return f"{name} process (pid {p.pid}) exited with code {p.exitcode}"
 
@@ -126,6 +144,8 @@ def start_subprocesses(server_args: ServerArgs) -> Subprocesses:
     subs = Subprocesses(port_args)
     ctx = mp.get_context("spawn")
     addr = dist_init_addr(server_args)
+    if server_args.nnodes > 1:
+        subs.node = (addr, server_args.node_rank, server_args.nnodes)
     targets = [(name, _scheduler_main, (rank, addr)) for rank, name in scheduler_names(server_args).items()]
     if server_args.node_rank == 0:
         targets.append(("detokenizer", _detokenizer_main, ()))
@@ -176,6 +196,7 @@ def wait_ready(subs: Subprocesses, timeout: float = READY_TIMEOUT_S) -> None:
     try:
         for msg in read_ready_msgs(subs.readers, subs.procs, timeout):
             subs.info.update(msg.info)  # every rank reports the same sizes (they agree on them)
+        subs.start_node_link()
     except BaseException:
         subs.shutdown()
         raise

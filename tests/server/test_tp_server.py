@@ -5,12 +5,14 @@
   for single prompts, a radix-cache hit and n > 1 (openai client), and seeded sampling.
 - Two "nodes" (--nnodes 2 --node-rank 0/1 --dist-init-addr) of one rank each on this host, on a
   tiny Llama (4 heads, 2 KV heads), give the tokens of the in-process TP=1 Engine.
-- Killing one rank's process takes the server down with a non-zero exit within 30 s, no orphans.
+- Killing one rank's process takes the server down with a non-zero exit within 30 s, no orphans;
+  so does freezing a node (SIGSTOP), through its heartbeat (distributed/node_watch.py).
 - A tp size the heads do not allow fails at start with the sizes that would work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -121,14 +123,9 @@ def tiny_llama(tmp_path_factory):
     return save_random_llama(str(tmp_path_factory.mktemp("tiny_llama")), hidden=64, intermediate=128, vocab=256)
 
 
-def test_two_nodes_match_tp1_and_a_dead_node_stops_the_server(tiny_llama, tmp_path):
-    import sglserve
-
-    engine = sglserve.Engine(model_path=tiny_llama, skip_tokenizer_init=True, device="cpu")
-    try:
-        expected = [engine.generate(input_ids=ids, sampling_params=TINY_SP)["output_ids"] for ids in TINY_IDS]
-    finally:
-        engine.shutdown()
+@contextlib.contextmanager
+def two_nodes(tiny_llama: str, tmp_path):
+    """Node 1 (rank 1) and node 0 (rank 0, HTTP) of one TP=2 server on this host; (node0, node1, node 1's log)."""
     common = ["--model-path", tiny_llama, "--skip-tokenizer-init", "--max-total-tokens", "4096", "--tp-size", "2",
               "--nnodes", "2", "--dist-init-addr", f"127.0.0.1:{free_port()}"]
     node1_log = open(tmp_path / "node1.log", "w")
@@ -137,24 +134,52 @@ def test_two_nodes_match_tp1_and_a_dead_node_stops_the_server(tiny_llama, tmp_pa
     node0 = ServerProcess([*common, "--node-rank", "0"], str(tmp_path / "node0.log"))
     try:
         node0.wait_ready()
-        for ids, want in zip(TINY_IDS, expected):
-            r = requests.post(node0.base_url + "/generate", json={"input_ids": ids, "sampling_params": TINY_SP},
-                              timeout=120)
-            assert r.status_code == 200 and r.json()["output_ids"] == want, r.text
-        node1_log.flush()
-        node1_text = (tmp_path / "node1.log").read_text()
-        assert "Node 1 of 2: TP ranks [1] ready." in node1_text, node1_text[-2000:]
-        kids = _children(node0.proc.pid) + _children(node1.pid)
-        elapsed = kill_and_wait(node0.proc, rank_pid(node1_text, 1, 2))
-        assert elapsed < 30 and node0.proc.returncode not in (0, None), node0.read_log()[-3000:]
-        assert node1.wait(30) not in (0, None)
-        assert wait_for(lambda: no_live(kids), 10)
+        yield node0, node1, tmp_path / "node1.log"
     finally:
         node0.stop(signal.SIGKILL)
         if node1.poll() is None:
             os.killpg(node1.pid, signal.SIGKILL)
             node1.wait()
         node1_log.close()
+
+
+def test_two_nodes_match_tp1_and_a_dead_node_stops_the_server(tiny_llama, tmp_path):
+    import sglserve
+
+    engine = sglserve.Engine(model_path=tiny_llama, skip_tokenizer_init=True, device="cpu")
+    try:
+        expected = [engine.generate(input_ids=ids, sampling_params=TINY_SP)["output_ids"] for ids in TINY_IDS]
+    finally:
+        engine.shutdown()
+    with two_nodes(tiny_llama, tmp_path) as (node0, node1, node1_log):
+        for ids, want in zip(TINY_IDS, expected):
+            r = requests.post(node0.base_url + "/generate", json={"input_ids": ids, "sampling_params": TINY_SP},
+                              timeout=120)
+            assert r.status_code == 200 and r.json()["output_ids"] == want, r.text
+        node1_text = node1_log.read_text()
+        assert "Node 1 of 2: TP ranks [1] ready." in node1_text, node1_text[-2000:]
+        kids = _children(node0.proc.pid) + _children(node1.pid)
+        elapsed = kill_and_wait(node0.proc, rank_pid(node1_text, 1, 2))
+        assert elapsed < 30 and node0.proc.returncode not in (0, None), node0.read_log()[-3000:]
+        assert node1.wait(30) not in (0, None)
+        assert wait_for(lambda: no_live(kids), 10)
+
+
+def test_a_frozen_node_stops_the_server_through_its_heartbeat(tiny_llama, tmp_path):
+    """A host that stops without closing its sockets (power, network; here SIGSTOP of node 1's
+    processes): no collective fails, since rank 0 only sends while idle, but node 1's heartbeat stops."""
+    with two_nodes(tiny_llama, tmp_path) as (node0, node1, node1_log):
+        assert wait_for(lambda: "TP ranks [1] ready." in node1_log.read_text(), 30)
+        os.killpg(node1.pid, signal.SIGSTOP)
+        t0 = time.time()
+        try:
+            node0.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("node 0 still serving 30 s after node 1 froze")
+        log = node0.read_log()
+        assert node0.proc.returncode not in (0, None), log[-3000:]
+        assert re.search(r"node 1 sent no heartbeat for \d+ s .*; shutting the server down", log), log[-3000:]
+        assert time.time() - t0 < 30
 
 
 def test_tp_size_the_heads_do_not_allow_fails_at_start(tiny_llama):

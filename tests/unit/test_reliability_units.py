@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import pytest
 
@@ -238,3 +239,54 @@ def test_dead_child_names_the_killed_rank_before_the_peers_it_took_down():
         assert re.fullmatch(r"scheduler TP1 process \(pid \d+\) exited with code -9", subs.dead_child())
     finally:
         subs.shutdown()
+
+
+def test_node_watch_names_a_node_whose_heartbeat_stops():
+    """Multi-node: node 0 learns of a silent host from the heartbeat counters in rank 0's TCPStore,
+    not only from a collective failing (which a send-only broadcast may never do)."""
+    import socket
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from sglserve.distributed.node_watch import Heartbeat, NodeWatch, store_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master = TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10), wait_for_workers=False)
+    addr = f"127.0.0.1:{port}"
+    now = [0.0]
+    watch = NodeWatch(store_client(addr), nnodes=3, dead_after_s=5.0, first_beat_s=30.0, clock=lambda: now[0])
+    beats = [Heartbeat(addr, 1, beat_s=0.05), Heartbeat(addr, 2, beat_s=0.05)]
+    try:
+        for t in (1.0, 2.0, 20.0):  # both beating: nobody is silent, whatever the clock says
+            time.sleep(0.3)
+            now[0] = t
+            assert watch.silent_node() is None
+        beats[1].stop()
+        time.sleep(0.3)
+        now[0] = 21.0
+        assert watch.silent_node() is None  # node 2's last beat moved its counter: seen at 21
+        now[0] = 25.0
+        assert watch.silent_node() is None  # node 1 still beats; node 2 silent for 4 s < 5
+        time.sleep(0.2)
+        now[0] = 26.5
+        assert re.fullmatch(r"node 2 sent no heartbeat for 6 s \(its host or launcher stopped\)", watch.silent_node())
+    finally:
+        for b in beats:
+            b.stop()
+        del master
+    now[0] = 30.0
+    late = NodeWatch(_StillStore(), nnodes=2, dead_after_s=5.0, first_beat_s=30.0, clock=lambda: now[0])
+    now[0] = 59.0  # a node that never beat: the first-beat grace applies (from the watch's start, 30)
+    assert late.silent_node() is None
+    now[0] = 61.0
+    assert "node 1 sent no first heartbeat for 31 s" in late.silent_node()
+
+
+class _StillStore:
+    """A store whose counters never move."""
+
+    def add(self, key: str, value: int) -> int:
+        return 0
