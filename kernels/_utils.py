@@ -22,6 +22,15 @@ def num_sms(device_index: int = 0) -> int:
     return 8
 
 
+@functools.lru_cache(maxsize=None)
+def nvidia_capability_at_least(device_index: int, major: int, minor: int) -> bool:
+    """An NVIDIA GPU of compute capability >= major.minor, run for real (not the interpreter).
+    ROCm reports its own architecture numbers through the same call, so it never qualifies."""
+    if is_interpret() or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device_index) >= (major, minor)
+
+
 def device_sms(t: torch.Tensor) -> int:
     return num_sms(t.device.index or 0) if t.is_cuda else num_sms()
 

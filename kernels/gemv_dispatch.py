@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ._utils import device_sms, is_interpret, next_pow2
+from ._utils import device_sms, next_pow2, nvidia_capability_at_least
 from .fp8_rows import quantize_rows
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
 from .numerics import Fp8Rows
@@ -191,16 +191,15 @@ def fp8_linear(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_sca
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _fp8_tensor_cores(device_index: int) -> bool:
-    return not is_interpret() and torch.cuda.get_device_capability(device_index) >= (8, 9)
+def _device_index(x: Union[torch.Tensor, Fp8Rows]) -> int:
+    return (x.q if isinstance(x, Fp8Rows) else x).device.index or 0
 
 
 def _scaled_mm_fits(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_block: Optional[Tuple[int, int]],
                     activation_strategy: Optional[str]) -> bool:
     return (x.is_cuda and weight_block is None and activation_strategy in ("token", "tensor")
             and x.dtype == torch.bfloat16 and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and _fp8_tensor_cores(x.q.device.index if isinstance(x, Fp8Rows) else x.device.index or 0))
+            and nvidia_capability_at_least(_device_index(x), 8, 9))  # FP8 tensor cores
 
 
 def scaled_mm_rowwise(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,

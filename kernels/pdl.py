@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import is_interpret
+from ._utils import is_interpret, nvidia_capability_at_least
 
 PDL_ENV = "SGLSERVE_PDL"
 
@@ -40,17 +40,11 @@ def _triton_has_pdl() -> bool:
     return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {}) and hasattr(tl.extra.cuda, "gdc_wait")
 
 
-@functools.lru_cache(maxsize=None)
-def _device_has_pdl(device_index: int) -> bool:
-    # ROCm reports its own architecture numbers through the same call: NVIDIA only
-    return torch.version.hip is None and torch.cuda.get_device_capability(device_index) >= (9, 0)
-
-
 def pdl_enabled(t: torch.Tensor) -> bool:
     """Whether kernels on t's device launch with PDL."""
     if not t.is_cuda or is_interpret() or os.environ.get(PDL_ENV, "1") == "0":
         return False
-    return _triton_has_pdl() and _device_has_pdl(t.device.index or 0)
+    return _triton_has_pdl() and nvidia_capability_at_least(t.device.index or 0, 9, 0)
 
 
 def pdl_args(t: torch.Tensor) -> Dict[str, Any]:
