@@ -1,5 +1,6 @@
 """Decode-sized linears (M in 1..16): cuBLAS bf16, row-wise `torch._scaled_mm` FP8 (x quantized per
-token, as the runtime would run it) and the skinny GEMM (kernels/gemv.py) over a config sweep, in
+token, as the runtime would run it: qkv, gate_up and down from FP8 rows that the kernel before them
+wrote, o_proj from bf16 x; --no-fused-input: all from bf16) and the skinny GEMM (kernels/gemv.py) over a config sweep, in
 TB/s of weight read. Writes the winners as the selection table the runtime loads
 (kernels/gemv_dispatch.py): `use` is true where the kernel beat the baseline by >= 3 %.
 
@@ -30,6 +31,7 @@ from sglserve_kernels._utils import num_sms  # noqa: E402
 from sglserve_kernels.gemv import FMA_MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8, skinny_gemm_fp8_ref, skinny_gemm_ref  # noqa: E402
 from sglserve_kernels.fp8_rows import quantize_rows  # noqa: E402
 from sglserve_kernels.gemv_dispatch import entry_config, heuristic_config, m_bucket, scaled_mm_rowwise, table_key  # noqa: E402
+from sglserve_kernels.numerics import Fp8Rows  # noqa: E402
 
 MODELS = {  # name: (hidden, intermediate, heads, kv heads, head dim, tp)
     "8b": (4096, 14336, 32, 8, 128, 1), "8b_tp2": (4096, 14336, 32, 8, 128, 2), "70b_tp4": (8192, 28672, 64, 8, 128, 4),
@@ -142,18 +144,29 @@ def weights(n: int, k: int, fp8: bool, device: str, l2_bytes: int) -> List[Tuple
     return out
 
 
+def takes_fp8_rows(label: str) -> bool:
+    """Whether the runtime hands this FP8 linear x already quantized (Fp8Rows from rmsnorm_fp8 /
+    silu_and_mul_fp8: qkv, gate_up, down); o_proj's x comes from attention and the GEMM quantizes it."""
+    return not label.endswith(" o")
+
+
 def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: int, l2: int,
-              max_configs: Optional[int], only: Optional[List[GemvConfig]] = None) -> Dict[str, object]:
-    """only: time these configs instead of the sweep's candidates."""
+              max_configs: Optional[int], only: Optional[List[GemvConfig]] = None,
+              fused_input: bool = True) -> Dict[str, object]:
+    """only: time these configs instead of the sweep's candidates. fused_input: FP8 shapes that take
+    Fp8Rows at run time are timed from Fp8Rows (no quantization pass in the timing)."""
     ws = weights(n, k, fp8, device, l2)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     timer = time_graph if device == "cuda" else time_cpu
     w_bytes = n * k * (1 if fp8 else 2)
+    xin = x
     if fp8:
         base_name = "scaled_mm"
-        base = timer([lambda w=w, s=s: scaled_mm_rowwise(x, w, s, None, "token", None) for w, s in ws]) \
-            if device == "cuda" else float("inf")
         q, sa = quantize_rows(x, None, "token")
+        if fused_input and takes_fp8_rows(label):
+            xin = Fp8Rows(q, sa, x.dtype)
+        base = timer([lambda w=w, s=s: scaled_mm_rowwise(xin, w, s, None, "token", None) for w, s in ws]) \
+            if device == "cuda" else float("inf")
         raw = timer([lambda w=w, s=s: torch._scaled_mm(q, w.t(), scale_a=sa, scale_b=s.reshape(1, n),
                                                          out_dtype=torch.bfloat16) for w, s in ws]) \
             if device == "cuda" else float("inf")
@@ -166,7 +179,7 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
     w0, s0 = ws[0]
     ref = skinny_gemm_fp8_ref(x, w0, s0, None, None, "token") if fp8 else skinny_gemm_ref(x, w0)
     for cfg in cands:
-        run = (lambda w, s: skinny_gemm_fp8(x, w, s, None, None, "token", None, cfg)) if fp8 else \
+        run = (lambda w, s: skinny_gemm_fp8(xin, w, s, None, None, "token", None, cfg)) if fp8 else \
               (lambda w, s: skinny_gemm(x, w, None, cfg))
         try:
             y = run(w0, s0)
@@ -182,7 +195,8 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
     t, cfg = best
     tbps = lambda sec: round(w_bytes / sec / 1e12, 3) if sec not in (0, float("inf")) else None  # noqa: E731
     us = lambda sec: round(sec * 1e6, 2) if sec != float("inf") else None  # noqa: E731
-    row = {"label": label, "m": m, "kind": "fp8" if fp8 else "bf16", "n": n, "k": k, "configs": len(cands),
+    row = {"label": label, "m": m, "kind": "fp8" if fp8 else "bf16", "x": "fp8 rows" if xin is not x else str(x.dtype),
+           "n": n, "k": k, "configs": len(cands),
            "kernel_us": us(t), "kernel_tbps": tbps(t), f"{base_name}_us": us(base),
            f"{base_name}_tbps": tbps(base), "raw_baseline_tbps": tbps(raw), "config": None if cfg is None else vars(cfg),
            "use": cfg is not None and t < 0.97 * base}
@@ -231,6 +245,8 @@ def main() -> None:
     ap.add_argument("--max-configs", type=int, default=None, help="at most this many configs per shape")
     ap.add_argument("--dry", action="store_true", help="CPU interpreter: tiny shapes, 2 configs, wall-clock timing")
     ap.add_argument("--base", metavar="TABLE", help="a table whose entries are kept where this run measures none")
+    ap.add_argument("--no-fused-input", action="store_true",
+                    help="FP8: time every shape from bf16 x (the GEMM quantizes it), as before the fused FP8 input")
     ap.add_argument("--fp8-dot-vs-base", action="store_true",
                     help="FP8 shapes: time only the fp8_dot configs and --base's own config for the shape")
     args = ap.parse_args()
@@ -259,7 +275,8 @@ def main() -> None:
                 only = None
                 if args.fp8_dot_vs_base and kind == "fp8":
                     only = fp8_dot_candidates(n, k, sms) + [c for c in [base_config(base, kind, n, k, m)] if c]
-                measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs, only)
+                measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs, only,
+                                                      fused_input=not args.no_fused_input)
     rows = [measured.get((r["kind"], r["n"], r["k"], r["m"]), r) for r in default_rows(shapes, sms)
             if r["kind"] in args.kinds and r["m"] in args.m]
     done = sum(1 for r in rows if "kernel_us" in r)
