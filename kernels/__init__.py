@@ -9,7 +9,7 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   rmsnorm(x, weight, eps, residual=None)                  -> out | (out, residual)
   fused_add_rmsnorm(x, residual, weight, eps)             -> (x, residual), in place
   silu_and_mul(x [T, 2I])                                 -> [T, I]
-  rmsnorm_fp8(x, weight, eps, residual=None, input_scale=None) -> Fp8Rows | (Fp8Rows, residual)
+  rmsnorm_fp8(x, weight, eps, residual=None, input_scale=None) -> Fp8Rows | (Fp8Rows, residual) | None
   silu_and_mul_fp8(x [T, 2I], input_scale=None)           -> Fp8Rows | None
     (numerics.Fp8Rows: the output quantized for the W8A8 GEMM after it, which fp8_linear takes as x)
   rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True) -> (q, k), in place

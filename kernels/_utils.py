@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from typing import Callable, Optional, TypeVar
 
 import torch
 import triton
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+FAILED: set = set()  # keys of kernels that failed to build or launch here: their fallback runs
 
 
 def is_interpret() -> bool:
@@ -42,3 +48,21 @@ def next_pow2(n: int) -> int:
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs must not silently drop to tf32 in tl.dot: the fp32 path is the exact one."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def run_guarded(key: tuple, run: Callable[[], T], on_cuda: bool, fallback: str) -> Optional[T]:
+    """run()'s result, or None (the caller's fallback, named in the warning) if it fails outside a
+    graph capture. Kernel variants are not compiled on every GPU before they ship; a Triton build
+    error there must cost speed, not the server. Inside a capture the warm-up has already built
+    them, so errors propagate. A key that failed once is not tried again."""
+    if key in FAILED:
+        return None
+    if on_cuda and torch.cuda.is_current_stream_capturing():
+        return run()
+    try:
+        return run()
+    except Exception as e:  # triton CompilationError, out of resources, ...
+        FAILED.add(key)
+        logger.warning("%s failed (%s: %s); %s", " ".join(map(str, key)), type(e).__name__,
+                       str(e).splitlines()[0] if str(e) else "", fallback)
+        return None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._utils import next_pow2
+from ._utils import next_pow2, run_guarded
 from .fp8_rows import store_row_fp8
 from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
@@ -68,7 +68,8 @@ def _silu_and_mul_fp8(X, Q, S, XS, stride_x, stride_q, I, STATIC: tl.constexpr, 
 
 def silu_and_mul_fp8(x: torch.Tensor, input_scale: Optional[torch.Tensor] = None) -> Optional[Fp8Rows]:
     """x [T, 2I] -> Fp8Rows equal to quantize_rows(silu_and_mul(x)) per token (input_scale None) or
-    with the static input_scale [1]; None when I exceeds MAX_FP8_ROW (the caller runs the two steps)."""
+    with the static input_scale [1]; None when I exceeds MAX_FP8_ROW or the kernel does not build
+    here (run_guarded): the caller runs the two steps."""
     n, two_i = x.shape
     if two_i % 2:
         raise ValueError(f"last dim {two_i} of silu_and_mul input must be even")
@@ -81,9 +82,12 @@ def silu_and_mul_fp8(x: torch.Tensor, input_scale: Optional[torch.Tensor] = None
         assert x.stride(1) == 1
         block = next_pow2(inter)
         static = None if input_scale is None else input_scale.float().reshape(1)
-        _silu_and_mul_fp8[(n,)](x, q, scale, static if static is not None else x, x.stride(0), q.stride(0), inter,
-                                STATIC=static is not None, BLOCK=block,
-                                num_warps=4 if block <= 1024 else (8 if block <= 4096 else 16), **pdl_args(x))
+        launch = lambda: _silu_and_mul_fp8[(n,)](  # noqa: E731
+            x, q, scale, static if static is not None else x, x.stride(0), q.stride(0), inter, STATIC=static is not None,
+            BLOCK=block, num_warps=4 if block <= 1024 else (8 if block <= 4096 else 16), **pdl_args(x)) or True
+        if run_guarded(("silu_and_mul_fp8", block, x.dtype, static is not None), launch, x.is_cuda,
+                       "SiLU-and-mul and the GEMM's quantization run apart") is None:
+            return None
     return Fp8Rows(q, scale, x.dtype)
 
 

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ._utils import device_sms, next_pow2, nvidia_capability_at_least
+from ._utils import device_sms, next_pow2, nvidia_capability_at_least, run_guarded
 from .fp8_rows import quantize_rows
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
 from .numerics import Fp8Rows
@@ -121,24 +121,8 @@ def get_table() -> GemvTable:
     return GemvTable.load()
 
 
-_FAILED: set = set()  # (kind, n, k, config) whose kernel failed to build or launch: the fallback runs
-
-
 def _run_guarded(key: tuple, run, on_cuda: bool) -> Optional[torch.Tensor]:
-    """The kernel's output, or None (the caller's fallback) if it fails outside a graph capture.
-    Its configs are not yet compiled on every GPU; a Triton build error there must cost speed,
-    not the server. Inside a capture the warm-up has already built it, so errors propagate."""
-    if key in _FAILED:
-        return None
-    if on_cuda and torch.cuda.is_current_stream_capturing():
-        return run()
-    try:
-        return run()
-    except Exception as e:  # triton CompilationError, out of resources, ...
-        _FAILED.add(key)
-        logger.warning("skinny GEMM %s failed (%s: %s); this shape falls back to the library GEMM",
-                       key, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return None
+    return run_guarded(("skinny GEMM",) + key, run, on_cuda, "this shape falls back to the library GEMM")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import next_pow2
+from ._utils import next_pow2, run_guarded
 from .fp8_rows import store_row_fp8
 from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
@@ -96,14 +96,18 @@ def fused_add_rmsnorm(
 def rmsnorm_fp8(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None,
     input_scale: Optional[torch.Tensor] = None,
-) -> Union[Fp8Rows, Tuple[Fp8Rows, torch.Tensor]]:
+) -> Optional[Union[Fp8Rows, Tuple[Fp8Rows, torch.Tensor]]]:
     """rmsnorm, its output handed on quantized for the W8A8 GEMM that reads it: Fp8Rows equal to
     quantize_rows(rmsnorm(x, ...)) per token (input_scale None) or with the static input_scale [1].
-    One launch instead of two, and the bf16 output is never written."""
+    One launch instead of two, and the bf16 output is never written. None if the kernel does not
+    build here (run_guarded; nothing written): the caller runs rmsnorm and the GEMM quantizes."""
     q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
     static = None if input_scale is None else input_scale.float().reshape(1)
-    _launch(x, weight, eps, residual, q, scale, static)
+    key = ("rmsnorm_fp8", x.shape[1], x.dtype, residual is not None, static is not None)
+    if run_guarded(key, lambda: _launch(x, weight, eps, residual, q, scale, static) or True, x.is_cuda,
+                   "the norm and the GEMM's quantization run apart") is None:
+        return None
     rows = Fp8Rows(q, scale, x.dtype)
     return rows if residual is None else (rows, residual)
 

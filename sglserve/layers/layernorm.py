@@ -24,7 +24,7 @@ class RMSNorm(CustomOp):
 
     fp8_input (the next linear's `fp8_input()`, a W8A8 layer): on CUDA the output comes quantized
     for it from the kernel "rmsnorm_fp8" (fn(x, weight, eps, residual, input_scale) -> Fp8Rows |
-    (Fp8Rows, residual)), one launch instead of a norm and the GEMM's quantization.
+    (Fp8Rows, residual) | None), one launch instead of a norm and the GEMM's quantization.
     """
 
     kernel_name = "rmsnorm"
@@ -56,8 +56,8 @@ class RMSNorm(CustomOp):
         x2 = x.reshape(-1, shape[-1])
         r2 = None if residual is None else residual.reshape(-1, shape[-1])
         fused = None if fp8_input is None else get_kernel("rmsnorm_fp8")
-        if fused is not None:  # the next linear's x, already in FP8 (numerics.Fp8Rows)
-            out = fused(x2, self.weight, self.variance_epsilon, r2, fp8_input.input_scale)
+        out = None if fused is None else fused(x2, self.weight, self.variance_epsilon, r2, fp8_input.input_scale)
+        if out is not None:  # the next linear's x, already in FP8 (numerics.Fp8Rows); None: not built here
             if residual is None:
                 return replace(out, q=out.q.view(shape))
             return replace(out[0], q=out[0].q.view(shape)), out[1].view(shape)

@@ -126,3 +126,36 @@ def test_layers_hand_fp8_rows_to_the_linear(device, gen):
     assert isinstance(rows, Fp8Rows) and rows.shape == (2, 96)
     plain = act.forward_cuda(sglserve_kernels.silu_and_mul, h)
     assert torch.equal(rows.dequantize(), fake_quantize_activation(plain, "token"))
+
+
+def test_a_fused_kernel_that_does_not_build_falls_back(device, gen, monkeypatch, caplog):
+    """A fused kernel that fails to build on this GPU costs speed, not the server: the layer gets
+    None from it, runs the norm (or SiLU-and-mul) alone, and the GEMM quantizes as before."""
+    from sglserve.layers.activation import SiluAndMul
+    from sglserve.layers.layernorm import RMSNorm
+    from sglserve.layers.quantization.base import Fp8Input
+    from sglserve_kernels import _utils, activation, layernorm
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("out of resource: registers\nmore")
+            return launch
+
+    monkeypatch.setattr(_utils, "FAILED", set())
+    monkeypatch.setattr(layernorm, "_rmsnorm", Broken())
+    monkeypatch.setattr(activation, "_silu_and_mul_fp8", Broken())
+    norm = RMSNorm(64).to(device, BF16)
+    x = randn(gen, 2, 64).to(device, BF16)
+    with caplog.at_level("WARNING"):
+        assert rmsnorm_fp8(x, norm.weight, 1e-6) is None
+        assert silu_and_mul_fp8(randn(gen, 2, 128).to(device, BF16)) is None
+    assert "rmsnorm_fp8" in caplog.text and "run apart" in caplog.text
+    monkeypatch.undo()  # the plain kernels again; the fused ones stay marked failed
+    monkeypatch.setattr(_utils, "FAILED", {("rmsnorm_fp8", 64, BF16, False, False), ("silu_and_mul_fp8", 64, BF16, False)})
+    out = norm.forward_cuda(sglserve_kernels.rmsnorm, x, fp8_input=Fp8Input())
+    assert isinstance(out, torch.Tensor) and torch.equal(out, norm.forward_cuda(sglserve_kernels.rmsnorm, x))
+    h = randn(gen, 2, 128).to(device, BF16)
+    act = SiluAndMul()
+    assert torch.equal(act.forward_cuda(sglserve_kernels.silu_and_mul, h, fp8_input=Fp8Input()),
+                       act.forward_cuda(sglserve_kernels.silu_and_mul, h))

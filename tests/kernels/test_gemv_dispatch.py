@@ -105,7 +105,9 @@ def test_a_failing_kernel_falls_back_once(table, device, gen, monkeypatch, caplo
         raise RuntimeError("out of resource: shared memory\nmore detail")
 
     monkeypatch.setattr(gd, "skinny_gemm", broken)
-    monkeypatch.setattr(gd, "_FAILED", set())
+    from sglserve_kernels import _utils
+
+    monkeypatch.setattr(_utils, "FAILED", set())
     layer = _linear(gen, 40, 96).to(device, DTYPE)
     x = torch.randn(2, 96, generator=gen).to(device, DTYPE)
     with caplog.at_level("WARNING"):
