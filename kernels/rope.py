@@ -4,7 +4,9 @@ cos_sin_cache: [max_position, rotary_dim], cos in the first rotary_dim/2 columns
 in the second (vLLM/SGLang layout). is_neox=True rotates halves (transformers' Llama
 rotate_half: pairs (i, i + rotary_dim/2)); False rotates interleaved pairs (2i, 2i+1),
 GPT-J style. Only the first rotary_dim dims of each head rotate (partial rotary).
-One program per token handles every q and k head of that token.
+One program per token handles every q and k head of that token. With a KVStore it also writes
+the rotated k and the token's v into the KV pool (store_kv_cache's values, FP8 pools included):
+the attention backend then skips its own store launch.
 
 Rounding points are transformers' Llama ones (`q * cos + rotate_half(q) * sin` with cos/sin
 computed in fp32 and cast to the activation dtype): cos and sin are rounded to the dtype of
@@ -17,14 +19,29 @@ rounding where transformers has two (the H100 gave 18-23 % of elements off, RESU
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._utils import next_pow2
+from .kv_store import is_fp8_kv, quant_fp8
 from .pdl import pdl_args, pdl_wait
+
+
+@dataclass(frozen=True)
+class KVStore:
+    """Where rotary_embedding also writes the layer's new K and V: the pool's buffers
+    [slots, kv heads, head_dim], each token's slot, the FP8 scales (ignored for other dtypes)."""
+
+    value: torch.Tensor
+    k_buffer: torch.Tensor
+    v_buffer: torch.Tensor
+    loc: torch.Tensor
+    k_scale: float = 1.0
+    v_scale: float = 1.0
 
 
 @triton.jit
@@ -46,6 +63,8 @@ def _round(x, dt: tl.constexpr, BF16: tl.constexpr):
 @triton.jit
 def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
             HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr):
+    """Rotates token t's heads in place; returns the rotated halves (fp32, rounded as stored), their
+    dim indexes and mask, for the KV store."""
     offs_h = tl.arange(0, BLOCK_H)
     mask = (offs_h < n_heads)[:, None] & mask_r[None, :]
     if IS_NEOX:
@@ -65,12 +84,45 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
     y2 = _round(_round(x2 * c, dt, BF16) + _round(x1 * s, dt, BF16), dt, BF16)
     tl.store(base + i1[None, :], y1.to(dt), mask=mask)
     tl.store(base + i2[None, :], y2.to(dt), mask=mask)
+    return y1, y2, i1, i2, mask
 
 
 @triton.jit
-def _rope(Q, K, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh, stride_cs, n_q, n_k,
-          HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-          IS_NEOX: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
+def _cache_value(x, scale, BUF, KV_FP8: tl.constexpr):
+    if KV_FP8:
+        return quant_fp8(x, scale)
+    return x.to(BUF.dtype.element_ty)
+
+
+@triton.jit
+def _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt, stride_kb, stride_vb,
+                  n_k, y1, y2, i1, i2, mask, HEAD: tl.constexpr, ROTARY: tl.constexpr, BLOCK_HK: tl.constexpr,
+                  BLOCK_D: tl.constexpr, KV_FP8: tl.constexpr):
+    """Token t's rotated k (y1, y2 at dims i1, i2; the unrotated tail from K) and its v into the pool
+    slot loc[t], as store_kv_cache would write them."""
+    slot = tl.load(loc + t).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_HK)
+    kb = K_buf + slot * stride_kb + offs_h[:, None] * HEAD
+    tl.store(kb + i1[None, :], _cache_value(y1, k_scale, K_buf, KV_FP8), mask=mask)
+    tl.store(kb + i2[None, :], _cache_value(y2, k_scale, K_buf, KV_FP8), mask=mask)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = (offs_h < n_k)[:, None]
+    if ROTARY < HEAD:  # partial rotary: the dims past rotary_dim go to the cache as they are
+        tail = heads & ((offs_d >= ROTARY) & (offs_d < HEAD))[None, :]
+        k = tl.load(K + t * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=tail, other=0.0)
+        tl.store(kb + offs_d[None, :], _cache_value(k, k_scale, K_buf, KV_FP8), mask=tail)
+    row = heads & (offs_d < HEAD)[None, :]
+    v = tl.load(V + t * stride_vt + offs_h[:, None] * HEAD + offs_d[None, :], mask=row, other=0.0)
+    tl.store(V_buf + slot * stride_vb + offs_h[:, None] * HEAD + offs_d[None, :], _cache_value(v, v_scale, V_buf, KV_FP8),
+             mask=row)
+
+
+@triton.jit
+def _rope(Q, K, V, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh,
+          stride_vt, stride_kb, stride_vb, stride_cs, n_q, n_k,
+          HALF: tl.constexpr, HEAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr,
+          BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr,
+          STORE_KV: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr):
     pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
@@ -79,7 +131,11 @@ def _rope(Q, K, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh, 
     cos = tl.load(cos_sin + pos * stride_cs + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(cos_sin + pos * stride_cs + HALF + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
     _rotate(Q, t, stride_qt, stride_qh, n_q, cos, sin, offs_r, mask_r, HALF, BLOCK_HQ, IS_NEOX, BF16)
-    _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX, BF16)
+    y1, y2, i1, i2, mask = _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX,
+                                   BF16)
+    if STORE_KV:
+        _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt, stride_kb,
+                      stride_vb, n_k, y1, y2, i1, i2, mask, HEAD, 2 * HALF, BLOCK_HK, BLOCK_D, KV_FP8)
 
 
 def rotary_embedding(
@@ -89,9 +145,12 @@ def rotary_embedding(
     head_size: int,
     cos_sin_cache: torch.Tensor,
     is_neox: bool = True,
+    kv_store: Optional[KVStore] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """In place. positions [T] int64; query [T, Hq * head_size] or [T, Hq, head_size]; key likewise
-    with Hk heads (last dim contiguous); cos_sin_cache [max_pos, rotary_dim]. Returns (query, key)."""
+    with Hk heads (last dim contiguous); cos_sin_cache [max_pos, rotary_dim]. Returns (query, key).
+    kv_store: also write the rotated key and kv_store.value into the pool, as store_kv_cache would
+    (one launch less per layer)."""
     n = positions.shape[0]
     if n == 0:
         return query, key
@@ -102,11 +161,24 @@ def rotary_embedding(
         raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_size {head_size}")
     assert q.stride(2) == 1 and k.stride(2) == 1 and cos_sin_cache.stride(1) == 1
     half = rotary_dim // 2
+    store = kv_store is not None
+    if store:
+        kb, vb, loc, fp8 = kv_store.k_buffer, kv_store.v_buffer, kv_store.loc, is_fp8_kv(kv_store.k_buffer)
+        v = kv_store.value.view(n, -1, head_size)
+        if fp8 and not (kv_store.k_scale > 0 and kv_store.v_scale > 0):
+            raise ValueError(f"FP8 KV scales must be > 0, got {kv_store.k_scale}, {kv_store.v_scale}")
+        assert kb.shape[1:] == k.shape[1:] and vb.shape[1:] == v.shape[1:] and v.stride(1) == head_size
+        assert kb.stride(1) == head_size and kb.stride(2) == 1 and vb.stride(1) == head_size and vb.stride(2) == 1
+        k_scale, v_scale = float(kv_store.k_scale), float(kv_store.v_scale)
+    else:
+        kb = vb = loc = v = k
+        fp8, k_scale, v_scale = False, 1.0, 1.0
     _rope[(n,)](
-        q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
-        q.shape[1], k.shape[1],
-        HALF=half, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]),
-        IS_NEOX=is_neox, BF16=query.dtype == torch.bfloat16, num_warps=4, **pdl_args(query),
+        q, k, v, kb, vb, loc, k_scale, v_scale, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
+        k.stride(1), v.stride(0), kb.stride(0), vb.stride(0), cos_sin_cache.stride(0), q.shape[1], k.shape[1],
+        HALF=half, HEAD=head_size, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]),
+        BLOCK_HK=next_pow2(k.shape[1]), BLOCK_D=next_pow2(head_size), IS_NEOX=is_neox,
+        BF16=query.dtype == torch.bfloat16, STORE_KV=store, KV_FP8=fp8, num_warps=4, **pdl_args(query),
     )
     return query, key
 

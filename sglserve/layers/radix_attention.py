@@ -18,5 +18,9 @@ class RadixAttention(nn.Module):
         self.scaling = scaling
         self.layer_id = layer_id
 
+    def fused_kv_store(self, v: torch.Tensor, forward_batch):
+        """Where RoPE may store this layer's new K/V itself (the backend's say; None: forward() stores)."""
+        return forward_batch.attn_backend.fused_kv_store(v, self, forward_batch)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch, save_kv_cache: bool = True):
         return forward_batch.attn_backend.forward(q, k, v, self, forward_batch, save_kv_cache)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from sglserve.layers.custom_op import CustomOp
+from sglserve_kernels.numerics import FP8_MAX, exact_div
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -43,13 +44,24 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox_style
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
 
 
+def _store_in_pool(kv_store: Any, key: torch.Tensor, value: torch.Tensor) -> None:
+    """k_buffer[loc] = key, v_buffer[loc] = value, rounded to FP8 with the scales for an FP8 pool."""
+    loc = kv_store.loc.long()
+    for buf, x, scale in ((kv_store.k_buffer, key, kv_store.k_scale), (kv_store.v_buffer, value, kv_store.v_scale)):
+        x = x.reshape(-1, *buf.shape[1:])
+        if buf.dtype == torch.float8_e4m3fn:
+            x = exact_div(x.float(), scale).clamp(-FP8_MAX, FP8_MAX)
+        buf[loc] = x.to(buf.dtype)
+
+
 class RotaryEmbedding(CustomOp):
     """Applies RoPE to q and k given each token's absolute position.
 
     cos_sin_cache [max_position, rotary_dim] fp32 holds cos | sin of position * inv_freq,
     computed once so a forward is a gather. Only the first `rotary_dim` of each head rotate.
     Kernel "rotary_embedding": fn(positions [n], q [n, H*d], k [n, KVH*d], head_size,
-    cos_sin_cache, is_neox_style) -> (q, k) (it may work in place).
+    cos_sin_cache, is_neox_style[, kv_store]) -> (q, k) (it may work in place). With kv_store (the
+    attention backend's `fused_kv_store`), the rotated k and kv_store.value also go into the KV pool.
     """
 
     kernel_name = "rotary_embedding"
@@ -74,12 +86,15 @@ class RotaryEmbedding(CustomOp):
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward_native(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         cos_sin = self.cos_sin_cache.index_select(0, positions.flatten()).float()
         cos, sin = cos_sin.chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
-        return self._apply_one(query, cos, sin), self._apply_one(key, cos, sin)
+        query, key = self._apply_one(query, cos, sin), self._apply_one(key, cos, sin)
+        if kv_store is not None:  # the kernel's contract, in torch
+            _store_in_pool(kv_store, key, kv_store.value)
+        return query, key
 
     def _apply_one(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -90,9 +105,11 @@ class RotaryEmbedding(CustomOp):
         return rot.reshape(shape)
 
     def forward_cuda(
-        self, kernel: Callable, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self, kernel: Callable, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style)
+        if kv_store is None:
+            return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style)
+        return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style, kv_store)
 
     def extra_repr(self) -> str:
         return f"head_size={self.head_size}, rotary_dim={self.rotary_dim}, max_position={self.max_position_embeddings}"

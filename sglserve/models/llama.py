@@ -73,8 +73,9 @@ class LlamaAttention(nn.Module):
         q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, forward_batch))
+        kv_store = self.attn.fused_kv_store(v, forward_batch)  # the RoPE kernel stores K/V (Triton backend)
+        q, k = self.rotary_emb(positions, q, k, kv_store=kv_store)
+        return self.o_proj(self.attn(q, k, v, forward_batch, save_kv_cache=kv_store is None))
 
 
 class LlamaDecoderLayer(nn.Module):

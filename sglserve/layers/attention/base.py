@@ -36,6 +36,11 @@ class AttentionBackend(ABC):
             return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
         return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
 
+    def fused_kv_store(self, v: torch.Tensor, layer: "RadixAttention", forward_batch: "ForwardBatch") -> Any:
+        """Where the RoPE kernel may write this layer's new K/V itself (a kernels.rope.KVStore), so that
+        forward() runs with save_kv_cache=False; None: this backend stores them (the default)."""
+        return None
+
     @abstractmethod
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True) -> torch.Tensor: ...
 

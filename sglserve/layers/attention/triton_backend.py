@@ -31,6 +31,7 @@ into the launches, so a CUDA graph captured once stays right (they never change 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, Optional
 
@@ -45,7 +46,10 @@ from sglserve_kernels.attn_decode import (
 )
 from sglserve_kernels.attn_extend import extend_attention_fwd
 from sglserve_kernels.kv_store import store_kv_cache
+from sglserve_kernels.rope import KVStore
 from sglserve_kernels._utils import num_sms
+
+FUSED_ROPE_KV_STORE = os.environ.get("SGLSERVE_ROPE_KV_STORE", "1") != "0"
 
 if TYPE_CHECKING:
     from sglserve.layers.radix_attention import RadixAttention
@@ -174,6 +178,15 @@ class TritonAttnBackend(AttentionBackend):
         return forward_batch.attn_metadata
 
     # ---- forward -----------------------------------------------------------------------
+
+    def fused_kv_store(self, v: torch.Tensor, layer: "RadixAttention", forward_batch: "ForwardBatch") -> Optional[KVStore]:
+        """The pool's buffers for the RoPE kernel to store K/V into (kernels/rope.py): one launch less
+        per layer. SGLSERVE_ROPE_KV_STORE=0: the store kernel runs instead (an A/B knob)."""
+        if not FUSED_ROPE_KV_STORE:
+            return None
+        pool = forward_batch.token_to_kv_pool
+        k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+        return KVStore(v, k_buf, v_buf, forward_batch.out_cache_loc, *pool.kv_scales(layer.layer_id))
 
     @staticmethod
     def _save_kv(k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool) -> None:
