@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import next_pow2
-from .kv_store import is_fp8_kv, quant_fp8
+from ._utils import next_pow2, run_guarded
+from .kv_store import is_fp8_kv, quant_fp8, store_kv_cache
 from .pdl import pdl_args, pdl_wait
 
 
@@ -120,7 +120,7 @@ def _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, strid
 @triton.jit
 def _rope(Q, K, V, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh,
           stride_vt, stride_kb, stride_vb, stride_cs, n_q, n_k,
-          HALF: tl.constexpr, HEAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr,
+          HALF: tl.constexpr, HEAD: tl.constexpr, ROTARY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr,
           BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr,
           STORE_KV: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr):
     pdl_wait(PDL)
@@ -135,7 +135,7 @@ def _rope(Q, K, V, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stri
                                    BF16)
     if STORE_KV:
         _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt, stride_kb,
-                      stride_vb, n_k, y1, y2, i1, i2, mask, HEAD, 2 * HALF, BLOCK_HK, BLOCK_D, KV_FP8)
+                      stride_vb, n_k, y1, y2, i1, i2, mask, HEAD, ROTARY, BLOCK_HK, BLOCK_D, KV_FP8)
 
 
 def rotary_embedding(
@@ -173,13 +173,24 @@ def rotary_embedding(
     else:
         kb = vb = loc = v = k
         fp8, k_scale, v_scale = False, 1.0, 1.0
-    _rope[(n,)](
-        q, k, v, kb, vb, loc, k_scale, v_scale, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
-        k.stride(1), v.stride(0), kb.stride(0), vb.stride(0), cos_sin_cache.stride(0), q.shape[1], k.shape[1],
-        HALF=half, HEAD=head_size, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]),
-        BLOCK_HK=next_pow2(k.shape[1]), BLOCK_D=next_pow2(head_size), IS_NEOX=is_neox,
-        BF16=query.dtype == torch.bfloat16, STORE_KV=store, KV_FP8=fp8, num_warps=4, **pdl_args(query),
-    )
+
+    def launch(store_kv: bool) -> bool:
+        _rope[(n,)](
+            q, k, v, kb, vb, loc, k_scale, v_scale, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), v.stride(0), kb.stride(0), vb.stride(0), cos_sin_cache.stride(0), q.shape[1], k.shape[1],
+            HALF=half, HEAD=head_size, ROTARY=rotary_dim, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]),
+            BLOCK_HK=next_pow2(k.shape[1]), BLOCK_D=next_pow2(head_size), IS_NEOX=is_neox,
+            BF16=query.dtype == torch.bfloat16, STORE_KV=store_kv, KV_FP8=fp8 and store_kv, num_warps=4,
+            **pdl_args(query),
+        )
+        return True
+
+    # the storing variant is new on a GPU: one that does not build stores with the store kernel instead
+    if not store or run_guarded(("rope_kv_store", head_size, rotary_dim, query.dtype, kb.dtype), lambda: launch(True),
+                                query.is_cuda, "RoPE and the KV store run apart") is None:
+        launch(False)
+        if store:
+            store_kv_cache(kb, vb, loc, k, v, k_scale, v_scale)
     return query, key
 
 

@@ -73,3 +73,38 @@ def test_layer_torch_path_keeps_the_kv_store_contract(pool_dtype, device, gen):
         pools.append((q, k, kb, vb))
     for a, b in zip(*pools):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_a_storing_rope_that_does_not_build_falls_back_to_the_store_kernel(device, gen, monkeypatch, caplog):
+    from sglserve_kernels import _utils, rope
+
+    real = rope._rope
+
+    class StoringVariantBroken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                if kwargs["STORE_KV"]:
+                    raise RuntimeError("out of resource: registers")
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(_utils, "FAILED", set())
+    monkeypatch.setattr(rope, "_rope", StoringVariantBroken())
+    n, hq, hk, d = 4, 4, 2, 64
+    cache = build_cos_sin_cache(d, 4096, device=device)
+    pos = torch.randint(0, 4096, (n,), generator=gen).to(device)
+    loc = torch.tensor([1, 7, 2, 30], device=device)
+    pools = []
+    for fused in (True, False):
+        qkv, q, k, v = _qkv(torch.Generator().manual_seed(3), n, hq, hk, d, torch.bfloat16, device)
+        kb, vb = torch.zeros(32, hk, d, dtype=torch.bfloat16, device=device), torch.zeros(32, hk, d, dtype=torch.bfloat16, device=device)
+        with caplog.at_level("WARNING"):
+            if fused:
+                rotary_embedding(pos, q, k, d, cache, True, KVStore(v, kb, vb, loc))
+            else:
+                rotary_embedding(pos, q, k, d, cache, True)
+                store_kv_cache(kb, vb, loc, k, v)
+        pools.append((qkv, kb, vb))
+    assert "RoPE and the KV store run apart" in caplog.text
+    for a, b in zip(*pools):
+        assert torch.equal(a, b)
