@@ -8,7 +8,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from sglserve.layers.custom_op import CustomOp
-from sglserve_kernels.numerics import FP8_MAX, exact_div
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -42,16 +41,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox_style
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     x1, x2 = x[..., ::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-
-
-def _store_in_pool(kv_store: Any, key: torch.Tensor, value: torch.Tensor) -> None:
-    """k_buffer[loc] = key, v_buffer[loc] = value, rounded to FP8 with the scales for an FP8 pool."""
-    loc = kv_store.loc.long()
-    for buf, x, scale in ((kv_store.k_buffer, key, kv_store.k_scale), (kv_store.v_buffer, value, kv_store.v_scale)):
-        x = x.reshape(-1, *buf.shape[1:])
-        if buf.dtype == torch.float8_e4m3fn:
-            x = exact_div(x.float(), scale).clamp(-FP8_MAX, FP8_MAX)
-        buf[loc] = x.to(buf.dtype)
 
 
 class RotaryEmbedding(CustomOp):
@@ -92,8 +81,11 @@ class RotaryEmbedding(CustomOp):
         cos, sin = cos_sin.chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
         query, key = self._apply_one(query, cos, sin), self._apply_one(key, cos, sin)
-        if kv_store is not None:  # the kernel's contract, in torch
-            _store_in_pool(kv_store, key, kv_store.value)
+        if kv_store is not None:  # the kernel's contract, in torch (only the Triton backend, hence kernels/, makes one)
+            from sglserve_kernels.kv_store import store_kv_cache_ref
+
+            s = kv_store
+            store_kv_cache_ref(s.k_buffer, s.v_buffer, s.loc, key, s.value, s.k_scale, s.v_scale)
         return query, key
 
     def _apply_one(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
