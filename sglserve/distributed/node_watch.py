@@ -40,27 +40,34 @@ def store_client(addr: str):
 
 class Heartbeat:
     """A node's beat (nodes 1..N-1), on a daemon thread: it stops with the launcher, and its last
-    beat is then what node 0 sees stand still."""
+    beat is then what node 0 sees stand still. The first beat is sent before the constructor
+    returns, so a node that reports ready has beaten once (node 0 then allows DEAD_AFTER_S, not
+    FIRST_BEAT_S)."""
 
     def __init__(self, addr: str, node_rank: int, beat_s: float = BEAT_S) -> None:
         self.addr, self.key, self.beat_s = addr, heartbeat_key(node_rank), beat_s
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self.store = store_client(addr)
+            self.store.add(self.key, 1)
+        except Exception as e:
+            logger.warning("No heartbeat to node 0 (%s): %s", addr, e)
+            return
         self._thread = threading.Thread(target=self._run, name="sglserve-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            store = store_client(self.addr)
-            while True:
-                store.add(self.key, 1)
-                if self._stop.wait(self.beat_s):
-                    return
+            while not self._stop.wait(self.beat_s):
+                self.store.add(self.key, 1)
         except Exception as e:  # node 0 gone: this node's ranks fail their next collective and stop it
             logger.warning("Heartbeat to node 0 (%s) stopped: %s", self.addr, e)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class NodeWatch:
