@@ -175,15 +175,11 @@ def fp8_linear(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_sca
     return None
 
 
-def _device_index(x: Union[torch.Tensor, Fp8Rows]) -> int:
-    return (x.q if isinstance(x, Fp8Rows) else x).device.index or 0
-
-
 def _scaled_mm_fits(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_block: Optional[Tuple[int, int]],
                     activation_strategy: Optional[str]) -> bool:
     return (x.is_cuda and weight_block is None and activation_strategy in ("token", "tensor")
             and x.dtype == torch.bfloat16 and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and nvidia_capability_at_least(_device_index(x), 8, 9))  # FP8 tensor cores
+            and nvidia_capability_at_least(x.device.index or 0, 8, 9))  # FP8 tensor cores
 
 
 def scaled_mm_rowwise(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,

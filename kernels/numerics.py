@@ -62,6 +62,10 @@ class Fp8Rows:
     def is_cuda(self) -> bool:
         return self.q.is_cuda
 
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
     def dequantize(self) -> torch.Tensor:
         k = self.q.shape[-1]
         return (self.q.reshape(-1, k).float() * self.scale).reshape(self.q.shape).to(self.dtype)

@@ -31,7 +31,7 @@ class SiluAndMul(CustomOp):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         fused = None if fp8_input is None else get_kernel("silu_and_mul_fp8")
-        out = None if fused is None else fused(x2, fp8_input.input_scale)  # None: a row too wide for it
+        out = None if fused is None else fused(x2, fp8_input.input_scale)  # None: a row too wide, or not built here
         if out is not None:
             return replace(out, q=out.q.view(*shape[:-1], shape[-1] // 2))
         out = kernel(x2)

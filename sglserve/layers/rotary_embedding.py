@@ -99,8 +99,6 @@ class RotaryEmbedding(CustomOp):
     def forward_cuda(
         self, kernel: Callable, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if kv_store is None:
-            return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style)
         return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style, kv_store)
 
     def extra_repr(self) -> str:

@@ -182,18 +182,20 @@ class TritonAttnBackend(AttentionBackend):
     def fused_kv_store(self, v: torch.Tensor, layer: "RadixAttention", forward_batch: "ForwardBatch") -> Optional[KVStore]:
         """The pool's buffers for the RoPE kernel to store K/V into (kernels/rope.py): one launch less
         per layer. SGLSERVE_ROPE_KV_STORE=0: the store kernel runs instead (an A/B knob)."""
-        if not FUSED_ROPE_KV_STORE:
-            return None
+        return self._kv_store(v, layer, forward_batch) if FUSED_ROPE_KV_STORE else None
+
+    @staticmethod
+    def _kv_store(v: torch.Tensor, layer: "RadixAttention", forward_batch: "ForwardBatch") -> KVStore:
+        """Where this layer's new K/V go: its pool buffers, the batch's slots, the FP8 scales."""
         pool = forward_batch.token_to_kv_pool
         k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
         return KVStore(v, k_buf, v_buf, forward_batch.out_cache_loc, *pool.kv_scales(layer.layer_id))
 
-    @staticmethod
-    def _save_kv(k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool) -> None:
+    @classmethod
+    def _save_kv(cls, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool) -> None:
         if save_kv_cache:
-            pool = forward_batch.token_to_kv_pool
-            k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
-            store_kv_cache(k_buf, v_buf, forward_batch.out_cache_loc, k, v, *pool.kv_scales(layer.layer_id))
+            s = cls._kv_store(v, layer, forward_batch)
+            store_kv_cache(s.k_buffer, s.v_buffer, s.loc, k, v, s.k_scale, s.v_scale)
 
     @staticmethod
     def _heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

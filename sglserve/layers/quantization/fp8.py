@@ -155,19 +155,14 @@ class Fp8LinearMethod(LinearMethodBase):
     def apply(self, layer: nn.Module, x: Union[torch.Tensor, Fp8Rows], bias: Optional[torch.Tensor]) -> torch.Tensor:
         s = self.scheme
         act = None if s.activation is None else s.activation_strategy
-        if isinstance(x, Fp8Rows):  # quantized by the kernel before (fp8_input), as fake_quantize_activation would
-            kernel = get_kernel("fp8_linear")
-            y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
-                                                   layer.input_scale, act, bias)
-            if y is not None:
-                return y
-            return F.linear(x.dequantize(), dequantize(layer.weight, layer.weight_scale, None, x.dtype), bias)
-        if x.is_cuda:
+        if x.is_cuda or isinstance(x, Fp8Rows):  # Fp8Rows exist only where the kernels do
             kernel = get_kernel("fp8_linear")
             y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
                                                    layer.input_scale, act, bias)
             if y is not None:  # None: the kernel does not take this layout; dequantize below
                 return y
+        if isinstance(x, Fp8Rows):  # quantized by the kernel before (fp8_input): already rounded through FP8
+            x, act = x.dequantize(), None
         if act is not None:
             group = layer.weight_block[1] if layer.weight_block else 128
             x = fake_quantize_activation(x, act, layer.input_scale, group)
