@@ -351,8 +351,9 @@ gemv)
   runs=" ${GEMV_RUNS:-sweep w1 w1fp8} "
   if [[ $runs == *" sweep "* ]]; then
     budget=${GEMV_BUDGET:-250}; dry=""; [ "$DRYRUN" = 1 ] && dry="--dry"
+    n_w1=$(tr ' ' '\n' <<< "$runs" | grep -c '^w1')  # the sweep leaves ~35 s for each W1 run after it
     log "GEMV sweep (budget $budget s)"
-    TRITON_INTERPRET=$DRYRUN timeout "$(cap $(( budget + 60 )) 200)" $PY benchmarks/kernels/bench_gemv.py $dry \
+    TRITON_INTERPRET=$DRYRUN timeout "$(cap $(( budget + 60 )) $(( 10 + 35 * n_w1 )))" $PY benchmarks/kernels/bench_gemv.py $dry \
       --budget-s "$budget" --out "$TABLE" ${GEMV_ARGS:-} > "$OUT/gemv_sweep.txt" 2>&1 || log "sweep failed: $(tail -3 "$OUT/gemv_sweep.txt")"
     grep -E '^\{' "$OUT/gemv_sweep.txt" | $PY -c "import json, sys
 for r in map(json.loads, sys.stdin):
