@@ -64,6 +64,20 @@ def store_row_fp8(v, Q_row, S_row, XS, offs, mask, STATIC: tl.constexpr, BLOCK: 
     tl.store(Q_row + offs, quant_fp8(v, scale), mask=mask)
 
 
+@triton.jit
+def store_tile_fp8(v, Q_ptrs, S_row, XS, mask, STATIC: tl.constexpr):
+    """store_row_fp8 for a row held as a 2-D tile v (fp32, zero where ~mask; attn_decode's heads x
+    head_dim): the same scale and FP8 values, stored through the pointer tile Q_ptrs."""
+    if STATIC:
+        scale = tl.zeros(v.shape, tl.float32) + tl.load(XS)
+    else:
+        scale = tl.zeros(v.shape, tl.float32) + tl.max(tl.max(tl.abs(v), axis=1), axis=0)
+        scale = tl.maximum(tl.math.div_rn(scale, tl.full(v.shape, 448.0, tl.float32)), 1e-12)
+    tl.store(S_row + tl.zeros(v.shape, tl.int32), scale, mask=(tl.arange(0, v.shape[0])[:, None] == 0)
+             & (tl.arange(0, v.shape[1])[None, :] == 0))
+    tl.store(Q_ptrs, quant_fp8(v, scale), mask=mask)
+
+
 def quantize_rows(x2: torch.Tensor, input_scale: Optional[torch.Tensor], activation_strategy: str
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1]): per token ("token": each row's

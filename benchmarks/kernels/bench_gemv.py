@@ -1,6 +1,7 @@
 """Decode-sized linears (M in 1..16): cuBLAS bf16, row-wise `torch._scaled_mm` FP8 (x quantized per
-token, as the runtime would run it: qkv, gate_up and down from FP8 rows that the kernel before them
-wrote, o_proj from bf16 x; --no-fused-input: all from bf16) and the skinny GEMM (kernels/gemv.py) over a config sweep, in
+token, as the runtime would run it: from the FP8 rows that the kernel before each linear wrote (the
+RMSNorm, SiLU-and-mul and, for o_proj, decode attention's merge with the Triton backend);
+--no-fused-input: from bf16 x, the GEMM quantizing it) and the skinny GEMM (kernels/gemv.py) over a config sweep, in
 TB/s of weight read. Writes the winners as the selection table the runtime loads
 (kernels/gemv_dispatch.py): `use` is true where the kernel beat the baseline by >= 3 %.
 
@@ -144,17 +145,11 @@ def weights(n: int, k: int, fp8: bool, device: str, l2_bytes: int) -> List[Tuple
     return out
 
 
-def takes_fp8_rows(label: str) -> bool:
-    """Whether the runtime hands this FP8 linear x already quantized (Fp8Rows from rmsnorm_fp8 /
-    silu_and_mul_fp8: qkv, gate_up, down); o_proj's x comes from attention and the GEMM quantizes it."""
-    return not label.endswith(" o")
-
-
 def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: int, l2: int,
               max_configs: Optional[int], only: Optional[List[GemvConfig]] = None,
               fused_input: bool = True) -> Dict[str, object]:
-    """only: time these configs instead of the sweep's candidates. fused_input: FP8 shapes that take
-    Fp8Rows at run time are timed from Fp8Rows (no quantization pass in the timing)."""
+    """only: time these configs instead of the sweep's candidates. fused_input: FP8 shapes are timed
+    from Fp8Rows, as decode hands them x (no quantization pass in the timing)."""
     ws = weights(n, k, fp8, device, l2)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     timer = time_graph if device == "cuda" else time_cpu
@@ -163,7 +158,7 @@ def bench_one(label: str, n: int, k: int, m: int, fp8: bool, device: str, sms: i
     if fp8:
         base_name = "scaled_mm"
         q, sa = quantize_rows(x, None, "token")
-        if fused_input and takes_fp8_rows(label):
+        if fused_input:
             xin = Fp8Rows(q, sa, x.dtype)
         base = timer([lambda w=w, s=s: scaled_mm_rowwise(xin, w, s, None, "token", None) for w, s in ws]) \
             if device == "cuda" else float("inf")

@@ -22,5 +22,7 @@ class RadixAttention(nn.Module):
         """Where RoPE may store this layer's new K/V itself (the backend's say; None: forward() stores)."""
         return forward_batch.attn_backend.fused_kv_store(v, self, forward_batch)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch, save_kv_cache: bool = True):
-        return forward_batch.attn_backend.forward(q, k, v, self, forward_batch, save_kv_cache)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch, save_kv_cache: bool = True,
+                fp8_output=None):
+        """fp8_output: the next linear's fp8_input(); decode may then hand it FP8 rows (the backend's say)."""
+        return forward_batch.attn_backend.forward(q, k, v, self, forward_batch, save_kv_cache, fp8_output)

@@ -75,7 +75,8 @@ class LlamaAttention(nn.Module):
             q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
         kv_store = self.attn.fused_kv_store(v, forward_batch)  # the RoPE kernel stores K/V (Triton backend)
         q, k = self.rotary_emb(positions, q, k, kv_store=kv_store)
-        return self.o_proj(self.attn(q, k, v, forward_batch, save_kv_cache=kv_store is None))
+        o = self.attn(q, k, v, forward_batch, save_kv_cache=kv_store is None, fp8_output=self.o_proj.fp8_input())
+        return self.o_proj(o)
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -164,3 +164,37 @@ def test_a_fused_kernel_that_does_not_build_falls_back(device, gen, monkeypatch,
     act = SiluAndMul()
     assert torch.equal(act.forward_cuda(sglserve_kernels.silu_and_mul, h, fp8_input=Fp8Input()),
                        act.forward_cuda(sglserve_kernels.silu_and_mul, h))
+
+
+@pytest.mark.parametrize("static", [None, 0.01])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,seq_lens,splits", [
+    (4, 4, 64, [1, 17, 70], [1, 2, 3]),        # MHA; a request with more splits than tokens
+    (8, 2, 128, [5, 130], [8, 4]),             # GQA 4, head dim 128
+    (6, 2, 80, [40], [3]),                     # heads and head dim both padded in the merge
+])
+def test_decode_attention_fp8_rows_are_its_output_quantized(num_heads, num_kv_heads, head_dim, seq_lens, splits,
+                                                           static, device, gen):
+    """Decode attention handing o_proj FP8 rows (the merge stage quantizes) equals its usual output
+    quantized by quantize_rows, per token or static, bit for bit; o is left unwritten."""
+    from sglserve_kernels.attn_decode import decode_attention_fwd
+    from sglserve_kernels.testing import PagedKV
+
+    bs = len(seq_lens)
+    kv = PagedKV(seq_lens, 4, num_kv_heads, head_dim, IO, device, gen)
+    q = randn(gen, bs, num_heads, head_dim).to(device, IO)
+    n = torch.tensor(splits, dtype=torch.int32, device=device)
+
+    def run(out_fp8=None, scale=None):
+        o = torch.full_like(q, float("nan"))
+        mid_o = torch.zeros((bs, num_heads, 8, head_dim), device=device)
+        mid_lse = torch.zeros((bs, num_heads, 8), device=device)
+        return decode_attention_fwd(q, kv.k_buffer, kv.v_buffer, o, kv.req_to_token, kv.req_pool_indices, kv.seq_lens,
+                                    n, mid_o, mid_lse, 0.125, out_fp8=out_fp8, out_fp8_static=scale), o
+
+    plain, _ = run()
+    scale = None if static is None else torch.tensor([static], device=device)
+    target = Fp8Rows(torch.empty((bs, num_heads * head_dim), dtype=torch.float8_e4m3fn, device=device),
+                     torch.empty((bs, 1), device=device), IO)
+    rows, o = run(target, scale)
+    assert rows is target and torch.isnan(o).all()
+    assert_rows_equal(rows, plain.reshape(bs, -1), scale)

@@ -178,3 +178,33 @@ def test_backend_fp8_kv_matches_torch_native_and_reference(page_size, kv_scales,
                     b = getattr(world.kv["ref"], buf)[layer_id]
                     assert a.dtype == fp8 and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
                         f"{name} {mode.name} layer {layer_id}: {buf} differs"
+
+
+@pytest.mark.parametrize("static", [None, 0.02])
+def test_decode_hands_the_w8a8_o_proj_fp8_rows(static, device, gen):
+    """A decode step asked for the o_proj's FP8 input (RadixAttention's fp8_output) returns
+    numerics.Fp8Rows: its usual output quantized per token (or with the static scale) bit for bit.
+    An extend step ignores the request and returns its output as usual."""
+    from sglserve.layers.quantization.base import Fp8Input
+    from sglserve_kernels.numerics import Fp8Rows, quantize_rows_ref
+
+    world = World(4, device, ["plain", "fp8"])
+    backend = TritonAttnBackend(fake_runner(device))
+    scale = None if static is None else torch.tensor([static], device=device)
+    for new_lens, mode in (([5, 12, 3], ForwardMode.EXTEND), ([1, 1, 1], ForwardMode.DECODE)):
+        make_fb = world.step(new_lens, mode)
+        qkv = torch.randn(sum(new_lens), (H + 2 * KVH) * D, generator=gen).to(device)
+        outs = {}
+        for name, fp8_output in (("plain", None), ("fp8", Fp8Input(scale))):
+            fb = make_fb()
+            fb.req_to_token_pool, fb.token_to_kv_pool, fb.attn_backend = world.r2t, world.kv[name], backend
+            backend.init_forward_metadata(fb)
+            q, k, v = qkv.split([H * D, KVH * D, KVH * D], dim=-1)
+            outs[name] = RadixAttention(H, D, D ** -0.5, KVH, 0)(q, k, v, fb, fp8_output=fp8_output)
+        if mode == ForwardMode.EXTEND:
+            assert torch.equal(outs["fp8"], outs["plain"])
+            continue
+        rows = outs["fp8"]
+        assert isinstance(rows, Fp8Rows) and rows.shape == outs["plain"].shape
+        q_ref, s_ref = quantize_rows_ref(outs["plain"], scale, "tensor" if static is not None else "token")
+        assert torch.equal(rows.scale, s_ref) and torch.equal(rows.q.view(torch.uint8), q_ref.view(torch.uint8))

@@ -94,3 +94,39 @@ def test_triton_backend_on_fp8_pool_matches_torch_native(runner):
     assert torch.equal(tri_pool.v_buffer[0][used].view(torch.uint8), nat_pool.v_buffer[0][used].view(torch.uint8))
     # The scales were used: the stored K spans E4M3 well beyond the 1.0-scale magnitudes
     assert tri_pool.k_buffer[0][used].float().abs().max() > 8
+
+
+def test_w8a8_decode_through_the_triton_backend_hands_o_proj_fp8_rows(runner, tmp_path, monkeypatch):
+    """--quantization fp8 with the Triton backend: decode attention hands o_proj its x in FP8
+    (Fp8Rows from the split merge), and the logits are those of o_proj quantizing x itself."""
+    from sglserve.layers.quantization import fp8
+    from sglserve_kernels.numerics import Fp8Rows
+
+    cfg = json.loads(open(os.path.join(runner.model_config.model_path, "config.json")).read())
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    sa = ServerArgs(model_path=str(tmp_path), load_format="dummy", device="cpu", dtype="float32", quantization="fp8",
+                    max_total_tokens=512, max_running_requests=4, context_length=256, skip_tokenizer_init=True)
+    w8a8 = ModelRunner(ModelConfig.from_server_args(sa), sa)
+    backend = create_attn_backend("triton", w8a8)
+    o_proj = w8a8.model.model.layers[0].self_attn.o_proj
+    handed = []
+    apply = o_proj.quant_method.apply
+    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias: handed.append(type(x)) or apply(layer, x, bias))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (9, 4)]
+    logits = {}
+    for fused in (True, False):
+        monkeypatch.setattr(fp8, "FUSED_INPUT", fused)
+        d = PagedModelRunner(w8a8.model, w8a8.model_config, page_size=1, num_slots=512, max_reqs=4, max_context_len=256)
+        d.backend = backend
+        reqs = [d.new_req(), d.new_req()]
+        first = d.extend(reqs, prompts).next_token_logits
+        handed.clear()
+        steps = [d.decode(reqs, first.argmax(-1).tolist()).next_token_logits]
+        steps.append(d.decode(reqs, steps[-1].argmax(-1).tolist()).next_token_logits)
+        assert set(handed) == ({Fp8Rows} if fused else {torch.Tensor})
+        logits[fused] = torch.cat([first, *steps])
+    # The same x values reach o_proj's GEMM (test_fp8_fused_input.py checks the rows bit for bit); on
+    # the CPU the GEMM from Fp8Rows is the interpreted skinny GEMM, from bf16 x torch's matmul, which
+    # sum in different orders (on the GPU both are the skinny GEMM: test_fp8_loading.py's logits test)
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-6, rtol=1e-5)

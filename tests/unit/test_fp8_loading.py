@@ -143,6 +143,48 @@ def test_fused_fp8_input_changes_no_logit(tiny, tmp_path, layout, monkeypatch):
         assert torch.equal(got, want)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_attention_hands_o_proj_fp8_rows_and_changes_no_logit(tiny, tmp_path, monkeypatch):
+    """Decode through the Triton backend with --quantization fp8: the split merge hands o_proj its
+    x in FP8 (Fp8Rows), and the logits are the bits of o_proj quantizing bf16 x itself, at 1 and
+    2 rows (the skinny GEMM's FMA path) and at 18 (row-wise _scaled_mm, the merge per head)."""
+    from types import SimpleNamespace
+
+    from sglserve.layers.attention.triton_backend import TritonAttnBackend
+    from sglserve.layers.quantization import fp8
+    from sglserve_kernels.numerics import Fp8Rows
+
+    config, sd = tiny
+    folder = write_unquantized(str(tmp_path / "bf16"), sd, config, torch.bfloat16, tokenizer=False)
+    model, mc = load_model(folder, device="cuda", dtype="bfloat16", quantization="fp8")
+    o_proj = model.model.layers[0].self_attn.o_proj
+    handed = []
+    apply = o_proj.quant_method.apply
+    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias: handed.append(type(x)) or apply(layer, x, bias))
+    fake = SimpleNamespace(model_config=mc, server_args=SimpleNamespace(cuda_graph_max_bs=32, tp_size=1),
+                           device="cuda", max_running_requests=32)
+    logits = {}
+    for fused in (True, False):
+        monkeypatch.setattr(fp8, "FUSED_INPUT", fused)
+        runner = PagedModelRunner(model, mc, device="cuda", max_reqs=32)
+        runner.backend = TritonAttnBackend(fake)
+        out = []
+        for n in (1, 2, 18):
+            reqs = [runner.new_req() for _ in range(n)]
+            prompts = [PROMPTS[i % 2][: 5 + i % 4] for i in range(n)]
+            ids = runner.extend(reqs, prompts).next_token_logits.argmax(-1).tolist()
+            handed.clear()
+            for _ in range(2):
+                step = runner.decode(reqs, ids).next_token_logits
+                out.append(step)
+                ids = step.argmax(-1).tolist()
+            assert set(handed) == ({Fp8Rows} if fused and n <= 16 else {torch.Tensor})
+        logits[fused] = out
+    for got, want in zip(logits[True], logits[False]):
+        assert torch.equal(got, want)
+
+
 def test_quantize_at_load_per_channel(tiny, tmp_path):
     """--quantization fp8 on an unquantized checkpoint: per-channel fp8 weights, close to fp32."""
     config, sd = tiny

@@ -31,10 +31,20 @@ class AttentionBackend(ABC):
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
         """Called once per forward pass before any layer runs."""
 
-    def forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
+    def forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True,
+                fp8_output: Any = None):
+        """fp8_output: the W8A8 o_proj's Fp8Input (layers/quantization); a decode step may then return
+        its output already quantized for it (numerics.Fp8Rows)."""
         if forward_batch.forward_mode.is_decode():
+            if fp8_output is not None:
+                return self.forward_decode_fp8(q, k, v, layer, forward_batch, save_kv_cache, fp8_output)
             return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
         return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def forward_decode_fp8(self, q, k, v, layer, forward_batch, save_kv_cache: bool, fp8_output: Any) -> Any:
+        """forward_decode whose output may come as FP8 rows for the next linear; by default it does
+        not (the linear quantizes, to the same values)."""
+        return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
 
     def fused_kv_store(self, v: torch.Tensor, layer: "RadixAttention", forward_batch: "ForwardBatch") -> Any:
         """Where the RoPE kernel may write this layer's new K/V itself (a kernels.rope.KVStore), so that

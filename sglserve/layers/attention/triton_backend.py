@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 import torch
 
@@ -44,8 +44,11 @@ from sglserve_kernels.attn_decode import (
     decode_kv_splits,
     decode_max_splits,
 )
+from sglserve.layers.quantization.base import Fp8Input
 from sglserve_kernels.attn_extend import extend_attention_fwd
+from sglserve_kernels.gemv import MAX_M as GEMV_MAX_M
 from sglserve_kernels.kv_store import store_kv_cache
+from sglserve_kernels.numerics import Fp8Rows
 from sglserve_kernels.rope import KVStore
 from sglserve_kernels._utils import num_sms
 
@@ -230,6 +233,17 @@ class TritonAttnBackend(AttentionBackend):
         return o.view(o.shape[0], -1)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool = True):
+        return self._decode_step(q, k, v, layer, forward_batch, save_kv_cache, None)
+
+    def forward_decode_fp8(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool,
+                           fp8_output: Fp8Input) -> Union[torch.Tensor, Fp8Rows]:
+        """Up to the skinny GEMM's rows, the split merge writes the W8A8 o_proj's x in FP8
+        (kernels/attn_decode.py); more rows keep the per-head merge and the GEMM quantizes."""
+        fp8 = fp8_output if forward_batch.batch_size <= GEMV_MAX_M else None
+        return self._decode_step(q, k, v, layer, forward_batch, save_kv_cache, fp8)
+
+    def _decode_step(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool,
+                     fp8_output: Optional[Fp8Input]) -> Union[torch.Tensor, Fp8Rows]:
         meta: TritonDecodeMetadata = self._metadata(forward_batch)
         self._save_kv(k, v, layer, forward_batch, save_kv_cache)
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
@@ -237,17 +251,22 @@ class TritonAttnBackend(AttentionBackend):
         bs = forward_batch.batch_size
         q3 = self._heads(q, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty(bs, layer.tp_q_head_num, layer.v_head_dim)
-        self._decode(q3, o, k_buf, v_buf, forward_batch.req_to_token_pool.req_to_token,
-                     forward_batch.req_pool_indices, forward_batch.seq_lens, meta, layer, k_scale, v_scale)
-        return o.view(bs, -1)
+        rows = None if fp8_output is None else Fp8Rows(
+            torch.empty((bs, o.shape[1] * o.shape[2]), dtype=torch.float8_e4m3fn, device=q.device),
+            torch.empty((bs, 1), dtype=torch.float32, device=q.device), q.dtype)
+        out = self._decode(q3, o, k_buf, v_buf, forward_batch.req_to_token_pool.req_to_token,
+                           forward_batch.req_pool_indices, forward_batch.seq_lens, meta, layer, k_scale, v_scale,
+                           rows, None if fp8_output is None else fp8_output.input_scale)
+        return out if isinstance(out, Fp8Rows) else out.view(bs, -1)
 
     def _decode(self, q3, o, k_buf, v_buf, req_to_token, rows, seq_lens, meta: TritonDecodeMetadata,
-                layer: "RadixAttention", k_scale: float, v_scale: float) -> None:
+                layer: "RadixAttention", k_scale: float, v_scale: float, out_fp8: Optional[Fp8Rows] = None,
+                out_fp8_static: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Fp8Rows]:
         mid_o, mid_lse = meta.mid_o, meta.mid_lse
         if mid_o.shape[1] != layer.tp_q_head_num or mid_o.shape[3] != layer.v_head_dim:
             raise ValueError(
                 f"layer {layer.layer_id} has {layer.tp_q_head_num} heads x {layer.v_head_dim}, the backend was sized "
                 f"for {self.num_heads} x {self.head_dim} (model_config)"
             )
-        decode_attention_fwd(q3, k_buf, v_buf, o, req_to_token, rows, seq_lens, meta.num_kv_splits, mid_o, mid_lse,
-                             layer.scaling, k_scale, v_scale)
+        return decode_attention_fwd(q3, k_buf, v_buf, o, req_to_token, rows, seq_lens, meta.num_kv_splits, mid_o,
+                                    mid_lse, layer.scaling, k_scale, v_scale, out_fp8, out_fp8_static)
