@@ -6,11 +6,8 @@ Flash-decoding in two launches:
            size works) and writes a partial, already-normalised output plus its
            log-sum-exp.
   stage 2: grid (batch, q head). Merges the splits of one head.
-           For the W8A8 o_proj at decode batch sizes (out_fp8): grid (batch,), one program merges
-           every head of its request and hands the row on in FP8 with its per-token scale
-           (numerics.Fp8Rows), so o_proj runs its FP8 tensor-core path from loaded FP8 and the
-           GEMM's own quantization launch goes (RESULTS.md V19c: o_proj read at 1.74 TB/s with
-           it, the linears fed FP8 rows at 2.9-4.0).
+           For the W8A8 o_proj at decode batch sizes (out_fp8): grid (batch,), the merge of
+           attn_decode_fp8.py, which hands the row on in FP8.
 
 GQA/MQA: a stage-1 program holds all the q heads that share one kv head (up to 64 of
 them), so K and V are read from HBM once per group; the group is one tl.dot operand
@@ -37,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import device_sms, dot_precision, next_pow2, run_guarded
-from .fp8_rows import store_tile_fp8
+from ._utils import device_sms, dot_precision, next_pow2
+from .attn_decode_fp8 import merge_splits_fp8
 from .kv_store import is_fp8_kv
 from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
@@ -156,46 +153,6 @@ def _decode_stage2(
     tl.store(O + b * stride_ob + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
 
 
-@triton.jit
-def _decode_stage2_fp8(
-    Mid_O, Mid_LSE, O, Q8, S, XS, seq_lens, num_kv_splits,
-    stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, stride_qb,
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    STATIC: tl.constexpr, PDL: tl.constexpr,
-):
-    """_decode_stage2 for all heads of request b at once (the same operations per head), its row
-    rounded to O's dtype (what _decode_stage2 stores) and then quantized as quantize_rows does."""
-    pdl_wait(PDL)
-    b = tl.program_id(0)
-    seq_len = tl.load(seq_lens + b)
-    n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
-    split_len = tl.cdiv(seq_len, n_split)
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_h = offs_h < NUM_HEADS
-    mask = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
-
-    e_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    e_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for s in range(0, n_split):
-        start = s * split_len
-        end = tl.minimum(start + split_len, seq_len)
-        if end > start:
-            part = tl.load(Mid_O + b * stride_mob + offs_h[:, None] * stride_moh + s * stride_mos + offs_d[None, :],
-                           mask=mask, other=0.0)
-            lse = tl.load(Mid_LSE + b * stride_lb + offs_h * stride_lh + s, mask=mask_h, other=0.0)
-            new_max = tl.maximum(lse, e_max)
-            old_scale = tl.exp2(e_max - new_max)
-            w = tl.exp2(lse - new_max)
-            acc = acc * old_scale[:, None] + w[:, None] * part
-            e_sum = e_sum * old_scale + w
-            e_max = new_max
-    out = tl.where(e_sum[:, None] > 0, acc / tl.maximum(e_sum, 1e-30)[:, None], 0.0)
-    out = tl.where(mask, out.to(O.dtype.element_ty).to(tl.float32), 0.0)
-    store_tile_fp8(out, Q8 + b * stride_qb + offs_h[:, None] * HEAD_DIM + offs_d[None, :], S + b, XS, mask, STATIC)
-
-
 def decode_max_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int) -> int:
     """Most splits any request of a batch of `bs` gets (host int, a function of shapes only):
     about two waves of stage-1 programs, within [1, max_kv_splits]. Scratch sized with it
@@ -305,7 +262,7 @@ def decode_attention_fwd(
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, USE_DOT=use_dot,
         DOT_PREC=dot_precision(compute_dtype), KV_FP8=fp8, num_warps=warps, num_stages=stages, **pdl_args(q),
     )
-    if out_fp8 is not None and _stage2_fp8(mid_o, mid_lse, o, seq_lens, num_kv_splits, out_fp8, out_fp8_static):
+    if out_fp8 is not None and merge_splits_fp8(mid_o, mid_lse, o, seq_lens, num_kv_splits, out_fp8, out_fp8_static):
         return out_fp8
     _decode_stage2[(bs, num_heads)](
         mid_o, mid_lse, o, seq_lens, num_kv_splits,
@@ -314,35 +271,6 @@ def decode_attention_fwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8, **pdl_args(q),
     )
     return o
-
-
-FP8_STAGE2_MAX_ELEMENTS = 16384  # heads x head_dim of one request that one program holds
-
-
-def _stage2_fp8(mid_o: torch.Tensor, mid_lse: torch.Tensor, o: torch.Tensor, seq_lens: torch.Tensor,
-                num_kv_splits: torch.Tensor, rows: Fp8Rows, static: Optional[torch.Tensor]) -> bool:
-    """The stage that merges the splits into FP8 rows; False (nothing written) where it does not apply
-    or build, and stage 2 runs instead."""
-    bs, num_heads, head_dim = o.shape
-    block_h, block_d = next_pow2(num_heads), max(16, next_pow2(head_dim))
-    if block_h * block_d > FP8_STAGE2_MAX_ELEMENTS:
-        return False
-    if rows.q.shape != (bs, num_heads * head_dim) or rows.scale.shape != (bs, 1) or not rows.q.is_contiguous():
-        raise ValueError(f"out_fp8 {tuple(rows.q.shape)} / {tuple(rows.scale.shape)} does not fit o {tuple(o.shape)}")
-    elements = block_h * block_d
-    warps = 4 if elements <= 2048 else 8 if elements <= 8192 else 16
-
-    def launch() -> bool:
-        _decode_stage2_fp8[(bs,)](
-            mid_o, mid_lse, o, rows.q, rows.scale, static if static is not None else rows.scale, seq_lens, num_kv_splits,
-            mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), rows.q.stride(0),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d, STATIC=static is not None,
-            num_warps=warps, **pdl_args(o),
-        )
-        return True
-
-    key = ("decode_stage2_fp8", num_heads, head_dim, o.dtype, static is not None)
-    return run_guarded(key, launch, o.is_cuda, "attention hands o_proj its output in the model dtype") is not None
 
 
 def decode_attention(

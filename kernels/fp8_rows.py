@@ -55,26 +55,20 @@ def store_row_fp8(v, Q_row, S_row, XS, offs, mask, STATIC: tl.constexpr, BLOCK: 
     """A whole row v (fp32 [BLOCK], in one program) quantized as quantize_rows does: its scale
     (amax / 448, or the static XS) into S_row, its FP8 values into Q_row. For the kernels that
     produce a GEMM's x (rmsnorm_fp8, silu_and_mul_fp8)."""
-    if STATIC:
-        scale = tl.zeros((BLOCK,), tl.float32) + tl.load(XS)
-    else:
-        scale = tl.zeros((BLOCK,), tl.float32) + tl.max(tl.abs(v), axis=0)
-        scale = tl.maximum(tl.math.div_rn(scale, tl.full((BLOCK,), 448.0, tl.float32)), 1e-12)
-    tl.store(S_row + offs * 0, scale, mask=offs == 0)
-    tl.store(Q_row + offs, quant_fp8(v, scale), mask=mask)
+    store_tile_fp8(v[None, :], (Q_row + offs)[None, :], S_row, XS, mask[None, :], STATIC)
 
 
 @triton.jit
 def store_tile_fp8(v, Q_ptrs, S_row, XS, mask, STATIC: tl.constexpr):
-    """store_row_fp8 for a row held as a 2-D tile v (fp32, zero where ~mask; attn_decode's heads x
-    head_dim): the same scale and FP8 values, stored through the pointer tile Q_ptrs."""
+    """store_row_fp8 for a row held as a 2-D tile v (fp32, zero where ~mask; attn_decode_fp8's
+    heads x head_dim): its scale into S_row, its FP8 values through the pointer tile Q_ptrs."""
     if STATIC:
         scale = tl.zeros(v.shape, tl.float32) + tl.load(XS)
     else:
         scale = tl.zeros(v.shape, tl.float32) + tl.max(tl.max(tl.abs(v), axis=1), axis=0)
         scale = tl.maximum(tl.math.div_rn(scale, tl.full(v.shape, 448.0, tl.float32)), 1e-12)
-    tl.store(S_row + tl.zeros(v.shape, tl.int32), scale, mask=(tl.arange(0, v.shape[0])[:, None] == 0)
-             & (tl.arange(0, v.shape[1])[None, :] == 0))
+    first = (tl.arange(0, v.shape[0])[:, None] == 0) & (tl.arange(0, v.shape[1])[None, :] == 0)
+    tl.store(S_row + tl.zeros(v.shape, tl.int32), scale, mask=first)
     tl.store(Q_ptrs, quant_fp8(v, scale), mask=mask)
 
 
