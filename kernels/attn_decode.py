@@ -36,6 +36,7 @@ import triton.language as tl
 
 from ._utils import device_sms, dot_precision, next_pow2
 from .attn_decode_fp8 import merge_splits_fp8
+from .attn_merge import merge_splits
 from .kv_store import is_fp8_kv
 from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
@@ -126,31 +127,14 @@ def _decode_stage2(
 ):
     pdl_wait(PDL)
     b = tl.program_id(0)
-    h = tl.program_id(1)
-    seq_len = tl.load(seq_lens + b)
-    n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
-    split_len = tl.cdiv(seq_len, n_split)
+    head = tl.program_id(1) + tl.zeros([1], tl.int32)  # this program's one head, as a [1] block
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-
-    e_max = float("-inf")
-    e_sum = 0.0
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for s in range(0, n_split):
-        start = s * split_len
-        end = tl.minimum(start + split_len, seq_len)
-        if end > start:
-            part = tl.load(Mid_O + b * stride_mob + h * stride_moh + s * stride_mos + offs_d, mask=mask_d, other=0.0)
-            lse = tl.load(Mid_LSE + b * stride_lb + h * stride_lh + s)
-            new_max = tl.maximum(lse, e_max)
-            old_scale = tl.exp2(e_max - new_max)
-            w = tl.exp2(lse - new_max)
-            acc = acc * old_scale + w * part
-            e_sum = e_sum * old_scale + w
-            e_max = new_max
-    # An empty request (seq_len 0, e.g. a padded CUDA-graph row) yields zeros, not NaN.
-    out = tl.where(e_sum > 0, acc / tl.maximum(e_sum, 1e-30), 0.0)
-    tl.store(O + b * stride_ob + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
+    n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
+    out = merge_splits(Mid_O, Mid_LSE, b, head, head >= 0, offs_d, mask_d, tl.load(seq_lens + b), n_split,
+                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh)
+    tl.store(O + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=mask_d[None, :])
 
 
 def decode_max_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int) -> int:

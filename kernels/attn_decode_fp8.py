@@ -4,8 +4,8 @@ in one program (grid (batch,)) and the output row handed on in FP8 with its scal
 
 o_proj then runs its FP8 tensor-core path from loaded FP8, and the GEMM's own quantization launch
 goes: on the H200 o_proj read its weights at 1.74 TB/s with that launch, the linears fed FP8 rows
-by the kernel before them at 2.9-4.0 (RESULTS.md V19c). The merge does _decode_stage2's
-operations per head and rounds the row to the model dtype, as _decode_stage2 stores it, so o_proj
+by the kernel before them at 2.9-4.0 (RESULTS.md V19c). The merge is _decode_stage2's
+(attn_merge.merge_splits) and rounds the row to the model dtype, as _decode_stage2 stores it, so o_proj
 computes the same bits as from the bf16 output.
 """
 
@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._utils import next_pow2, run_guarded
+from .attn_merge import merge_splits
 from .fp8_rows import store_tile_fp8
 from .numerics import Fp8Rows
 from .pdl import pdl_args, pdl_wait
@@ -30,44 +31,27 @@ def _decode_stage2_fp8(
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     STATIC: tl.constexpr, PDL: tl.constexpr,
 ):
-    """_decode_stage2 for all heads of request b at once (the same operations per head), its row
+    """_decode_stage2 for all heads of request b at once (attn_merge.merge_splits, as it), its row
     rounded to O's dtype (what _decode_stage2 stores) and then quantized as quantize_rows does."""
     pdl_wait(PDL)
     b = tl.program_id(0)
-    seq_len = tl.load(seq_lens + b)
-    n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
-    split_len = tl.cdiv(seq_len, n_split)
-    offs_h = tl.arange(0, BLOCK_H)
+    heads = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_h = offs_h < NUM_HEADS
-    mask = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
-
-    e_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    e_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for s in range(0, n_split):
-        start = s * split_len
-        end = tl.minimum(start + split_len, seq_len)
-        if end > start:
-            part = tl.load(Mid_O + b * stride_mob + offs_h[:, None] * stride_moh + s * stride_mos + offs_d[None, :],
-                           mask=mask, other=0.0)
-            lse = tl.load(Mid_LSE + b * stride_lb + offs_h * stride_lh + s, mask=mask_h, other=0.0)
-            new_max = tl.maximum(lse, e_max)
-            old_scale = tl.exp2(e_max - new_max)
-            w = tl.exp2(lse - new_max)
-            acc = acc * old_scale[:, None] + w[:, None] * part
-            e_sum = e_sum * old_scale + w
-            e_max = new_max
-    out = tl.where(e_sum[:, None] > 0, acc / tl.maximum(e_sum, 1e-30)[:, None], 0.0)
+    mask_h = heads < NUM_HEADS
+    mask_d = offs_d < HEAD_DIM
+    n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
+    out = merge_splits(Mid_O, Mid_LSE, b, heads, mask_h, offs_d, mask_d, tl.load(seq_lens + b), n_split,
+                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh)
+    mask = mask_h[:, None] & mask_d[None, :]
     out = tl.where(mask, out.to(O.dtype.element_ty).to(tl.float32), 0.0)
-    store_tile_fp8(out, Q8 + b * stride_qb + offs_h[:, None] * HEAD_DIM + offs_d[None, :], S + b, XS, mask, STATIC)
+    store_tile_fp8(out, Q8 + b * stride_qb + heads[:, None] * HEAD_DIM + offs_d[None, :], S + b, XS, mask, STATIC)
 
 
 FP8_STAGE2_MAX_ELEMENTS = 16384  # heads x head_dim of one request that one program holds
 
 
 def merge_splits_fp8(mid_o: torch.Tensor, mid_lse: torch.Tensor, o: torch.Tensor, seq_lens: torch.Tensor,
-                num_kv_splits: torch.Tensor, rows: Fp8Rows, static: Optional[torch.Tensor]) -> bool:
+                     num_kv_splits: torch.Tensor, rows: Fp8Rows, static: Optional[torch.Tensor]) -> bool:
     """The stage that merges the splits into FP8 rows; False (nothing written) where it does not apply
     or build, and stage 2 runs instead."""
     bs, num_heads, head_dim = o.shape

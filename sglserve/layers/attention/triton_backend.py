@@ -238,7 +238,7 @@ class TritonAttnBackend(AttentionBackend):
     def forward_decode_fp8(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool,
                            fp8_output: Fp8Input) -> Union[torch.Tensor, Fp8Rows]:
         """Up to the skinny GEMM's rows, the split merge writes the W8A8 o_proj's x in FP8
-        (kernels/attn_decode.py); more rows keep the per-head merge and the GEMM quantizes."""
+        (kernels/attn_decode_fp8.py); more rows keep the per-head merge and the GEMM quantizes."""
         fp8 = fp8_output if forward_batch.batch_size <= GEMV_MAX_M else None
         return self._decode_step(q, k, v, layer, forward_batch, save_kv_cache, fp8)
 
