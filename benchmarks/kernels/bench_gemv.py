@@ -60,8 +60,8 @@ FP8_DOT_TILES = [(64, 256, 4, 3), (64, 256, 4, 4), (64, 256, 4, 5), (128, 256, 8
 def fp8_dot_candidates(n: int, k: int, sms: int) -> List[GemvConfig]:
     """W8A8 on the tensor cores (GemvConfig.fp8_dot): W tiles of 64-128 rows as the MMA's long side,
     128-256 bytes of K a tile, 3-6 stages in flight; SPLIT_K where the columns give too few programs: the
-    smallest split that gives every SM a program and the next two (V20: the 4096- and 6144-row shapes, 16-64
-    column blocks, read 2.5-2.9 TB/s at split 4 where the 28672-row gate_up reads 3.95 unsplit)."""
+    smallest split that gives every SM a program and the next two (V20: the 4096- and 6144-row shapes, 64-96
+    blocks of 64 rows, read 2.5-2.9 TB/s at split 4 where the 28672-row gate_up reads 3.95 unsplit)."""
     out = []
     for bn, bk, w, s in FP8_DOT_TILES:
         n_blocks, ktiles = -(-n // bn), -(-k // bk)
