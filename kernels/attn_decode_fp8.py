@@ -3,8 +3,9 @@ in one program (grid (batch,)) and the output row handed on in FP8 with its scal
 (numerics.Fp8Rows), per token or static, as fp8_rows.quantize_rows would quantize it.
 
 o_proj then runs its FP8 tensor-core path from loaded FP8, and the GEMM's own quantization launch
-goes: on the H200 o_proj read its weights at 1.74 TB/s with that launch, the linears fed FP8 rows
-by the kernel before them at 2.9-4.0 (RESULTS.md V19c). The merge is _decode_stage2's
+goes: on the H200 o_proj read 1.74 TB/s counting that launch (V19c), 2.51 fed these rows (V20). The
+step did not get shorter (W1 fp8 3.07 ms either way, V20): the quantization moved into this merge,
+one program a request instead of one a head. The merge is _decode_stage2's
 (attn_merge.merge_splits) and rounds the row to the model dtype, as _decode_stage2 stores it, so o_proj
 computes the same bits as from the bf16 output.
 """
