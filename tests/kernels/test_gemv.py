@@ -206,3 +206,49 @@ def test_empty_and_3d_input(device, gen):
     assert skinny_gemm(randn(gen, 0, 40, device=device), w).shape == (0, 24)
     x = randn(gen, 2, 3, 40, device=device)
     torch.testing.assert_close(skinny_gemm(x, w, config=CONFIGS[0]), skinny_gemm_ref(x, w), **TOL[torch.float32])
+
+
+class _Counted:
+    """Counts launches of a Triton kernel and passes them on."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+SERIAL_CASES = [(1, 40, 256, 2, 16, 32), (2, 33, 200, 3, 16, 32), (1, 64, 512, 4, 16, 32)]
+if HAS_CUDA:  # batch 1's split shapes (Llama-8B qkv, o, down) with the table's tiles: hundreds of programs racing
+    SERIAL_CASES += [(1, 6144, 4096, 4, 64, 128), (1, 4096, 4096, 8, 64, 256), (1, 4096, 14336, 4, 64, 256)]
+
+
+@pytest.mark.parametrize("path", ["fma", "dot", "fp8_dot"])
+@pytest.mark.parametrize("m,n,k,split_k,block_n,block_k", SERIAL_CASES)
+def test_split_k_reduced_by_the_last_program(path, m, n, k, split_k, block_n, block_k, device, gen, monkeypatch):
+    """With split-K the last program of each column block sums the partials: no reduce kernel runs,
+    the output is the reduce kernel's to the bit (the same fixed order), and every counter is back
+    at 0 for the next GEMM (more calls with the same counters give the same bits)."""
+    from sglserve_kernels import gemv
+
+    reduce = _Counted(gemv._splitk_reduce)
+    monkeypatch.setattr(gemv, "_splitk_reduce", reduce)
+    x, q, s = _fp8_case(gen, m, n, k, None, device)
+    bias = randn(gen, n, dtype=IO_DTYPE, device=device)
+    cfg = GemvConfig(block_n=block_n if path != "fma" else 4, block_k=block_k, split_k=split_k, num_warps=4, num_stages=1,
+                     use_dot=path == "dot", fp8_dot=path == "fp8_dot")
+    act = "token" if path == "fp8_dot" else None
+    serial = skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg)
+    assert reduce.launches == 0
+    assert int(gemv._COUNTERS[x.device].count_nonzero()) == 0
+    for _ in range(5 if HAS_CUDA else 1):
+        assert torch.equal(skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg), serial)
+    monkeypatch.setenv(gemv.SERIAL_REDUCE_ENV, "0")
+    two_kernels = skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg)
+    assert reduce.launches == 1
+    assert torch.equal(serial, two_kernels)
+    torch.testing.assert_close(serial, skinny_gemm_fp8_ref(x, q, s, None, None, act, bias), **TOL[IO_DTYPE])
