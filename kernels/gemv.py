@@ -6,7 +6,7 @@ large M and leave most of the bandwidth unused on these shapes. Here each progra
 output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
 and the last of a column block's programs to finish (split_counters.py) adds them up in a fixed
 order (the same bits whichever is last), adds the bias and casts. A second reduce kernel for each
-split GEMM (qkv, o, down) was 96 launches a batch-1 W8A8 step; SGLSERVE_GEMV_SERIAL_REDUCE picks.
+split GEMM (qkv, o, down) was 96 launches a batch-1 W8A8 step; SGLSERVE_GEMV_SERIAL_REDUCE=0 runs it.
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
 [N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must

@@ -13,18 +13,17 @@ from typing import Dict, Optional
 import torch
 
 SERIAL_REDUCE_ENV = "SGLSERVE_GEMV_SERIAL_REDUCE"
-SERIAL_REDUCE_DEFAULT = "0"  # on ("1") once the GPU tests have raced it on real hardware (RESULTS.md)
 SPLIT_COUNTERS = 1 << 16  # column blocks a split GEMM may have (28672 rows / 16 = 1792 at most on the dot paths)
 _COUNTERS: Dict[torch.device, torch.Tensor] = {}
 
 
 def split_counters(device: torch.device, n_blocks: int) -> Optional[torch.Tensor]:
-    """The zeroed counters of `device`, or None (the caller runs its separate reduce kernel): not
-    turned on (SGLSERVE_GEMV_SERIAL_REDUCE, default SERIAL_REDUCE_DEFAULT), more blocks than counters, or first needed inside a CUDA
+    """The zeroed counters of `device`, or None (the caller runs its separate reduce kernel): turned
+    off (SGLSERVE_GEMV_SERIAL_REDUCE=0), more blocks than counters, or first needed inside a CUDA
     graph capture (the buffer is never allocated in one; the eager warm-up before each capture
     makes it). One buffer serves every GEMM: kernels on a stream run one after another (PDL's wait
     included) and each leaves its counters at 0. Not for split GEMMs on concurrent streams."""
-    if os.environ.get(SERIAL_REDUCE_ENV, SERIAL_REDUCE_DEFAULT) == "0" or n_blocks > SPLIT_COUNTERS:
+    if os.environ.get(SERIAL_REDUCE_ENV, "1") == "0" or n_blocks > SPLIT_COUNTERS:
         return None
     counters = _COUNTERS.get(device)
     if counters is None:

@@ -237,7 +237,6 @@ def test_split_k_reduced_by_the_last_program(path, m, n, k, split_k, block_n, bl
 
     reduce = _Counted(gemv._splitk_reduce)
     monkeypatch.setattr(gemv, "_splitk_reduce", reduce)
-    monkeypatch.setenv(split_counters.SERIAL_REDUCE_ENV, "1")
     x, q, s = _fp8_case(gen, m, n, k, None, device)
     bias = randn(gen, n, dtype=IO_DTYPE, device=device)
     cfg = GemvConfig(block_n=block_n if path != "fma" else 4, block_k=block_k, split_k=split_k, num_warps=4, num_stages=1,
