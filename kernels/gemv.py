@@ -4,9 +4,12 @@ At batch 1..16 a linear layer is a weight read: every byte of W is used M times,
 only job is to stream W at HBM speed. cuBLAS (and `torch._scaled_mm` for FP8) pick tiles made for
 large M and leave most of the bandwidth unused on these shapes. Here each program owns BLOCK_N
 output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
-and the last of a column block's programs to finish (split_counters.py) adds them up in a fixed
-order (the same bits whichever is last), adds the bias and casts. A second reduce kernel for each
-split GEMM (qkv, o, down) was 96 launches a batch-1 W8A8 step; SGLSERVE_GEMV_SERIAL_REDUCE=0 runs it.
+and the last of a column block's programs to finish (a counter per block, `split_counters`) adds
+them up in a fixed order (deterministic: the same bits whichever program is last), adds the bias,
+casts, and sets the counter back to 0 for the next GEMM. A batch-1 W8A8 step has three split
+GEMMs a layer (qkv, o, down): a second reduce kernel for each was 96 launches a step, each a few
+microseconds on the chain. SGLSERVE_GEMV_SERIAL_REDUCE=0 (or a capture before the counters
+exist) runs that second kernel instead.
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
 [N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must
@@ -38,8 +41,9 @@ has its first W tile in flight before it waits for the kernel that wrote x.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import triton
@@ -48,7 +52,6 @@ import triton.language as tl
 from ._utils import dot_precision, next_pow2
 from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
 from .pdl import pdl_args, pdl_wait
-from .split_counters import split_counters
 from .numerics import _MIN_SCALE, FP8_MAX, Fp8Rows, exact_div, quantize_rows_ref
 
 MAX_M = 16
@@ -254,6 +257,25 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
 
 
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
+SERIAL_REDUCE_ENV = "SGLSERVE_GEMV_SERIAL_REDUCE"
+SPLIT_COUNTERS = 1 << 16  # column blocks a split GEMM may have (28672 rows / 16 = 1792 at most on the dot paths)
+_COUNTERS: Dict[torch.device, torch.Tensor] = {}
+
+
+def split_counters(device: torch.device, n_blocks: int) -> Optional[torch.Tensor]:
+    """The zeroed int32 arrival counters of split GEMMs on `device`, one per column block, or None
+    (the separate reduce kernel runs): turned off, too many blocks, or first needed inside a CUDA
+    graph capture (the buffer must outlive every graph that uses it, so it is never allocated in
+    one). One buffer serves every GEMM: kernels on a stream run one after another (PDL's wait
+    included), and each leaves its counters at 0. Not for GEMMs on concurrent streams."""
+    if os.environ.get(SERIAL_REDUCE_ENV, "1") == "0" or n_blocks > SPLIT_COUNTERS:
+        return None
+    counters = _COUNTERS.get(device)
+    if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        counters = _COUNTERS[device] = torch.zeros(SPLIT_COUNTERS, dtype=torch.int32, device=device)
+    return counters
 
 
 def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,

@@ -233,7 +233,7 @@ def test_split_k_reduced_by_the_last_program(path, m, n, k, split_k, block_n, bl
     """With split-K the last program of each column block sums the partials: no reduce kernel runs,
     the output is the reduce kernel's to the bit (the same fixed order), and every counter is back
     at 0 for the next GEMM (more calls with the same counters give the same bits)."""
-    from sglserve_kernels import gemv, split_counters
+    from sglserve_kernels import gemv
 
     reduce = _Counted(gemv._splitk_reduce)
     monkeypatch.setattr(gemv, "_splitk_reduce", reduce)
@@ -244,10 +244,10 @@ def test_split_k_reduced_by_the_last_program(path, m, n, k, split_k, block_n, bl
     act = "token" if path == "fp8_dot" else None
     serial = skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg)
     assert reduce.launches == 0
-    assert int(split_counters._COUNTERS[x.device].count_nonzero()) == 0
+    assert int(gemv._COUNTERS[x.device].count_nonzero()) == 0
     for _ in range(5 if HAS_CUDA else 1):
         assert torch.equal(skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg), serial)
-    monkeypatch.setenv(split_counters.SERIAL_REDUCE_ENV, "0")
+    monkeypatch.setenv(gemv.SERIAL_REDUCE_ENV, "0")
     two_kernels = skinny_gemm_fp8(x, q, s, None, None, act, bias, cfg)
     assert reduce.launches == 1
     assert torch.equal(serial, two_kernels)
