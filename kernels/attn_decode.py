@@ -123,7 +123,7 @@ def _decode_stage1(
 def _decode_stage2(
     Mid_O, Mid_LSE, O, seq_lens, num_kv_splits,
     stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MAX_SPLITS: tl.constexpr, PDL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_wait(PDL)
     b = tl.program_id(0)
@@ -132,7 +132,7 @@ def _decode_stage2(
     mask_d = offs_d < HEAD_DIM
     n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
     out = merge_splits(Mid_O, Mid_LSE, b, head, head >= 0, offs_d, mask_d, tl.load(seq_lens + b), n_split,
-                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, MAX_SPLITS)
+                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh)
     tl.store(O + b * stride_ob + head[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=mask_d[None, :])
 
@@ -252,8 +252,7 @@ def decode_attention_fwd(
         mid_o, mid_lse, o, seq_lens, num_kv_splits,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         o.stride(0), o.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, MAX_SPLITS=next_pow2(max_kv_splits), num_warps=4 if block_d <= 128 else 8,
-        **pdl_args(q),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8, **pdl_args(q),
     )
     return o
 

@@ -30,7 +30,7 @@ def _decode_stage2_fp8(
     Mid_O, Mid_LSE, O, Q8, S, XS, seq_lens, num_kv_splits,
     stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, stride_qb,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    STATIC: tl.constexpr, MAX_SPLITS: tl.constexpr, PDL: tl.constexpr,
+    STATIC: tl.constexpr, PDL: tl.constexpr,
 ):
     """_decode_stage2 for all heads of request b at once (attn_merge.merge_splits, as it), its row
     rounded to O's dtype (what _decode_stage2 stores) and then quantized as quantize_rows does."""
@@ -42,7 +42,7 @@ def _decode_stage2_fp8(
     mask_d = offs_d < HEAD_DIM
     n_split = tl.maximum(tl.load(num_kv_splits + b), 1)
     out = merge_splits(Mid_O, Mid_LSE, b, heads, mask_h, offs_d, mask_d, tl.load(seq_lens + b), n_split,
-                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh, MAX_SPLITS)
+                       stride_mob, stride_moh, stride_mos, stride_lb, stride_lh)
     mask = mask_h[:, None] & mask_d[None, :]
     out = tl.where(mask, out.to(O.dtype.element_ty).to(tl.float32), 0.0)
     store_tile_fp8(out, Q8 + b * stride_qb + heads[:, None] * HEAD_DIM + offs_d[None, :], S + b, XS, mask, STATIC)
@@ -69,7 +69,7 @@ def merge_splits_fp8(mid_o: torch.Tensor, mid_lse: torch.Tensor, o: torch.Tensor
             mid_o, mid_lse, o, rows.q, rows.scale, static if static is not None else rows.scale, seq_lens, num_kv_splits,
             mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), rows.q.stride(0),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d, STATIC=static is not None,
-            MAX_SPLITS=next_pow2(mid_lse.shape[2]), num_warps=warps, **pdl_args(o),
+            num_warps=warps, **pdl_args(o),
         )
         return True
 

@@ -4,12 +4,8 @@ At batch 1..16 a linear layer is a weight read: every byte of W is used M times,
 only job is to stream W at HBM speed. cuBLAS (and `torch._scaled_mm` for FP8) pick tiles made for
 large M and leave most of the bandwidth unused on these shapes. Here each program owns BLOCK_N
 output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
-and the last of a column block's programs to finish (a counter per block, `split_counters`) adds
-them up in a fixed order (deterministic: the same bits whichever program is last), adds the bias,
-casts, and sets the counter back to 0 for the next GEMM. A batch-1 W8A8 step has three split
-GEMMs a layer (qkv, o, down): a second reduce kernel for each was 96 launches a step, each a few
-microseconds on the chain. SGLSERVE_GEMV_SERIAL_REDUCE=0 (or a capture before the counters
-exist) runs that second kernel instead.
+that a second small kernel adds up in a fixed order (deterministic, no atomics), adds the bias
+and casts.
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
 [N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must
@@ -41,9 +37,8 @@ has its first W tile in flight before it waits for the kernel that wrote x.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
@@ -174,45 +169,24 @@ def _fp8_dot_rows(Q, SA, W, stride_qm, stride_wn, offs_m, mask_m, offs_n, mask_n
 
 
 @triton.jit
-def _store_y(Y, B, out, offs_m, offs_n, mask, mask_n, stride_ym, HAS_BIAS: tl.constexpr):
-    if HAS_BIAS:
-        out += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _store_out(Y, P, B, C, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_n, pid_k,
-               HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, SERIAL_REDUCE: tl.constexpr):
-    """out [BLOCK_M, BLOCK_N] (fp32): this K split's partial sums into P, or (one split) + bias into Y.
-    SERIAL_REDUCE: the last split of column block pid_n to arrive at its counter C[pid_n] sums the
-    partials in split order (as _splitk_reduce) into Y and zeroes the counter. Its stores are
-    ordered before its arrival by a CTA barrier and the release half of the counter's atomic (the
-    pattern of CUDA's grid sync); the last program's acquire orders its partial loads after every
-    arrival, and they bypass L1 (.cg)."""
+def _store_out(Y, P, B, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_k,
+               HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr):
+    """out [BLOCK_M, BLOCK_N] (fp32): this K split's partial sums into P, or (one split) + bias into Y."""
     mask = mask_m[:, None] & mask_n[None, :]
     if WRITE_PARTIAL:
-        p_tile = (offs_m[:, None]) * N + offs_n[None, :]
-        tl.store(P + pid_k * M * N + p_tile, out, mask=mask)
-        if SERIAL_REDUCE:
-            tl.debug_barrier()
-            splits = tl.num_programs(1)
-            arrived = tl.atomic_add(C + pid_n, 1, sem="acq_rel", scope="gpu")
-            if arrived == splits - 1:
-                total = tl.zeros(out.shape, tl.float32)
-                for s in range(0, splits):  # a fixed order: the same sum every run
-                    total += tl.load(P + s * M * N + p_tile, mask=mask, other=0.0, cache_modifier=".cg")
-                _store_y(Y, B, total, offs_m, offs_n, mask, mask_n, stride_ym, HAS_BIAS)
-                tl.atomic_xchg(C + pid_n, 0, sem="relaxed", scope="gpu")
+        tl.store(P + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
     else:
-        _store_y(Y, B, out, offs_m, offs_n, mask, mask_n, stride_ym, HAS_BIAS)
+        if HAS_BIAS:
+            out += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gemv_kernel(X, XS, W, WS, B, Y, P, C, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
+def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
                  FP8_DOT: tl.constexpr, X_FP8: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr,
-                 SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, SERIAL_REDUCE: tl.constexpr,
-                 DOT_PREC: tl.constexpr, PDL: tl.constexpr):
+                 SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                 PDL: tl.constexpr):
     """X_FP8: X is x in FP8 with the row scales XS: FP8_DOT multiplies it in FP8 (per-channel W only),
     the other paths round q * scale to the output dtype in registers. Else X is x (or its
     fake-quantized copy) in its dtype and XS unused."""
@@ -237,8 +211,7 @@ def _gemv_kernel(X, XS, W, WS, B, Y, P, C, M, N, K, stride_xm, stride_wn, stride
                         BLOCK_M, BLOCK_N, BLOCK_K, W_SCALE, SCALE_BN, SCALE_BK, X_FP8, PDL)
     if W_SCALE == 1:
         acc = acc * tl.load(WS + offs_n * stride_wsn, mask=mask_n, other=0.0)[None, :]
-    _store_out(Y, P, B, C, acc, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_n, pid_k, HAS_BIAS, WRITE_PARTIAL,
-               SERIAL_REDUCE)
+    _store_out(Y, P, B, acc, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pid_k, HAS_BIAS, WRITE_PARTIAL)
 
 
 @triton.jit
@@ -257,25 +230,6 @@ def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl
 
 
 _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group": ACT_GROUP}
-SERIAL_REDUCE_ENV = "SGLSERVE_GEMV_SERIAL_REDUCE"
-SPLIT_COUNTERS = 1 << 16  # column blocks a split GEMM may have (28672 rows / 16 = 1792 at most on the dot paths)
-_COUNTERS: Dict[torch.device, torch.Tensor] = {}
-
-
-def split_counters(device: torch.device, n_blocks: int) -> Optional[torch.Tensor]:
-    """The zeroed int32 arrival counters of split GEMMs on `device`, one per column block, or None
-    (the separate reduce kernel runs): turned off, too many blocks, or first needed inside a CUDA
-    graph capture (the buffer must outlive every graph that uses it, so it is never allocated in
-    one). One buffer serves every GEMM: kernels on a stream run one after another (PDL's wait
-    included), and each leaves its counters at 0. Not for GEMMs on concurrent streams."""
-    if os.environ.get(SERIAL_REDUCE_ENV, "1") == "0" or n_blocks > SPLIT_COUNTERS:
-        return None
-    counters = _COUNTERS.get(device)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        counters = _COUNTERS[device] = torch.zeros(SPLIT_COUNTERS, dtype=torch.int32, device=device)
-    return counters
 
 
 def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
@@ -342,18 +296,17 @@ def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optiona
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x2.device) if split > 1 else y
     dummy = y
     grid = (triton.cdiv(n, block_n), split)
-    counters = split_counters(x2.device, grid[0]) if split > 1 else None
     pdl = pdl_args(x2)
     _gemv_kernel[grid](
         x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
-        bias if bias is not None else dummy, y, partial, counters if counters is not None else dummy, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
         stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
         X_FP8=q_scale is not None, W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk,
-        HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, SERIAL_REDUCE=counters is not None, DOT_PREC=dot_precision(out_dtype),
+        HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(out_dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages, **pdl,
     )
-    if split > 1 and counters is None:
+    if split > 1:
         block = min(1024, next_pow2(n))
         _splitk_reduce[(m, triton.cdiv(n, block))](partial, bias if bias is not None else dummy, y, m, n, y.stride(0),
                                                    SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
