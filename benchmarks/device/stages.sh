@@ -127,10 +127,11 @@ perf)
   [ "${IMPORT_PROFILE:-0}" = 1 ] && for side in scheduler http; do log "import profile: $side"; timeout "$(cap 120)" \
     $PY -X importtime benchmarks/import_profile.py $side -- --model-path $L $D $DEV --tokenizer-path "$TOK" 2> "$OUT/import_$side.txt" > /dev/null; tail -1 "$OUT/import_$side.txt"; done
   # PROFILE_BS1=1: where a batch-1 decode step's GPU time goes (kernel table, eager), for each of PROFILE_KINDS:
-  # bf16, fp8 (--quantization fp8), fp8nofuse (the same with SGLSERVE_FP8_FUSED_INPUT=0)
+  # bf16, fp8 (--quantization fp8), fp8nofuse (the same with SGLSERVE_FP8_FUSED_INPUT=0); a *nopdl kind runs with
+  # SGLSERVE_PDL=0: under PDL an eager kernel's time includes its wait for the one before (V21), without it its own
   [ "${PROFILE_BS1:-0}" = 1 ] && for q in ${PROFILE_KINDS:-bf16 fp8}; do f=""; [[ $q == fp8* ]] && f="--quantization fp8"
-    fuse=1; [[ $q == *nofuse ]] && fuse=0
-    log "decode profile, batch 1, $q"; SGLSERVE_FP8_FUSED_INPUT=$fuse timeout "$(cap 90)" $PY benchmarks/kernels/profile_decode.py \
+    fuse=1; [[ $q == *nofuse ]] && fuse=0; pdl=1; [[ $q == *nopdl ]] && pdl=0
+    log "decode profile, batch 1, $q"; SGLSERVE_FP8_FUSED_INPUT=$fuse SGLSERVE_PDL=$pdl timeout "$(cap 90)" $PY benchmarks/kernels/profile_decode.py \
       --model-path $L $D $DEV $f --batch-size 1 --input-len 256 --steps 20 --rows ${PROFILE_ROWS:-30} > "$OUT/profile_${q}_bs1.txt" 2>&1
     grep -E '^\{' "$OUT/profile_${q}_bs1.txt" | cut -c1-300; done
   if [ "$DRYRUN" = 1 ]; then tests="--co"; else tests=""; fi  # dry run: collect only
