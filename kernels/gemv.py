@@ -5,7 +5,8 @@ only job is to stream W at HBM speed. cuBLAS (and `torch._scaled_mm` for FP8) pi
 large M and leave most of the bandwidth unused on these shapes. Here each program owns BLOCK_N
 output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
 that a second small kernel adds up in a fixed order (deterministic, no atomics), adds the bias
-and casts.
+and casts, or (hand_on_sums) that the next kernel adds as it reads them (numerics.SplitSums: the
+fused residual-add RMSNorm after o_proj and down_proj, the same bits).
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
 [N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must
@@ -47,7 +48,7 @@ import triton.language as tl
 from ._utils import dot_precision, next_pow2
 from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
 from .pdl import pdl_args, pdl_wait
-from .numerics import _MIN_SCALE, FP8_MAX, Fp8Rows, exact_div, quantize_rows_ref
+from .numerics import _MIN_SCALE, FP8_MAX, Fp8Rows, SplitSums, exact_div, quantize_rows_ref
 
 MAX_M = 16
 FMA_MAX_M = 2  # rows the FMA path takes; more run the 16-row tensor-core dot
@@ -234,7 +235,7 @@ _ACT_MODES = {None: ACT_NONE, "token": ACT_TOKEN, "tensor": ACT_TENSOR, "group":
 
 def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig,
             weight_scale: Optional[torch.Tensor], weight_block: Optional[Tuple[int, int]],
-            input_scale: Optional[torch.Tensor], act: int) -> torch.Tensor:
+            input_scale: Optional[torch.Tensor], act: int, hand_on_sums: bool = False) -> Union[torch.Tensor, SplitSums]:
     config.check()
     pre = x if isinstance(x, Fp8Rows) else None  # quantized by the kernel that produced it
     if pre is not None and act not in (ACT_TOKEN, ACT_TENSOR, ACT_STATIC):
@@ -306,6 +307,8 @@ def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optiona
         num_warps=config.num_warps,
         num_stages=config.num_stages, **pdl,
     )
+    if split > 1 and hand_on_sums:  # the next kernel adds the splits (numerics.SplitSums)
+        return SplitSums(partial, bias, out_dtype, torch.Size([*lead, n]))
     if split > 1:
         block = min(1024, next_pow2(n))
         _splitk_reduce[(m, triton.cdiv(n, block))](partial, bias if bias is not None else dummy, y, m, n, y.stride(0),
@@ -315,21 +318,23 @@ def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optiona
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                config: GemvConfig = GemvConfig()) -> torch.Tensor:
-    """x [..., K] (at most 16 rows) @ weight [N, K]^T + bias, in x's dtype (fp32 accumulation)."""
+                config: GemvConfig = GemvConfig(), hand_on_sums: bool = False) -> Union[torch.Tensor, SplitSums]:
+    """x [..., K] (at most 16 rows) @ weight [N, K]^T + bias, in x's dtype (fp32 accumulation).
+    hand_on_sums: a split-K launch returns its partial sums (numerics.SplitSums) for the reader to add."""
     if weight.dtype != x.dtype:
         raise ValueError(f"weight dtype {weight.dtype} differs from x's {x.dtype} (FP8 weights: skinny_gemm_fp8)")
-    return _launch(x, weight, bias, config, None, None, None, ACT_NONE)
+    return _launch(x, weight, bias, config, None, None, None, ACT_NONE, hand_on_sums)
 
 
 def skinny_gemm_fp8(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,
                     weight_block: Optional[Tuple[int, int]] = None, input_scale: Optional[torch.Tensor] = None,
                     activation_strategy: Optional[str] = None, bias: Optional[torch.Tensor] = None,
-                    config: GemvConfig = GemvConfig()) -> torch.Tensor:
+                    config: GemvConfig = GemvConfig(), hand_on_sums: bool = False) -> Union[torch.Tensor, SplitSums]:
     """x [..., K] @ dequant(weight float8_e4m3fn [N, K], weight_scale)^T + bias. activation_strategy
     None: weight-only (x as is); "token"/"tensor"/"group": x rounded through FP8 per token / tensor /
     1 x block-k group, dynamic, or per tensor with the static `input_scale` [1]. x may come as
-    numerics.Fp8Rows, already quantized so (per token or static) by the kernel that produced it."""
+    numerics.Fp8Rows, already quantized so (per token or static) by the kernel that produced it.
+    hand_on_sums as skinny_gemm's."""
     if weight.dtype != torch.float8_e4m3fn:
         raise ValueError(f"skinny_gemm_fp8 takes float8_e4m3fn weights, got {weight.dtype}")
     if activation_strategy not in _ACT_MODES:
@@ -337,7 +342,7 @@ def skinny_gemm_fp8(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weigh
     act = _ACT_MODES[activation_strategy]
     if input_scale is not None and act != ACT_NONE:
         act = ACT_STATIC
-    return _launch(x, weight, bias, config, weight_scale.float(), weight_block, input_scale, act)
+    return _launch(x, weight, bias, config, weight_scale.float(), weight_block, input_scale, act, hand_on_sums)
 
 
 # ---- torch references --------------------------------------------------------------------------

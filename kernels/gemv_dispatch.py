@@ -29,7 +29,7 @@ import torch
 from ._utils import device_sms, next_pow2, nvidia_capability_at_least, run_guarded
 from .fp8_rows import quantize_rows
 from .gemv import FMA_MAX_M, MAX_M, GemvConfig, skinny_gemm, skinny_gemm_fp8
-from .numerics import Fp8Rows
+from .numerics import Fp8Rows, SplitSums
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ DEFAULT_TABLE = Path(__file__).with_name("gemv_table.json")
 M_BUCKETS = (1, 2, 4, 8, 16)
 _KINDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _CONFIG_KEYS = ("block_n", "block_k", "split_k", "num_warps", "num_stages", "use_dot", "fp8_dot")
+# SGLSERVE_SPLIT_SUMS=0: every split-K launch sums its own partials (the reduce kernel), for A/B runs
+HAND_ON_SUMS = os.environ.get("SGLSERVE_SPLIT_SUMS", "1") != "0"
 
 
 def weight_kind(weight: torch.Tensor, weight_block: Optional[Tuple[int, int]] = None) -> str:
@@ -136,9 +138,11 @@ def _select(m: int, n: int, k: int, kind: str, sms: int, block_k: Optional[int])
     return cfg
 
 
-def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                hand_on_sums: bool = False) -> Optional[Union[torch.Tensor, SplitSums]]:
     """x @ weight.T + bias with the skinny GEMM when the table picks it for this shape, else None
-    (the caller runs F.linear)."""
+    (the caller runs F.linear). hand_on_sums (the caller's reader is the fused residual-add RMSNorm):
+    a split-K launch returns numerics.SplitSums instead of running its reduce kernel (HAND_ON_SUMS)."""
     k = x.shape[-1]
     m = x.numel() // k if k else 0
     if m == 0 or m > MAX_M or weight.dtype != x.dtype or not weight.is_contiguous():
@@ -147,16 +151,19 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     cfg = _select(m, weight.shape[0], k, kind, device_sms(x), None)
     if cfg is None:
         return None
-    return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(x, weight, bias, cfg), x.is_cuda)
+    return _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm(
+        x, weight, bias, cfg, hand_on_sums and HAND_ON_SUMS), x.is_cuda)
 
 
 def fp8_linear(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_scale: torch.Tensor,
                weight_block: Optional[Tuple[int, int]], input_scale: Optional[torch.Tensor],
-               activation_strategy: Optional[str], bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+               activation_strategy: Optional[str], bias: Optional[torch.Tensor],
+               hand_on_sums: bool = False) -> Optional[Union[torch.Tensor, SplitSums]]:
     """The Fp8LinearMethod kernel hook: the skinny GEMM at M <= 16 where selected, else row-wise
     `torch._scaled_mm` where the layout allows (per-channel weights, per-token or per-tensor
     activations, bf16), else None (the caller dequantizes and matmuls, like the CPU path).
-    x may be numerics.Fp8Rows (quantized by the kernel that produced it: no quantization here)."""
+    x may be numerics.Fp8Rows (quantized by the kernel that produced it: no quantization here);
+    hand_on_sums as gemv_linear's."""
     rows = x.q if isinstance(x, Fp8Rows) else x
     k = rows.shape[-1]
     m = rows.numel() // k if k else 0
@@ -167,7 +174,8 @@ def fp8_linear(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, weight_sca
         cfg = _select(m, weight.shape[0], k, kind, device_sms(rows), weight_block[1] if weight_block else None)
         if cfg is not None:
             y = _run_guarded((kind, weight.shape[0], k, cfg), lambda: skinny_gemm_fp8(
-                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg), rows.is_cuda)
+                x, weight, weight_scale, weight_block, input_scale, activation_strategy, bias, cfg,
+                hand_on_sums and HAND_ON_SUMS), rows.is_cuda)
             if y is not None:
                 return y
     if _scaled_mm_fits(x, weight, weight_block, activation_strategy):

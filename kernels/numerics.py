@@ -69,3 +69,33 @@ class Fp8Rows:
     def dequantize(self) -> torch.Tensor:
         k = self.q.shape[-1]
         return (self.q.reshape(-1, k).float() * self.scale).reshape(self.q.shape).to(self.dtype)
+
+
+@dataclass(frozen=True)
+class SplitSums:
+    """A split-K skinny GEMM's output left unsummed for the kernel that reads it next (the fused
+    residual-add RMSNorm after o_proj and down_proj): partial fp32 [S, M, N], one slice per K
+    split. total() is the split-K reduce kernel's value bit for bit: the splits added in order in
+    fp32, then the bias, then one rounding to `dtype`; the reader computes the same in registers,
+    so one launch and one round trip through memory go away and no bit changes."""
+
+    partial: torch.Tensor
+    bias: Optional[torch.Tensor]
+    dtype: torch.dtype
+    shape: torch.Size  # the GEMM output's shape ([..., N])
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.partial.is_cuda
+
+    @property
+    def device(self) -> torch.device:
+        return self.partial.device
+
+    def total(self) -> torch.Tensor:
+        acc = torch.zeros_like(self.partial[0])
+        for part in self.partial:
+            acc += part
+        if self.bias is not None:
+            acc += self.bias.float()
+        return acc.to(self.dtype).reshape(self.shape)

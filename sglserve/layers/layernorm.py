@@ -10,6 +10,7 @@ from torch import nn
 
 from sglserve.layers.custom_op import CustomOp, get_kernel
 from sglserve.layers.quantization.base import Fp8Input
+from sglserve_kernels.numerics import SplitSums
 
 
 class RMSNorm(CustomOp):
@@ -21,6 +22,9 @@ class RMSNorm(CustomOp):
     returns (rmsnorm(s), s) so the decoder layer carries the running sum without a second pass.
     Kernel "rmsnorm": fn(x [n, d], weight [d], eps, residual: Optional[[n, d]])
     with the same return convention (it may work in place).
+
+    x may be numerics.SplitSums (a linear's `hand_on_sums` output, always with a residual): the
+    kernels add its splits themselves; the torch path sums them first (SplitSums.total).
 
     fp8_input (the next linear's `fp8_input()`, a W8A8 layer): on CUDA the output comes quantized
     for it from the kernel "rmsnorm_fp8" (fn(x, weight, eps, residual, input_scale) -> Fp8Rows |
@@ -38,6 +42,8 @@ class RMSNorm(CustomOp):
         self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, fp8_input: Optional[Fp8Input] = None
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         del fp8_input  # the torch path hands x on unquantized; the linear rounds it, to the same values
+        if isinstance(x, SplitSums):  # a split-K GEMM's partials (CUDA, where the norm kernel is missing)
+            x = x.total()
         orig_dtype = x.dtype
         if residual is not None:
             residual = x + residual  # in the activation dtype, as transformers' decoder layer adds
@@ -53,7 +59,7 @@ class RMSNorm(CustomOp):
         fp8_input: Optional[Fp8Input] = None,
     ) -> Union[Any, Tuple[Any, torch.Tensor]]:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x2 = x if isinstance(x, SplitSums) else x.reshape(-1, shape[-1])  # SplitSums: [S, rows, d] already
         r2 = None if residual is None else residual.reshape(-1, shape[-1])
         fused = None if fp8_input is None else get_kernel("rmsnorm_fp8")
         out = None if fused is None else fused(x2, self.weight, self.variance_epsilon, r2, fp8_input.input_scale)

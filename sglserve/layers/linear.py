@@ -93,13 +93,15 @@ class LinearBase(CustomOp):
         loads: what dummy weights generate, so that every tp size gets slices of the same model."""
         return [(None, (self.output_size,) if is_bias else (self.output_size, self.input_size))]
 
-    def matmul(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """This rank's x @ weight.T (+ bias): the quantized GEMM when the layer has one."""
+    def matmul(self, x: torch.Tensor, bias: Optional[torch.Tensor], hand_on_sums: bool = False) -> Any:
+        """This rank's x @ weight.T (+ bias): the quantized GEMM when the layer has one.
+        hand_on_sums (the caller feeds the output straight into a fused residual-add RMSNorm): a
+        split-K skinny GEMM may return its unsummed partials (numerics.SplitSums), which the norm adds."""
         if self.quant_method is not None:
-            return self.quant_method.apply(self, x, bias)
+            return self.quant_method.apply(self, x, bias, hand_on_sums)
         if x.is_cuda:
             kernel = get_kernel("gemv_linear")
-            y = None if kernel is None else kernel(x, self.weight, bias)
+            y = None if kernel is None else kernel(x, self.weight, bias, hand_on_sums)
             if y is not None:
                 return y
         return F.linear(x, self.weight, bias)
@@ -156,9 +158,10 @@ class RowParallelLinear(LinearBase):
             loaded_weight = loaded_weight.narrow(1, self.tp_rank * per_rank, per_rank)
         default_weight_loader(param, loaded_weight)
 
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor, hand_on_sums: bool = False) -> Any:
+        """hand_on_sums: see LinearBase.matmul (one rank only: an all-reduce needs the sums)."""
         if self.tp_size == 1 or not self.reduce_results:
-            return self.matmul(x, self.bias)
+            return self.matmul(x, self.bias, hand_on_sums)
         y = tp_all_reduce(self.matmul(x, None))
         return y if self.bias is None else y + self.bias
 

@@ -44,8 +44,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
         self.act_fn = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x), fp8_input=self.down_proj.fp8_input()))
+    def forward(self, x: torch.Tensor, hand_on_sums: bool = False) -> torch.Tensor:
+        """hand_on_sums: the caller's next op is a fused residual-add RMSNorm (LinearBase.matmul)."""
+        h = self.act_fn(self.gate_up_proj(x), fp8_input=self.down_proj.fp8_input())
+        return self.down_proj(h, hand_on_sums=hand_on_sums)
 
 
 class LlamaAttention(nn.Module):
@@ -69,14 +71,16 @@ class LlamaAttention(nn.Module):
     def _norm_heads(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
         return norm(x.reshape(-1, self.head_dim)).view(x.shape)
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, forward_batch: ForwardBatch,
+                hand_on_sums: bool = False) -> torch.Tensor:
+        """hand_on_sums: the caller's next op is a fused residual-add RMSNorm (LinearBase.matmul)."""
         q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
         kv_store = self.attn.fused_kv_store(v, forward_batch)  # the RoPE kernel stores K/V (Triton backend)
         q, k = self.rotary_emb(positions, q, k, kv_store=kv_store)
         o = self.attn(q, k, v, forward_batch, save_kv_cache=kv_store is None, fp8_output=self.o_proj.fp8_input())
-        return self.o_proj(o)
+        return self.o_proj(o, hand_on_sums=hand_on_sums)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -102,10 +106,12 @@ class LlamaDecoderLayer(nn.Module):
             hidden_states = self.input_layernorm(hidden_states, fp8_input=qkv_input)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual, fp8_input=qkv_input)
-        hidden_states = self.self_attn(positions, hidden_states, forward_batch)
+        # o_proj and down_proj each feed a fused residual-add norm (the next layer's, or the model's
+        # last): a split-K GEMM leaves its partials for the norm to add (numerics.SplitSums)
+        hidden_states = self.self_attn(positions, hidden_states, forward_batch, hand_on_sums=True)
         hidden_states, residual = self.post_attention_layernorm(
             hidden_states, residual, fp8_input=self.mlp.gate_up_proj.fp8_input())
-        return self.mlp(hidden_states), residual
+        return self.mlp(hidden_states, hand_on_sums=True), residual
 
 
 class LlamaModel(nn.Module):

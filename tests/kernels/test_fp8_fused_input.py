@@ -157,7 +157,7 @@ def test_a_fused_kernel_that_does_not_build_falls_back(device, gen, monkeypatch,
         assert silu_and_mul_fp8(randn(gen, 2, 128).to(device, BF16)) is None
     assert "rmsnorm_fp8" in caplog.text and "run apart" in caplog.text
     monkeypatch.undo()  # the plain kernels again; the fused ones stay marked failed
-    monkeypatch.setattr(_utils, "FAILED", {("rmsnorm_fp8", 64, BF16, False, False), ("silu_and_mul_fp8", 64, BF16, False)})
+    monkeypatch.setattr(_utils, "FAILED", {("rmsnorm_fp8", 64, BF16, False, False, 0), ("silu_and_mul_fp8", 64, BF16, False)})
     out = norm.forward_cuda(sglserve_kernels.rmsnorm, x, fp8_input=Fp8Input())
     assert isinstance(out, torch.Tensor) and torch.equal(out, norm.forward_cuda(sglserve_kernels.rmsnorm, x))
     h = randn(gen, 2, 128).to(device, BF16)

@@ -111,7 +111,7 @@ def test_w8a8_decode_through_the_triton_backend_hands_o_proj_fp8_rows(runner, tm
     o_proj = w8a8.model.model.layers[0].self_attn.o_proj
     handed = []
     apply = o_proj.quant_method.apply
-    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias: handed.append(type(x)) or apply(layer, x, bias))
+    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias, *a: handed.append(type(x)) or apply(layer, x, bias, *a))
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (9, 4)]
     logits = {}

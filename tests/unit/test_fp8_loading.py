@@ -161,7 +161,7 @@ def test_decode_attention_hands_o_proj_fp8_rows_and_changes_no_logit(tiny, tmp_p
     o_proj = model.model.layers[0].self_attn.o_proj
     handed = []
     apply = o_proj.quant_method.apply
-    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias: handed.append(type(x)) or apply(layer, x, bias))
+    monkeypatch.setattr(o_proj.quant_method, "apply", lambda layer, x, bias, *a: handed.append(type(x)) or apply(layer, x, bias, *a))
     fake = SimpleNamespace(model_config=mc, server_args=SimpleNamespace(cuda_graph_max_bs=32, tp_size=1),
                            device="cuda", max_running_requests=32)
     logits = {}
@@ -181,6 +181,46 @@ def test_decode_attention_hands_o_proj_fp8_rows_and_changes_no_logit(tiny, tmp_p
                 ids = step.argmax(-1).tolist()
             assert set(handed) == ({Fp8Rows} if fused and n <= 16 else {torch.Tensor})
         logits[fused] = out
+    for got, want in zip(logits[True], logits[False]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("quantization", [None, "fp8"])
+def test_split_sums_handed_to_the_norm_change_no_logit(tiny, tmp_path, monkeypatch, quantization):
+    """Decode with every skinny GEMM split in 2 (bf16, and W8A8 on the FP8 dot): o_proj and
+    down_proj hand their partials to the fused residual-add norm (numerics.SplitSums) instead of
+    running the reduce kernel, and the logits are the same bits, at 1, 2 and 5 rows."""
+    from sglserve_kernels import gemv_dispatch
+    from sglserve_kernels.gemv import GemvConfig
+    from sglserve_kernels.numerics import SplitSums
+
+    config, sd = tiny
+    folder = write_unquantized(str(tmp_path / "bf16"), sd, config, torch.bfloat16, tokenizer=False)
+    model, mc = load_model(folder, device="cuda", dtype="bfloat16", quantization=quantization)
+    split = GemvConfig(block_n=16, block_k=64, split_k=2, num_stages=1, fp8_dot=quantization == "fp8")
+    monkeypatch.setattr(gemv_dispatch, "_select", lambda *a: split)
+    handed = []
+    for name in ("skinny_gemm", "skinny_gemm_fp8"):
+        real = getattr(gemv_dispatch, name)
+        monkeypatch.setattr(gemv_dispatch, name, lambda *a, _real=real: handed.append(type(y := _real(*a))) or y)
+    logits = {}
+    for on in (True, False):
+        monkeypatch.setattr(gemv_dispatch, "HAND_ON_SUMS", on)
+        runner = PagedModelRunner(model, mc, device="cuda")
+        out = []
+        for n in (1, 2, 5):
+            reqs = [runner.new_req() for _ in range(n)]
+            ids = runner.extend(reqs, [PROMPTS[i % 2][: 5 + i] for i in range(n)]).next_token_logits.argmax(-1).tolist()
+            handed.clear()
+            for _ in range(2):
+                step = runner.decode(reqs, ids).next_token_logits
+                out.append(step)
+                ids = step.argmax(-1).tolist()
+            # per layer qkv and gate_up reduce themselves, o_proj and down_proj hand on (when on)
+            assert handed.count(SplitSums) == (2 * 2 * config["num_hidden_layers"] if on else 0)
+        logits[on] = out
     for got, want in zip(logits[True], logits[False]):
         assert torch.equal(got, want)
 

@@ -38,7 +38,8 @@ class LinearMethodBase:
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         raise NotImplementedError
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], hand_on_sums: bool = False) -> Any:
+        """x @ W.T + bias; hand_on_sums as LinearBase.matmul's (the result may be numerics.SplitSums)."""
         raise NotImplementedError
 
     def fp8_input(self, layer: nn.Module) -> Optional[Fp8Input]:

@@ -35,7 +35,7 @@ from sglserve.layers.quantization.fp8_utils import (
     quantize_per_block,
     quantize_per_channel,
 )
-from sglserve_kernels.numerics import Fp8Rows
+from sglserve_kernels.numerics import Fp8Rows, SplitSums
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +152,14 @@ class Fp8LinearMethod(LinearMethodBase):
             return Fp8Input(layer.input_scale)
         return Fp8Input() if s.activation_strategy == "token" else None
 
-    def apply(self, layer: nn.Module, x: Union[torch.Tensor, Fp8Rows], bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def apply(self, layer: nn.Module, x: Union[torch.Tensor, Fp8Rows], bias: Optional[torch.Tensor],
+              hand_on_sums: bool = False) -> Union[torch.Tensor, SplitSums]:
         s = self.scheme
         act = None if s.activation is None else s.activation_strategy
         if x.is_cuda or isinstance(x, Fp8Rows):  # Fp8Rows exist only where the kernels do
             kernel = get_kernel("fp8_linear")
             y = None if kernel is None else kernel(x, layer.weight, layer.weight_scale, layer.weight_block,
-                                                   layer.input_scale, act, bias)
+                                                   layer.input_scale, act, bias, hand_on_sums)
             if y is not None:  # None: the kernel does not take this layout; dequantize below
                 return y
         if isinstance(x, Fp8Rows):  # quantized by the kernel before (fp8_input): already rounded through FP8
