@@ -43,6 +43,9 @@ NOTE_DEFAULT = ("NOT YET MEASURED: configs from kernels/gemv_dispatch.heuristic_
                 "Overwrite with benchmarks/kernels/bench_gemv.py on the GPU.")
 
 
+LM_HEADS = {"8b": (128256, 4096)}  # vocab x hidden: the LM head stays in the model dtype under --quantization fp8
+
+
 def model_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
     """(label, N, K) per rank: qkv, o, gate_up, down."""
     out = []
@@ -51,6 +54,11 @@ def model_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
         out += [(f"{name} qkv", (heads // tp + 2 * max(1, kv // tp)) * hd, h), (f"{name} o", h, heads // tp * hd),
                 (f"{name} gate_up", 2 * inter // tp, h), (f"{name} down", h, inter // tp)]
     return out
+
+
+def lm_head_shapes(names: List[str]) -> List[Tuple[str, int, int]]:
+    """(label, vocab, hidden) of the models' LM heads (one rank), always swept as bf16."""
+    return [(f"{name} lm_head", *LM_HEADS[name]) for name in names if name in LM_HEADS]
 
 
 FP8_DOT_TILES = [(64, 256, 4, 3), (64, 256, 4, 4), (64, 256, 4, 5), (128, 256, 8, 3), (64, 128, 4, 4), (64, 128, 4, 6),
@@ -244,6 +252,7 @@ def main() -> None:
     ap.add_argument("--base", metavar="TABLE", help="a table whose entries are kept where this run measures none")
     ap.add_argument("--no-fused-input", action="store_true",
                     help="FP8: time every shape from bf16 x (the GEMM quantizes it), as before the fused FP8 input")
+    ap.add_argument("--lm-head", action="store_true", help="also sweep the models' LM heads (bf16, after the rest)")
     ap.add_argument("--fp8-dot-vs-base", action="store_true",
                     help="FP8 shapes: time only the fp8_dot configs and --base's own config for the shape")
     args = ap.parse_args()
@@ -274,8 +283,14 @@ def main() -> None:
                     only = fp8_dot_candidates(n, k, sms) + [c for c in [base_config(base, kind, n, k, m)] if c]
                 measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs, only,
                                                       fused_input=not args.no_fused_input)
+    heads = lm_head_shapes(args.models) if args.lm_head and device == "cuda" else []
+    for m in args.m:  # the LM heads after the layers' shapes: bf16 whatever --kinds says
+        for label, n, k in heads:
+            if time.time() < t_end:
+                measured[("bf16", n, k, m)] = bench_one(label, n, k, m, False, device, sms, l2, args.max_configs)
     rows = [measured.get((r["kind"], r["n"], r["k"], r["m"]), r) for r in default_rows(shapes, sms)
             if r["kind"] in args.kinds and r["m"] in args.m]
+    rows += [measured[("bf16", n, k, m)] for m in args.m for _, n, k in heads if ("bf16", n, k, m) in measured]
     done = sum(1 for r in rows if "kernel_us" in r)
     note = (f"Measured by benchmarks/kernels/bench_gemv.py on {name}: {done} of {len(rows)} (shape, M) entries; "
             f"the rest (measured: false) keep the heuristic defaults.")

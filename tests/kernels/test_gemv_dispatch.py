@@ -218,3 +218,25 @@ def test_skinny_gemm_in_a_cuda_graph(gen, cfg):
                                        msg=lambda m_: f"{name} eager kernel vs reference (replay {replay}): {m_}")
             torch.testing.assert_close(got, now, atol=0, rtol=0,
                                        msg=lambda m_: f"{name} graph replay {replay} vs the same kernel eager: {m_}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="the LM head asks the table on CUDA only")
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_lm_head_asks_the_table(table, m, gen, monkeypatch):
+    """The LM head (the step's largest weight read) runs the skinny GEMM where the table picks it
+    for its vocab x hidden shape, cuBLAS elsewhere, with the same logits to bf16 tolerance."""
+    from sglserve.layers.vocab_parallel_embedding import ParallelLMHead
+
+    table({"default_max_m": {"bf16": 16}})
+    calls = []
+    real = gd.skinny_gemm
+    monkeypatch.setattr(gd, "skinny_gemm", lambda *a: calls.append(1) or real(*a))
+    head = ParallelLMHead(1000, 256).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(1000, 256, generator=gen) * 256 ** -0.5)
+        x = torch.randn(m, 256, generator=gen).to("cuda", torch.bfloat16)
+        got = head(x)
+        want = torch.nn.functional.linear(x, head.weight)
+    assert len(calls) == (1 if m <= 16 else 0)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
