@@ -12,7 +12,8 @@ looks kernels up here by name (`getattr(sglserve_kernels, name, None)`):
   rmsnorm_fp8(x, weight, eps, residual=None, input_scale=None) -> Fp8Rows | (Fp8Rows, residual) | None
   silu_and_mul_fp8(x [T, 2I], input_scale=None)           -> Fp8Rows | None
     (numerics.Fp8Rows: the output quantized for the W8A8 GEMM after it, which fp8_linear takes as x)
-  rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True, kv_store=None) -> (q, k), in place
+  rotary_embedding(positions, q, k, head_size, cos_sin_cache, is_neox=True, kv_store=None, sums=None, value=None)
+                                                         -> (q, k), in place (sums: qkv_proj's SplitSums, summed into q, k, value)
     (kv_store, a rope.KVStore: also writes the rotated k and its v into the KV pool)
   store_kv_cache(k_buffer, v_buffer, loc, k, v, k_scale=1.0, v_scale=1.0)  (scales: FP8 pools)
   decode_attention(...), decode_attention_fwd(..., k_scale, v_scale), decode_kv_splits(...)

@@ -6,7 +6,7 @@ large M and leave most of the bandwidth unused on these shapes. Here each progra
 output columns and a 1/SPLIT_K slice of K; with SPLIT_K > 1 the programs write fp32 partial sums
 that a second small kernel adds up in a fixed order (deterministic, no atomics), adds the bias
 and casts, or (hand_on_sums) that the next kernel adds as it reads them (numerics.SplitSums: the
-fused residual-add RMSNorm after o_proj and down_proj, the same bits).
+fused residual-add RMSNorm after o_proj and down_proj, RoPE after qkv_proj; the same bits).
 
 Weights: bf16/fp16/fp32, or float8_e4m3fn dequantized in registers with a per-channel scale
 [N, 1] (applied once, to the output) or a block scale [ceil(N/bn), ceil(K/bk)] (BLOCK_K must

@@ -99,3 +99,11 @@ class SplitSums:
         if self.bias is not None:
             acc += self.bias.float()
         return acc.to(self.dtype).reshape(self.shape)
+
+    def total_into(self, *views: torch.Tensor) -> None:
+        """total() written into views: column slices of one [rows, N] buffer, the first at column 0
+        (q, k, v of a fused qkv_proj output)."""
+        total = self.total().reshape(-1, self.shape[-1])
+        for v in views:
+            col = (v.data_ptr() - views[0].data_ptr()) // v.element_size()
+            v.copy_(total[:, col:col + v[0].numel()].view(v.shape))

@@ -28,6 +28,7 @@ import triton.language as tl
 
 from ._utils import next_pow2, run_guarded
 from .kv_store import is_fp8_kv, quant_fp8, store_kv_cache
+from .numerics import SplitSums
 from .pdl import pdl_args, pdl_wait
 
 
@@ -61,10 +62,29 @@ def _round(x, dt: tl.constexpr, BF16: tl.constexpr):
 
 
 @triton.jit
-def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
-            HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr):
-    """Rotates token t's heads in place; returns the rotated halves (fp32, rounded as stored), their
-    dim indexes and mask, for the KV store."""
+def _load_rows(X, P, B, row, stride_split, cols, mask, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Token values at X + row + cols as fp32; SPLITS > 0: X is not written yet, and they are the
+    split-K partials P (same layout, splits stride_split apart) added in split order, + the bias B
+    (its index = cols: heads are head_dim apart), rounded to X's dtype: the reduce kernel's bits."""
+    if SPLITS > 0:
+        acc = tl.zeros(cols.shape, tl.float32)
+        for s in range(SPLITS):
+            acc += tl.load(P + s * stride_split + row + cols, mask=mask, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        return acc.to(X.dtype.element_ty).to(tl.float32)
+    else:
+        return tl.load(X + row + cols, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _rotate(X, P, B, t, stride_t, stride_h, stride_split, n_heads, cos, sin, offs_r, mask_r,
+            HALF: tl.constexpr, HEAD: tl.constexpr, ROTARY: tl.constexpr, BLOCK_H: tl.constexpr,
+            BLOCK_D: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr, SPLITS: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
+    """Rotates token t's heads in place (SPLITS > 0: read from the partials P, written to X with the
+    unrotated tail); returns the rotated halves (fp32, rounded as stored), their dim indexes and mask,
+    for the KV store."""
     offs_h = tl.arange(0, BLOCK_H)
     mask = (offs_h < n_heads)[:, None] & mask_r[None, :]
     if IS_NEOX:
@@ -73,17 +93,23 @@ def _rotate(X, t, stride_t, stride_h, n_heads, cos, sin, offs_r, mask_r,
     else:
         i1 = offs_r * 2
         i2 = offs_r * 2 + 1
-    base = X + t * stride_t + offs_h[:, None] * stride_h
+    row = t * stride_t
+    heads = offs_h[:, None] * stride_h
     dt = X.dtype.element_ty
-    x1 = tl.load(base + i1[None, :], mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + i2[None, :], mask=mask, other=0.0).to(tl.float32)
+    x1 = _load_rows(X, P, B, row, stride_split, heads + i1[None, :], mask, SPLITS, HAS_BIAS)
+    x2 = _load_rows(X, P, B, row, stride_split, heads + i2[None, :], mask, SPLITS, HAS_BIAS)
     c = _round(cos, dt, BF16)
     s = _round(sin, dt, BF16)
     # round(round(x1*c) - round(x2*s)): transformers' x1*cos + (-x2)*sin in the activation dtype
     y1 = _round(_round(x1 * c, dt, BF16) - _round(x2 * s, dt, BF16), dt, BF16)
     y2 = _round(_round(x2 * c, dt, BF16) + _round(x1 * s, dt, BF16), dt, BF16)
-    tl.store(base + i1[None, :], y1.to(dt), mask=mask)
-    tl.store(base + i2[None, :], y2.to(dt), mask=mask)
+    tl.store(X + row + heads + i1[None, :], y1.to(dt), mask=mask)
+    tl.store(X + row + heads + i2[None, :], y2.to(dt), mask=mask)
+    if SPLITS > 0 and ROTARY < HEAD:  # partial rotary: the dims past rotary_dim, summed, as they are
+        offs_d = tl.arange(0, BLOCK_D)
+        tail = (offs_h < n_heads)[:, None] & ((offs_d >= ROTARY) & (offs_d < HEAD))[None, :]
+        x = _load_rows(X, P, B, row, stride_split, heads + offs_d[None, :], tail, SPLITS, HAS_BIAS)
+        tl.store(X + row + heads + offs_d[None, :], x.to(dt), mask=tail)
     return y1, y2, i1, i2, mask
 
 
@@ -95,34 +121,43 @@ def _cache_value(x, scale, BUF, KV_FP8: tl.constexpr):
 
 
 @triton.jit
-def _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt, stride_kb, stride_vb,
-                  n_k, y1, y2, i1, i2, mask, HEAD: tl.constexpr, ROTARY: tl.constexpr, BLOCK_HK: tl.constexpr,
-                  BLOCK_D: tl.constexpr, KV_FP8: tl.constexpr):
+def _store_kv_row(K, V, PK, PV, BK, BV, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt,
+                  stride_kb, stride_vb, stride_split, n_k, y1, y2, i1, i2, mask, HEAD: tl.constexpr,
+                  ROTARY: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, KV_FP8: tl.constexpr,
+                  STORE_KV: tl.constexpr, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr):
     """Token t's rotated k (y1, y2 at dims i1, i2; the unrotated tail from K) and its v into the pool
-    slot loc[t], as store_kv_cache would write them."""
-    slot = tl.load(loc + t).to(tl.int64)
+    slot loc[t] (STORE_KV), as store_kv_cache would write them. SPLITS > 0: v comes from the
+    partials PV and goes to V as well, for the attention."""
     offs_h = tl.arange(0, BLOCK_HK)
-    kb = K_buf + slot * stride_kb + offs_h[:, None] * HEAD
-    tl.store(kb + i1[None, :], _cache_value(y1, k_scale, K_buf, KV_FP8), mask=mask)
-    tl.store(kb + i2[None, :], _cache_value(y2, k_scale, K_buf, KV_FP8), mask=mask)
     offs_d = tl.arange(0, BLOCK_D)
     heads = (offs_h < n_k)[:, None]
-    if ROTARY < HEAD:  # partial rotary: the dims past rotary_dim go to the cache as they are
-        tail = heads & ((offs_d >= ROTARY) & (offs_d < HEAD))[None, :]
-        k = tl.load(K + t * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=tail, other=0.0)
-        tl.store(kb + offs_d[None, :], _cache_value(k, k_scale, K_buf, KV_FP8), mask=tail)
     row = heads & (offs_d < HEAD)[None, :]
-    v = tl.load(V + t * stride_vt + offs_h[:, None] * HEAD + offs_d[None, :], mask=row, other=0.0)
-    tl.store(V_buf + slot * stride_vb + offs_h[:, None] * HEAD + offs_d[None, :], _cache_value(v, v_scale, V_buf, KV_FP8),
-             mask=row)
+    v_cols = offs_h[:, None] * HEAD + offs_d[None, :]
+    v = _load_rows(V, PV, BV, t * stride_vt, stride_split, v_cols, row, SPLITS, HAS_BIAS)
+    if SPLITS > 0:
+        tl.store(V + t * stride_vt + v_cols, v.to(V.dtype.element_ty), mask=row)
+    if STORE_KV:
+        slot = tl.load(loc + t).to(tl.int64)
+        kb = K_buf + slot * stride_kb + offs_h[:, None] * HEAD
+        tl.store(kb + i1[None, :], _cache_value(y1, k_scale, K_buf, KV_FP8), mask=mask)
+        tl.store(kb + i2[None, :], _cache_value(y2, k_scale, K_buf, KV_FP8), mask=mask)
+        if ROTARY < HEAD:  # partial rotary: the dims past rotary_dim go to the cache as they are
+            tail = heads & ((offs_d >= ROTARY) & (offs_d < HEAD))[None, :]
+            k = _load_rows(K, PK, BK, t * stride_kt, stride_split, offs_h[:, None] * stride_kh + offs_d[None, :], tail,
+                           SPLITS, HAS_BIAS)
+            tl.store(kb + offs_d[None, :], _cache_value(k, k_scale, K_buf, KV_FP8), mask=tail)
+        tl.store(V_buf + slot * stride_vb + v_cols, _cache_value(v, v_scale, V_buf, KV_FP8), mask=row)
 
 
 @triton.jit
-def _rope(Q, K, V, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stride_qt, stride_qh, stride_kt, stride_kh,
-          stride_vt, stride_kb, stride_vb, stride_cs, n_q, n_k,
+def _rope(Q, K, V, PQ, PK, PV, BQ, BK, BV, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stride_qt, stride_qh,
+          stride_kt, stride_kh, stride_vt, stride_kb, stride_vb, stride_cs, stride_split, n_q, n_k,
           HALF: tl.constexpr, HEAD: tl.constexpr, ROTARY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HQ: tl.constexpr,
           BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, IS_NEOX: tl.constexpr, BF16: tl.constexpr,
-          STORE_KV: tl.constexpr, KV_FP8: tl.constexpr, PDL: tl.constexpr):
+          STORE_KV: tl.constexpr, KV_FP8: tl.constexpr, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+          PDL: tl.constexpr):
+    """SPLITS > 0: q, k and v are first summed from qkv_proj's split-K partials (PQ, PK, PV and the
+    bias BQ, BK, BV: views of numerics.SplitSums) and written to Q, K, V."""
     pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
@@ -130,12 +165,26 @@ def _rope(Q, K, V, K_buf, V_buf, loc, k_scale, v_scale, positions, cos_sin, stri
     mask_r = offs_r < HALF
     cos = tl.load(cos_sin + pos * stride_cs + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(cos_sin + pos * stride_cs + HALF + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
-    _rotate(Q, t, stride_qt, stride_qh, n_q, cos, sin, offs_r, mask_r, HALF, BLOCK_HQ, IS_NEOX, BF16)
-    y1, y2, i1, i2, mask = _rotate(K, t, stride_kt, stride_kh, n_k, cos, sin, offs_r, mask_r, HALF, BLOCK_HK, IS_NEOX,
-                                   BF16)
-    if STORE_KV:
-        _store_kv_row(K, V, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt, stride_kb,
-                      stride_vb, n_k, y1, y2, i1, i2, mask, HEAD, ROTARY, BLOCK_HK, BLOCK_D, KV_FP8)
+    _rotate(Q, PQ, BQ, t, stride_qt, stride_qh, stride_split, n_q, cos, sin, offs_r, mask_r, HALF, HEAD, ROTARY, BLOCK_HQ,
+            BLOCK_D, IS_NEOX, BF16, SPLITS, HAS_BIAS)
+    y1, y2, i1, i2, mask = _rotate(K, PK, BK, t, stride_kt, stride_kh, stride_split, n_k, cos, sin, offs_r, mask_r, HALF,
+                                   HEAD, ROTARY, BLOCK_HK, BLOCK_D, IS_NEOX, BF16, SPLITS, HAS_BIAS)
+    if STORE_KV or SPLITS > 0:
+        _store_kv_row(K, V, PK, PV, BK, BV, K_buf, V_buf, loc, k_scale, v_scale, t, stride_kt, stride_kh, stride_vt,
+                      stride_kb, stride_vb, stride_split, n_k, y1, y2, i1, i2, mask, HEAD, ROTARY, BLOCK_HK, BLOCK_D,
+                      KV_FP8, STORE_KV, SPLITS, HAS_BIAS)
+
+
+def _sum_slices(sums: SplitSums, views: Tuple[torch.Tensor, ...]) -> Tuple:
+    """The partials' (and the bias's) column slices under each view of the [T, N] buffer the sums
+    fill (q, k, v: column slices of it, first q), and the splits' stride."""
+    width = sums.partial.shape[-1]
+    if not all(t.stride(0) == width for t in views) or sums.partial.stride(1) != width:
+        raise ValueError("rotary_embedding from split sums takes q, k, v as column slices of one [T, N] buffer")
+    cols = [((t.data_ptr() - views[0].data_ptr()) // t.element_size(), t[0].numel()) for t in views]
+    parts = tuple(sums.partial[..., o:o + w] for o, w in cols)
+    biases = tuple(None if sums.bias is None else sums.bias[o:o + w] for o, w in cols)
+    return (*parts, *biases, sums.partial.stride(0))
 
 
 def rotary_embedding(
@@ -146,14 +195,20 @@ def rotary_embedding(
     cos_sin_cache: torch.Tensor,
     is_neox: bool = True,
     kv_store: Optional[KVStore] = None,
+    sums: Optional[SplitSums] = None,
+    value: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """In place. positions [T] int64; query [T, Hq * head_size] or [T, Hq, head_size]; key likewise
     with Hk heads (last dim contiguous); cos_sin_cache [max_pos, rotary_dim]. Returns (query, key).
     kv_store: also write the rotated key and kv_store.value into the pool, as store_kv_cache would
-    (one launch less per layer)."""
+    (one launch less per layer). sums: qkv_proj's split-K partials (numerics.SplitSums, [S, T, N]);
+    query, key and value are then the q, k, v column slices of an unwritten [T, N] buffer, which the
+    kernel fills with the summed (and q, k rotated) values: the GEMM's reduce launch goes away."""
     n = positions.shape[0]
     if n == 0:
         return query, key
+    if sums is not None and (value is None or kv_store is not None and kv_store.value is not value):
+        raise ValueError("rotary_embedding from split sums needs value (kv_store's), the v slice of the buffer")
     q = query.view(n, -1, head_size)
     k = key.view(n, -1, head_size)
     rotary_dim = cos_sin_cache.shape[1]
@@ -171,19 +226,29 @@ def rotary_embedding(
         assert kb.stride(1) == head_size and kb.stride(2) == 1 and vb.stride(1) == head_size and vb.stride(2) == 1
         k_scale, v_scale = float(kv_store.k_scale), float(kv_store.v_scale)
     else:
-        kb = vb = loc = v = k
+        kb = vb = loc = v = k if value is None else value.view(n, -1, head_size)
         fp8, k_scale, v_scale = False, 1.0, 1.0
 
-    def launch(store_kv: bool) -> bool:
+    def launch(store_kv: bool, parts: Optional[Tuple[torch.Tensor, ...]] = None) -> bool:
+        """parts: the partials' q, k, v slices, their bias slices (or None) and the splits' stride."""
+        pq, pk, pv, bq, bk, bv, stride_split = parts if parts is not None else (q, k, v, None, None, None, 0)
         _rope[(n,)](
-            q, k, v, kb, vb, loc, k_scale, v_scale, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
-            k.stride(1), v.stride(0), kb.stride(0), vb.stride(0), cos_sin_cache.stride(0), q.shape[1], k.shape[1],
-            HALF=half, HEAD=head_size, ROTARY=rotary_dim, BLOCK_R=next_pow2(half), BLOCK_HQ=next_pow2(q.shape[1]),
-            BLOCK_HK=next_pow2(k.shape[1]), BLOCK_D=next_pow2(head_size), IS_NEOX=is_neox,
-            BF16=query.dtype == torch.bfloat16, STORE_KV=store_kv, KV_FP8=fp8 and store_kv, num_warps=4,
-            **pdl_args(query),
+            q, k, v, pq, pk, pv, bq if bq is not None else q, bk if bk is not None else q, bv if bv is not None else q,
+            kb, vb, loc, k_scale, v_scale, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), v.stride(0), kb.stride(0), vb.stride(0), cos_sin_cache.stride(0), stride_split, q.shape[1],
+            k.shape[1], HALF=half, HEAD=head_size, ROTARY=rotary_dim, BLOCK_R=next_pow2(half),
+            BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]), BLOCK_D=next_pow2(head_size),
+            IS_NEOX=is_neox, BF16=query.dtype == torch.bfloat16, STORE_KV=store_kv, KV_FP8=fp8 and store_kv,
+            SPLITS=0 if parts is None else pq.shape[0], HAS_BIAS=bq is not None, num_warps=4, **pdl_args(query),
         )
         return True
+
+    if sums is not None:  # the summing variant is new on a GPU: one that does not build sums in torch first
+        parts = _sum_slices(sums, (query, key, value))
+        guard = ("rope_from_sums", head_size, rotary_dim, query.dtype, kb.dtype, store, sums.partial.shape[0])
+        if run_guarded(guard, lambda: launch(store, parts), query.is_cuda, "qkv_proj's sums added in torch") is not None:
+            return query, key
+        sums.total_into(query, key, value)
 
     # the storing variant is new on a GPU: one that does not build stores with the store kernel instead
     if not store or run_guarded(("rope_kv_store", head_size, rotary_dim, query.dtype, kb.dtype), lambda: launch(True),

@@ -132,8 +132,9 @@ class ColumnParallelLinear(LinearBase):
             raise ValueError(f"{type(self).__name__} is not fused; got shard_id={shard_id!r}")
         self._load_rows(param, loaded_weight, self.tp_rank * self.out_part, 0, self.out_part, self.output_size)
 
-    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.matmul(x, self.bias)
+    def forward_native(self, x: torch.Tensor, hand_on_sums: bool = False) -> Any:
+        """hand_on_sums: see LinearBase.matmul (not with gather_output)."""
+        y = self.matmul(x, self.bias, hand_on_sums and not self.gather_output)
         return tp_all_gather(y) if self.gather_output else y
 
 

@@ -51,6 +51,9 @@ class RotaryEmbedding(CustomOp):
     Kernel "rotary_embedding": fn(positions [n], q [n, H*d], k [n, KVH*d], head_size,
     cos_sin_cache, is_neox_style[, kv_store]) -> (q, k) (it may work in place). With kv_store (the
     attention backend's `fused_kv_store`), the rotated k and kv_store.value also go into the KV pool.
+    With sums (qkv_proj's split-K partials, numerics.SplitSums, and value: q, k and value are then
+    unwritten column slices of one buffer), the partials are summed into q, k and value first: on
+    CUDA by the RoPE kernel as it reads them, so qkv_proj's reduce launch goes away.
     """
 
     kernel_name = "rotary_embedding"
@@ -75,8 +78,11 @@ class RotaryEmbedding(CustomOp):
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward_native(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None,
+        sums: Any = None, value: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if sums is not None:  # qkv_proj's split-K partials: query, key, value are the unwritten slices they fill
+            sums.total_into(query, key, value)
         cos_sin = self.cos_sin_cache.index_select(0, positions.flatten()).float()
         cos, sin = cos_sin.chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
@@ -97,9 +103,10 @@ class RotaryEmbedding(CustomOp):
         return rot.reshape(shape)
 
     def forward_cuda(
-        self, kernel: Callable, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None
+        self, kernel: Callable, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, kv_store: Any = None,
+        sums: Any = None, value: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style, kv_store)
+        return kernel(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox_style, kv_store, sums, value)
 
     def extra_repr(self) -> str:
         return f"head_size={self.head_size}, rotary_dim={self.rotary_dim}, max_position={self.max_position_embeddings}"

@@ -24,6 +24,7 @@ from sglserve.layers.radix_attention import RadixAttention
 from sglserve.layers.rotary_embedding import RotaryEmbedding, get_rope
 from sglserve.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from sglserve.model_executor.forward_batch import ForwardBatch
+from sglserve_kernels.numerics import SplitSums
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +75,16 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, forward_batch: ForwardBatch,
                 hand_on_sums: bool = False) -> torch.Tensor:
         """hand_on_sums: the caller's next op is a fused residual-add RMSNorm (LinearBase.matmul)."""
-        q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        # RoPE may add a split-K qkv_proj's partials itself (numerics.SplitSums; not under q/k norms)
+        qkv = self.qkv_proj(hidden_states, hand_on_sums=not self.qk_norm)
+        sums = qkv if isinstance(qkv, SplitSums) else None
+        if sums is not None:  # the buffer RoPE fills
+            qkv = torch.empty(sums.shape, dtype=sums.dtype, device=sums.device)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
         kv_store = self.attn.fused_kv_store(v, forward_batch)  # the RoPE kernel stores K/V (Triton backend)
-        q, k = self.rotary_emb(positions, q, k, kv_store=kv_store)
+        q, k = self.rotary_emb(positions, q, k, kv_store=kv_store, sums=sums, value=v)
         o = self.attn(q, k, v, forward_batch, save_kv_cache=kv_store is None, fp8_output=self.o_proj.fp8_input())
         return self.o_proj(o, hand_on_sums=hand_on_sums)
 

@@ -97,3 +97,59 @@ def test_rmsnorm_layer_takes_partials_on_every_path(device, gen):
         kernel_out, kernel_res = norm.forward_cuda(rmsnorm, sums, r.clone())
         assert torch.equal(kernel_res, want_res)
         torch.testing.assert_close(kernel_out, want_out, atol=2e-2, rtol=2e-2)  # kernel vs torch: test_small_kernels
+
+
+ROPE_CASES = [  # tokens, q heads, kv heads, head dim, rotary dim, neox, splits
+    (1, 4, 2, 64, 64, True, 4), (3, 8, 2, 128, 128, True, 2), (5, 4, 4, 64, 64, False, 3), (2, 4, 1, 128, 64, True, 2),
+]
+
+
+@pytest.mark.parametrize("pool", [None, BF16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("n,hq,hk,d,rot,neox,splits", ROPE_CASES)
+def test_rope_reading_qkv_partials_equals_rope_on_their_sum(n, hq, hk, d, rot, neox, splits, with_bias, pool, device, gen):
+    """qkv_proj's partials handed to RoPE: the buffer it fills (q, k rotated, v) and the KV pool bytes
+    (bf16 and FP8 pools, partial rotary, both pair layouts) are those of RoPE after the reduce kernel;
+    without a KV store (other backends) the buffer as well; the layer's torch path the same."""
+    from sglserve.layers.rotary_embedding import RotaryEmbedding
+    from sglserve_kernels.rope import KVStore, build_cos_sin_cache, rotary_embedding
+
+    width = (hq + 2 * hk) * d
+    sums = _sums(gen, splits, n, width, with_bias, device)
+    cache = build_cos_sin_cache(rot, 4096, device=device)
+    pos = torch.randint(0, 4096, (n,), generator=gen).to(device)
+    loc = torch.randperm(32, generator=gen)[:n].to(device)
+    scales = (0.01, 0.02) if pool == torch.float8_e4m3fn else (1.0, 1.0)
+    out = []
+    for from_sums in (False, True):
+        qkv = torch.full((n, width), float("nan"), device=device).to(BF16) if from_sums else sums.total()
+        q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
+        kb = torch.zeros(32, hk, d, device=device).to(pool or BF16)
+        vb = torch.zeros(32, hk, d, device=device).to(pool or BF16)
+        store = None if pool is None else KVStore(v, kb, vb, loc, *scales)
+        if from_sums:
+            rotary_embedding(pos, q, k, d, cache, neox, store, sums, v)
+        else:
+            rotary_embedding(pos, q, k, d, cache, neox, store)
+        out.append((qkv, kb.view(torch.uint8), vb.view(torch.uint8)))
+    for got, want in zip(out[1], out[0]):
+        assert torch.equal(got, want)
+    # the layer's torch path fills the buffer from the same sums
+    layer = RotaryEmbedding(d, rot, 4096, 1.0 / (10000.0 ** (torch.arange(0, rot, 2).float() / rot)), neox).to(device)
+    qkv = torch.empty(n, width, device=device, dtype=BF16)
+    q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
+    want = sums.total()
+    q_ref, k_ref = layer.forward_native(pos, *want.split([hq * d, hk * d, hk * d], dim=-1)[:2])
+    q_got, k_got = layer.forward_native(pos, q, k, sums=sums, value=v)
+    assert torch.equal(q_got, q_ref) and torch.equal(k_got, k_ref) and torch.equal(v, want[:, (hq + hk) * d:])
+
+
+def test_rope_from_sums_needs_the_value_slice(device, gen):
+    from sglserve_kernels.rope import build_cos_sin_cache, rotary_embedding
+
+    sums = _sums(gen, 2, 1, 4 * 64, False, device)
+    qkv = torch.empty(1, 4 * 64, device=device, dtype=BF16)
+    q, k, v = qkv.split([128, 64, 64], dim=-1)
+    with pytest.raises(ValueError, match="value"):
+        rotary_embedding(torch.zeros(1, dtype=torch.long, device=device), q, k, 64, build_cos_sin_cache(64, 16, device=device),
+                         True, None, sums)

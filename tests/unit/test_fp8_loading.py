@@ -188,10 +188,11 @@ def test_decode_attention_hands_o_proj_fp8_rows_and_changes_no_logit(tiny, tmp_p
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("quantization", [None, "fp8"])
-def test_split_sums_handed_to_the_norm_change_no_logit(tiny, tmp_path, monkeypatch, quantization):
+def test_split_sums_handed_on_change_no_logit(tiny, tmp_path, monkeypatch, quantization):
     """Decode with every skinny GEMM split in 2 (bf16, and W8A8 on the FP8 dot): o_proj and
-    down_proj hand their partials to the fused residual-add norm (numerics.SplitSums) instead of
-    running the reduce kernel, and the logits are the same bits, at 1, 2 and 5 rows."""
+    down_proj hand their partials to the fused residual-add norm, qkv_proj to RoPE
+    (numerics.SplitSums), instead of running the reduce kernel, and the logits are the same bits,
+    at 1, 2 and 5 rows."""
     from sglserve_kernels import gemv_dispatch
     from sglserve_kernels.gemv import GemvConfig
     from sglserve_kernels.numerics import SplitSums
@@ -218,8 +219,8 @@ def test_split_sums_handed_to_the_norm_change_no_logit(tiny, tmp_path, monkeypat
                 step = runner.decode(reqs, ids).next_token_logits
                 out.append(step)
                 ids = step.argmax(-1).tolist()
-            # per layer qkv and gate_up reduce themselves, o_proj and down_proj hand on (when on)
-            assert handed.count(SplitSums) == (2 * 2 * config["num_hidden_layers"] if on else 0)
+            # per layer gate_up reduces itself, qkv_proj, o_proj and down_proj hand on (when on)
+            assert handed.count(SplitSums) == (2 * 3 * config["num_hidden_layers"] if on else 0)
         logits[on] = out
     for got, want in zip(logits[True], logits[False]):
         assert torch.equal(got, want)
