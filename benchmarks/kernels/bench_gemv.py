@@ -253,6 +253,7 @@ def main() -> None:
     ap.add_argument("--no-fused-input", action="store_true",
                     help="FP8: time every shape from bf16 x (the GEMM quantizes it), as before the fused FP8 input")
     ap.add_argument("--lm-head", action="store_true", help="also sweep the models' LM heads (bf16, after the rest)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="sweep only these projections (qkv o gate_up down lm_head)")
     ap.add_argument("--fp8-dot-vs-base", action="store_true",
                     help="FP8 shapes: time only the fp8_dot configs and --base's own config for the shape")
     args = ap.parse_args()
@@ -265,6 +266,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.dry else "cpu"
     if device == "cpu":
         shapes, args.max_configs = [("tiny qkv", 48, 64), ("tiny down", 32, 96)], 2
+    heads = lm_head_shapes(args.models) if args.lm_head and device == "cuda" else []
+    if args.only:  # the other shapes keep --base's entries
+        keep = lambda label: label.split()[-1] in args.only  # noqa: E731
+        shapes, heads = [s for s in shapes if keep(s[0])], [s for s in heads if keep(s[0])]
     sms = num_sms() if device == "cuda" else 8
     l2 = torch.cuda.get_device_properties(0).L2_cache_size if device == "cuda" else 0
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
@@ -283,7 +288,6 @@ def main() -> None:
                     only = fp8_dot_candidates(n, k, sms) + [c for c in [base_config(base, kind, n, k, m)] if c]
                 measured[(kind, n, k, m)] = bench_one(label, n, k, m, kind == "fp8", device, sms, l2, args.max_configs, only,
                                                       fused_input=not args.no_fused_input)
-    heads = lm_head_shapes(args.models) if args.lm_head and device == "cuda" else []
     for m in args.m:  # the LM heads after the layers' shapes: bf16 whatever --kinds says
         for label, n, k in heads:
             if time.time() < t_end:
