@@ -153,3 +153,27 @@ def test_rope_from_sums_needs_the_value_slice(device, gen):
     with pytest.raises(ValueError, match="value"):
         rotary_embedding(torch.zeros(1, dtype=torch.long, device=device), q, k, 64, build_cos_sin_cache(64, 16, device=device),
                          True, None, sums)
+
+
+def test_a_summing_norm_that_does_not_build_sums_in_torch(device, gen, monkeypatch, caplog):
+    """A GPU where the summing norm variant fails to build costs speed, not the server: the
+    partials are summed in torch (SplitSums.total) and the plain norm runs, with the same bits."""
+    from sglserve_kernels import _utils, layernorm
+
+    sums = _sums(gen, 2, 2, 64, True, device)
+    w = (1 + 0.5 * randn(gen, 64)).to(device, BF16)
+    r = randn(gen, 2, 64).to(device, BF16)
+    want_out, want_res = rmsnorm(sums.total(), w, 1e-5, r.clone())
+    real = layernorm._launch
+
+    def broken(x, *args, **kwargs):
+        if isinstance(x, SplitSums):
+            raise RuntimeError("out of resource: registers")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(_utils, "FAILED", set())
+    monkeypatch.setattr(layernorm, "_launch", broken)
+    with caplog.at_level("WARNING"):
+        got_out, got_res = rmsnorm(sums, w, 1e-5, r.clone())
+    assert "added in torch" in caplog.text
+    assert torch.equal(got_out, want_out) and torch.equal(got_res, want_res)
