@@ -216,17 +216,26 @@ def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
 
 
 @triton.jit
+def sum_splits(P, B, offs, mask, bias_offs, stride_split, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A split-K GEMM's output at P + offs before its rounding (fp32): the partials, stride_split
+    apart, added in split order (the same sum every run), then the bias at B + bias_offs. The reduce
+    kernel and the kernels that read numerics.SplitSums (rmsnorm, RoPE) all sum here: the same bits."""
+    acc = tl.zeros(offs.shape, tl.float32)
+    for s in range(SPLITS):
+        acc += tl.load(P + s * stride_split + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(B + bias_offs, mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _splitk_reduce(P, B, Y, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
                    PDL: tl.constexpr):
     pdl_wait(PDL)
     m = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    acc = tl.zeros((BLOCK,), tl.float32)
-    for s in range(SPLIT_K):  # a fixed order: the same sum every run
-        acc += tl.load(P + (s * M + m) * N + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = sum_splits(P, B, m * N + offs, mask, offs, M * N, SPLIT_K, HAS_BIAS)
     tl.store(Y + m * stride_ym + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from ._utils import next_pow2, run_guarded
 from .fp8_rows import store_row_fp8
+from .gemv import sum_splits
 from .numerics import Fp8Rows, SplitSums
 from .pdl import pdl_args, pdl_wait
 
@@ -42,13 +43,9 @@ def _rmsnorm(X, R, W, Y, S, XS, B, stride_x, stride_split, stride_r, stride_y, N
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     if SPLITS > 0:
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for s in range(SPLITS):  # a fixed order, as gemv._splitk_reduce adds
-            acc += tl.load(X + s * stride_split + row * stride_x + offs, mask=mask, other=0.0)
-        if HAS_BIAS:
-            acc += tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
         act_dtype = R.dtype.element_ty
-        x = acc.to(act_dtype).to(tl.float32)
+        x = sum_splits(X, B, row * stride_x + offs, mask, offs, stride_split, SPLITS, HAS_BIAS)
+        x = x.to(act_dtype).to(tl.float32)
     else:
         x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0)
         act_dtype = x.dtype

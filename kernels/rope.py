@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ._utils import next_pow2, run_guarded
+from .gemv import sum_splits
 from .kv_store import is_fp8_kv, quant_fp8, store_kv_cache
 from .numerics import SplitSums
 from .pdl import pdl_args, pdl_wait
@@ -67,11 +68,7 @@ def _load_rows(X, P, B, row, stride_split, cols, mask, SPLITS: tl.constexpr, HAS
     split-K partials P (same layout, splits stride_split apart) added in split order, + the bias B
     (its index = cols: heads are head_dim apart), rounded to X's dtype: the reduce kernel's bits."""
     if SPLITS > 0:
-        acc = tl.zeros(cols.shape, tl.float32)
-        for s in range(SPLITS):
-            acc += tl.load(P + s * stride_split + row + cols, mask=mask, other=0.0)
-        if HAS_BIAS:
-            acc += tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        acc = sum_splits(P, B, row + cols, mask, cols, stride_split, SPLITS, HAS_BIAS)
         return acc.to(X.dtype.element_ty).to(tl.float32)
     else:
         return tl.load(X + row + cols, mask=mask, other=0.0).to(tl.float32)
