@@ -19,8 +19,8 @@ The wait leaves HBM idle while the kernel before runs: at batch 1 that kernel is
 kernel (RMSNorm, SiLU-and-mul, the attention merge) for ~4-6 us, a quarter of the step (RESULTS.md
 V23p). A weight-streaming kernel can ask the L2 for its first weight bytes before it waits
 (l2_prefetch, Hopper's bulk prefetch: nothing comes into registers and nothing waits), so its main
-loop finds them in L2. SGLSERVE_L2_PREFETCH_MB bounds what one launch asks for (0: off), well
-under the L2's 50 MB so the prefetched lines are still there when read.
+loop finds them in L2. SGLSERVE_L2_PREFETCH_MB bounds what one launch asks for (0: off, the
+default until measured), well under the L2's 50 MB so the prefetched lines are still there when read.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ._utils import is_interpret, nvidia_capability_at_least
 
 PDL_ENV = "SGLSERVE_PDL"
 L2_PREFETCH_ENV = "SGLSERVE_L2_PREFETCH_MB"
-DEFAULT_L2_PREFETCH_MB = 24.0
+DEFAULT_L2_PREFETCH_MB = 0.0  # off until a W1 A/B on the GPU says what budget pays (24 is the candidate)
 
 
 @functools.lru_cache(maxsize=None)
