@@ -32,9 +32,8 @@ x may also come already in FP8 (numerics.Fp8Rows, from the fused RMSNorm / SiLU-
 the FP8 dot path takes it as it is, the FMA and dot paths round q * scale to the output dtype in
 registers (_x_values), the same values quantize_activation writes, so the sums are the same bits.
 
-Every kernel here launches with programmatic dependent launch on Hopper (pdl.py): before it waits
-for the kernel that wrote x, each program asks the L2 for the first bytes of its W rows
-(pdl.l2_prefetch), and the FMA path also has its first W tile in flight.
+Every kernel here launches with programmatic dependent launch on Hopper (pdl.py): the FMA path
+has its first W tile in flight before it waits for the kernel that wrote x.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ import triton.language as tl
 
 from ._utils import dot_precision, next_pow2
 from .fp8_rows import ACT_GROUP, ACT_NONE, ACT_STATIC, ACT_TENSOR, ACT_TOKEN, quantize_activation, quantize_rows
-from .pdl import l2_prefetch, l2_prefetch_budget, pdl_args, pdl_wait, prefetch_row_bytes
+from .pdl import pdl_args, pdl_wait
 from .numerics import _MIN_SCALE, FP8_MAX, Fp8Rows, SplitSums, exact_div, quantize_rows_ref
 
 MAX_M = 16
@@ -185,11 +184,10 @@ def _store_out(Y, P, B, out, offs_m, offs_n, mask_m, mask_n, M, N, stride_ym, pi
 
 @triton.jit
 def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym, stride_wsn, k_per_split,
-                 pf_chunks, pf_elems, pf_bytes,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
                  FP8_DOT: tl.constexpr, X_FP8: tl.constexpr, W_SCALE: tl.constexpr, SCALE_BN: tl.constexpr,
                  SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                 PF_LANES: tl.constexpr, PDL: tl.constexpr):
+                 PDL: tl.constexpr):
     """X_FP8: X is x in FP8 with the row scales XS: FP8_DOT multiplies it in FP8 (per-channel W only),
     the other paths round q * scale to the output dtype in registers. Else X is x (or its
     fake-quantized copy) in its dtype and XS unused."""
@@ -201,11 +199,6 @@ def _gemv_kernel(X, XS, W, WS, B, Y, P, M, N, K, stride_xm, stride_wn, stride_ym
     mask_n = offs_n < N
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-    if PF_LANES > 0:  # while the kernel before runs, the first bytes of each W row slice into L2 (pdl.py):
-        e = tl.arange(0, PF_LANES)  # pf_chunks chunks of pf_elems a row, each asked for by one thread
-        rows = tl.minimum(pid_n * BLOCK_N + e % BLOCK_N, N - 1).to(tl.int64)
-        chunk = e // BLOCK_N
-        l2_prefetch(W + rows * stride_wn + k_lo + chunk * pf_elems, tl.where(chunk < pf_chunks, pf_bytes, 0))
     if FP8_DOT:
         pdl_wait(PDL)
         acc = _fp8_dot_rows(X, XS, W, stride_xm, stride_wn, offs_m, mask_m, offs_n, mask_n, k_lo, k_hi,
@@ -314,18 +307,14 @@ def _launch(x: Union[torch.Tensor, Fp8Rows], weight: torch.Tensor, bias: Optiona
     dummy = y
     grid = (triton.cdiv(n, block_n), split)
     pdl = pdl_args(x2)
-    pf = prefetch_row_bytes(l2_prefetch_budget(x2), weight, k_per_split, split)
-    lanes = max(block_n, 32 * config.num_warps)  # one element a thread: no thread asks twice
-    chunks = max(1, min(lanes // block_n, pf // 16))
-    pf_bytes = pf // chunks // 16 * 16
     _gemv_kernel[grid](
         x2, q_scale if q_scale is not None else dummy, weight, weight_scale if weight_scale is not None else dummy,
         bias if bias is not None else dummy, y, partial, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
-        stride_wsn, k_per_split, chunks, pf_bytes // weight.element_size(), pf_bytes,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
+        stride_wsn, k_per_split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=bk, USE_DOT=use_dot, FP8_DOT=fp8_dot,
         X_FP8=q_scale is not None, W_SCALE=w_scale_mode, SCALE_BN=scale_bn, SCALE_BK=scale_bk,
-        HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(out_dtype), PF_LANES=lanes if pf else 0,
-        num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
+        HAS_BIAS=bias is not None, WRITE_PARTIAL=split > 1, DOT_PREC=dot_precision(out_dtype),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages, **pdl,
     )
     if split > 1 and hand_on_sums:  # the next kernel adds the splits (numerics.SplitSums)
         return SplitSums(partial, bias, out_dtype, torch.Size([*lead, n]))

@@ -369,24 +369,20 @@ for r in map(json.loads, sys.stdin):
   if [ -f "$TABLE" ]; then cp "$TABLE" "$OUT/gemv_table.json"; else log "no swept table in $STATE: W1 with the committed one"; TABLE=kernels/gemv_table.json; fi
   # *old: the .old tree (prep with OLD=<commit>) with its own committed table; *nopdl: SGLSERVE_PDL=0;
   # *nofuse: SGLSERVE_FP8_FUSED_INPUT=0 (each W8A8 GEMM quantizes its own x); *nokv: SGLSERVE_ROPE_KV_STORE=0;
-  # *nosums: SGLSERVE_SPLIT_SUMS=0 (every split-K GEMM runs its reduce kernel); *nopf: SGLSERVE_L2_PREFETCH_MB=0
-  # (no GEMM asks the L2 for its weights before its PDL wait); *pfbig: SGLSERVE_L2_PREFETCH_MB=$GEMV_PF_BIG (40).
-  # GEMV_PF_MB sets the other runs' prefetch budget (unset: the code's default)
+  # *nosums: SGLSERVE_SPLIT_SUMS=0 (every split-K GEMM runs its reduce kernel)
   model=$(realpath "$L"); state=$(realpath "$STATE")
-  for run in w1 w1fp8 w1off w1fp8off w1base w1fp8base w1nopdl w1fp8nopdl w1fp8nofuse w1nokv w1fp8nokv w1nosums w1fp8nosums \
-             w1nopf w1fp8nopf w1pfbig w1fp8pfbig w1old w1fp8old; do
+  for run in w1 w1fp8 w1off w1fp8off w1base w1fp8base w1nopdl w1fp8nopdl w1fp8nofuse w1nokv w1fp8nokv w1nosums w1fp8nosums w1old w1fp8old; do
     [[ $runs == *" $run "* ]] || continue
     q=""; [[ $run == w1fp8* ]] && q="--quantization fp8"
     t=$(realpath "$TABLE"); [[ $run == *off ]] && t=$OFF; [[ $run == *base ]] && t=$(realpath kernels/gemv_table.json)
     dir=.; pp=$PYTHONPATH; pdl=1; [[ $run == *nopdl ]] && pdl=0; fuse=1; [[ $run == *nofuse ]] && fuse=0; kv=1; [[ $run == *nokv ]] && kv=0
     sums=1; [[ $run == *nosums ]] && sums=0
-    pf=${GEMV_PF_MB:-}; [[ $run == *nopf ]] && pf=0; [[ $run == *pfbig ]] && pf=${GEMV_PF_BIG:-40}
     if [[ $run == *old ]]; then
       [ -d "$CARRY_ROOT/.old" ] || { log "no .old tree: $run skipped"; continue; }
       dir=$CARRY_ROOT/.old; pp=$(old_tree_path); t=$(cd "$dir" && pwd)/kernels/gemv_table.json
     fi
     log "W1 $run"; rm -f "$STATE/gemv_$run.jsonl"
-    (cd "$dir" && PYTHONPATH=$pp SGLSERVE_PDL=$pdl SGLSERVE_FP8_FUSED_INPUT=$fuse SGLSERVE_ROPE_KV_STORE=$kv SGLSERVE_SPLIT_SUMS=$sums SGLSERVE_GEMV_TABLE=$t env ${pf:+SGLSERVE_L2_PREFETCH_MB=$pf} timeout "$(cap 100)" $PY -m sglserve.bench_one_batch \
+    (cd "$dir" && PYTHONPATH=$pp SGLSERVE_PDL=$pdl SGLSERVE_FP8_FUSED_INPUT=$fuse SGLSERVE_ROPE_KV_STORE=$kv SGLSERVE_SPLIT_SUMS=$sums SGLSERVE_GEMV_TABLE=$t timeout "$(cap 100)" $PY -m sglserve.bench_one_batch \
       --model-path "$model" $D $DEV $q --batch-size 1 --input-len 128 --output-len $W1_OUT --result-file "$state/gemv_$run.jsonl" \
       2>&1 | grep -E 'rror|GEMV selection' | cut -c1-300)
     [ -f "$STATE/gemv_$run.jsonl" ] && $PY -c "import json, sys; r = json.loads(open(sys.argv[1]).readlines()[-1]); r['tag'] = sys.argv[2]
